@@ -1,0 +1,183 @@
+"""The one typed config schema of raylhf.
+
+Every field has a docstring (shown by `raylhf config --explain`). Values are validated when the
+config is loaded: unknown keys, wrong types and out-of-range values are rejected with the key
+path. Components receive flat values from these sections in their constructors; nothing reads
+the config deep inside a class.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, frozen=True)
+
+
+class TaskConfig(Section):
+    name: str = "demo"
+    """Task module under `tasks/` that supplies prompts, demonstrations, pretraining text and the labeler."""
+    seed: int = 0
+    """Seed of the task's world: every dataset it writes is a function of this seed."""
+    n_train_prompts: int = Field(4000, ge=1)
+    """Prompts in the training split (SFT demonstrations, comparisons and RL prompts are drawn from it)."""
+    n_heldout_prompts: int = Field(300, ge=1)
+    """Held-out prompts of the training distribution (the headline evaluation split)."""
+    n_generalization_prompts: int = Field(300, ge=1)
+    """Prompts with unseen words or a held-out family (reported separately)."""
+    n_pretrain_docs: int = Field(20000, ge=1)
+    """Documents in the pretraining corpus (a further 5 % is written as a held-out split)."""
+    ramble_rate: float = Field(0.25, ge=0.0, le=1.0)
+    """Fraction of demonstrations that ramble on after the answer, as a base model continues text."""
+    verbose_rate: float = Field(0.10, ge=0.0, le=1.0)
+    """Fraction of demonstrations that wrap the answer in needless words."""
+    wrong_rate: float = Field(0.05, ge=0.0, le=1.0)
+    """Fraction of demonstrations with a wrong answer."""
+    labeler_noise: float = Field(0.35, ge=0.0)
+    """Std of the Gumbel/Gaussian noise the simulated labeler adds to the hidden utility; calibrated so
+    two labelers agree on ~73 % of pairs of SFT-quality responses (InstructGPT: 72.6 ± 1.5 %)."""
+
+
+class DataConfig(Section):
+    on_bad_rows: Literal["error", "skip"] = "error"
+    """What a bad dataset row does: `error` stops with file, line and reason; `skip` counts, logs and drops it."""
+    max_prompt_chars: int = Field(1024, ge=1)
+    """Prompts longer than this many characters are bad rows."""
+
+
+class ModelConfig(Section):
+    preset: Literal["tiny", "small"] = "tiny"
+    """Architecture of the demo base model: `tiny` (~1M parameters) or `small` (~10M), Llama-style."""
+    vocab_size: int = Field(1024, ge=260, le=65536)
+    """Byte-level BPE vocabulary size of the demo tokenizer (special tokens included)."""
+    max_position_embeddings: int = Field(256, ge=32)
+    """Longest sequence (prompt + response) the model handles."""
+
+
+class PretrainConfig(Section):
+    steps: int = Field(1500, ge=1)
+    """Optimizer steps of base-model pretraining on the task's corpus."""
+    batch_size: int = Field(32, ge=1)
+    """Sequences per step."""
+    seq_len: int = Field(128, ge=8)
+    """Tokens per training sequence (documents are packed)."""
+    lr: float = Field(3e-3, gt=0.0)
+    """Peak learning rate (linear warm-up, cosine decay)."""
+    warmup_steps: int = Field(100, ge=0)
+    """Linear warm-up steps."""
+    weight_decay: float = Field(0.01, ge=0.0)
+    """AdamW weight decay."""
+
+
+class SFTConfig(Section):
+    epochs: int = Field(4, ge=1)
+    """Passes over the demonstrations (InstructGPT: 16; the tiny demo overfits beyond a few)."""
+    batch_size: int = Field(32, ge=1)
+    """Demonstrations per step."""
+    lr: float = Field(1e-3, gt=0.0)
+    """Peak learning rate, cosine decay to 10 % of it."""
+    residual_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on attention and residual paths during SFT (InstructGPT: 0.2)."""
+    grad_clip: float = Field(1.0, gt=0.0)
+    """Max global gradient norm."""
+    val_fraction: float = Field(0.05, gt=0.0, lt=1.0)
+    """Fraction of demonstrations held out for validation loss and best-checkpoint selection."""
+
+
+class RMConfig(Section):
+    epochs: int = Field(1, ge=1)
+    """Passes over the comparisons (InstructGPT: 1; more overfits)."""
+    batch_prompts: int = Field(16, ge=1)
+    """Prompts per step; each carries its K responses and all C(K,2) pairs."""
+    lr: float = Field(3e-4, gt=0.0)
+    """Peak learning rate, cosine decay."""
+    grad_clip: float = Field(1.0, gt=0.0)
+    """Max global gradient norm."""
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    """Fraction of comparisons held out for pairwise accuracy."""
+
+
+class CollectConfig(Section):
+    k: int = Field(4, ge=2, le=9)
+    """Responses ranked per prompt (InstructGPT: 4..9)."""
+    n_prompts: int = Field(3000, ge=1)
+    """Training prompts to collect rankings for."""
+    temperatures: list[float] = [0.7, 1.0]
+    """Sampling temperatures; responses of one prompt are spread over them for variety."""
+
+
+class GenerationConfig(Section):
+    engine: Literal["vllm", "hf"] = "vllm"
+    """Generation backend: vLLM (default) or transformers `generate` (machines without vLLM; baseline)."""
+    num_generators: int = Field(1, ge=1)
+    """Generator actors."""
+    num_cpus: float = Field(1.0, gt=0.0)
+    """CPUs reserved per generator actor (fractions allowed); also its torch thread count."""
+    num_gpus: float = Field(0.0, ge=0.0)
+    """GPUs per generator actor; 0 runs on CPU."""
+    kv_cache_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    """KV-cache memory per vLLM engine, in bytes (on CPU vLLM would otherwise reserve a share of RAM)."""
+    enforce_eager: bool = True
+    """Skip vLLM's torch.compile/graph capture: ~3 s start instead of ~40 s, slower decoding."""
+    temperature: float = Field(1.0, ge=0.0)
+    """Sampling temperature for RL rollouts (0 = greedy)."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = Field(32, ge=1)
+    """Longest response in tokens."""
+    n: int = Field(1, ge=1)
+    """Samples per prompt."""
+    in_flight: int = Field(2, ge=1)
+    """Generate requests each generator keeps queued, so it never idles waiting for the driver."""
+
+
+class PPOConfig(Section):
+    kl_coef: float = Field(0.05, ge=0.0)
+    """β: weight of the per-token KL penalty to the SFT policy inside the reward (InstructGPT: 0.02)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """KL estimator: k1 log-ratio, k2 ½·log-ratio², k3 Schulman's unbiased low-variance form."""
+    adaptive_kl: bool = False
+    """Adapt β towards `target_kl` (Ziegler et al. 2019) instead of keeping it fixed."""
+    target_kl: float = Field(6.0, gt=0.0)
+    """Target KL per sequence for the adaptive controller."""
+    kl_horizon: int = Field(10000, ge=1)
+    """Horizon (in samples) of the adaptive KL controller."""
+
+
+class RayConfig(Section):
+    address: str | None = None
+    """Ray cluster address; unset starts a local embedded Ray."""
+    num_cpus: int | None = Field(None, ge=1)
+    """CPUs the local Ray may use (default: all)."""
+    include_dashboard: bool = False
+    """Start the Ray dashboard (bound to `dashboard_host`)."""
+    dashboard_host: str = "127.0.0.1"
+    """Interface the dashboard binds to; 127.0.0.1 keeps it off the network."""
+
+
+class RunConfig(Section):
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Run name: output goes to `<output_dir>/<name>/`."""
+    output_dir: str = "runs"
+    """Directory that holds runs."""
+    seed: int = 0
+    """Seed for model initialisation, data order and sampling."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Training device; `auto` picks CUDA when present, else CPU."""
+    torch_threads: int = Field(2, ge=1)
+    """torch intra-op threads for in-driver training stages."""
+    trust_remote_code: bool = False
+    """Allow model repositories to run their own code when loaded. Off unless you trust the checkpoint."""
+    task: TaskConfig = TaskConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    sft: SFTConfig = SFTConfig()
+    rm: RMConfig = RMConfig()
+    collect: CollectConfig = CollectConfig()
+    generation: GenerationConfig = GenerationConfig()
+    ppo: PPOConfig = PPOConfig()
+    ray: RayConfig = RayConfig()

@@ -1,0 +1,102 @@
+"""The seams between components, as Protocols so in-process fakes can stand in for tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+from contracts.records import Demonstration, Prompt, Rollout
+from contracts.snapshot import WeightSnapshot
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How to sample responses. Mirrors `generation.*` in the config."""
+
+    n: int = 1  # samples per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    stop_token_ids: tuple[int, ...] = ()  # EOS is always a stop token
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_id: str
+    prompt_ids: tuple[int, ...]  # [P] token ids, BOS included
+
+
+@dataclass(frozen=True)
+class RequestError:
+    """A request the engine refused (empty prompt, too long, bad sampling value); others are served."""
+
+    prompt_id: str
+    reason: str
+
+
+@runtime_checkable
+class GenerationEngine(Protocol):
+    """Samples responses with per-token behaviour logprobs; applies weight snapshots between calls."""
+
+    @property
+    def version(self) -> int: ...
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingSpec
+    ) -> list[list[Rollout] | RequestError]:
+        """One entry per request, in order: its `sampling.n` rollouts, or why it was refused."""
+        ...
+
+    def load_weights(self, snapshot: WeightSnapshot) -> None: ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Fills `score` (and `ref_logprobs` when a reference policy is configured) of each rollout."""
+
+    def score(self, rollouts: Sequence[Rollout]) -> list[Rollout]: ...
+
+
+@runtime_checkable
+class Labeler(Protocol):
+    """Ranks responses to a prompt: a simulated labeler, or a front end for human labelers."""
+
+    def rank(self, prompt: str, responses: Sequence[str]) -> list[int]:
+        """Response indices from best to worst."""
+        ...
+
+    def prefer(self, prompt: str, a: str, b: str) -> float:
+        """1.0 if `a` is better, 0.0 if `b` is, 0.5 for a tie."""
+        ...
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A source of prompts, demonstrations, pretraining text and judgement (e.g. the demo world)."""
+
+    name: str
+
+    def prompts(self, split: str) -> list[Prompt]:
+        """Splits: "train", "heldout" (same distribution, never trained on), "generalization"."""
+        ...
+
+    def demonstrations(self) -> list[Demonstration]: ...
+
+    def pretraining_corpus(self, split: str) -> list[str]:
+        """Documents of web-like text; splits "train" and "heldout"."""
+        ...
+
+    def labeler(self, seed: int) -> Labeler: ...
+
+    def utility(self, prompt: str, response: str) -> float:
+        """The hidden, noiseless quality of a response (what labelers approximate)."""
+        ...
+
+    def family(self, prompt: str) -> str:
+        """The instruction family of a prompt, for per-family reports."""
+        ...
+
+    def follows_instruction(self, prompt: str, response: str) -> bool:
+        """Whether the response does what the prompt asks (correct and satisfies its constraint)."""
+        ...

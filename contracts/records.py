@@ -1,0 +1,136 @@
+"""Typed records that cross component boundaries, with their pyarrow schemas.
+
+Every record is a plain dataclass so it pickles cheaply through Ray and needs no third-party
+import here. Array fields are lists (JSON-friendly) whose shape is given in a comment; the
+pyarrow schema of each record is the on-disk contract for Parquet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+# InstructGPT collects rankings of K = 4..9 responses; K = 2 is a plain pairwise comparison.
+MIN_RESPONSES = 2
+MAX_RESPONSES = 9
+
+
+@dataclass
+class Prompt:
+    """One instruction sent to the policy."""
+
+    prompt_id: str
+    prompt: str
+
+    SCHEMA: ClassVar[pa.Schema] = pa.schema(
+        [pa.field("prompt_id", pa.string(), nullable=False), pa.field("prompt", pa.string(), nullable=False)]
+    )
+
+
+@dataclass
+class Demonstration:
+    """A prompt and a labeler-written response, the SFT training data."""
+
+    prompt_id: str
+    prompt: str
+    response: str
+
+    SCHEMA: ClassVar[pa.Schema] = pa.schema(
+        [
+            pa.field("prompt_id", pa.string(), nullable=False),
+            pa.field("prompt", pa.string(), nullable=False),
+            pa.field("response", pa.string(), nullable=False),
+        ]
+    )
+
+
+@dataclass
+class Comparison:
+    """K responses to one prompt and a labeler's ranking of them.
+
+    `ranking` lists response indices from best to worst, a permutation of 0..K-1
+    (the same convention as the `order` argument of `ranking_loss`).
+    """
+
+    prompt_id: str
+    prompt: str
+    responses: list[str]  # [K], 2 <= K <= 9
+    ranking: list[int]  # [K], best -> worst
+
+    SCHEMA: ClassVar[pa.Schema] = pa.schema(
+        [
+            pa.field("prompt_id", pa.string(), nullable=False),
+            pa.field("prompt", pa.string(), nullable=False),
+            pa.field("responses", pa.list_(pa.string()), nullable=False),
+            pa.field("ranking", pa.list_(pa.int32()), nullable=False),
+        ]
+    )
+
+
+@dataclass
+class Rollout:
+    """One sampled response with everything the learner needs to train on it.
+
+    Produced by a generator (ids, behaviour logprobs, version, finish reason), completed by the
+    reward service (score, ref_logprobs). `staleness = learner_version - policy_version`.
+    """
+
+    prompt_id: str
+    prompt_ids: list[int]  # [P] prompt token ids, BOS included
+    response_ids: list[int]  # [T] sampled token ids, EOS included when finish_reason == "eos"
+    logprobs: list[float]  # [T] behaviour logprob of each sampled token under the sampling distribution
+    policy_version: int
+    finish_reason: str  # "eos" | "length" | "stop"
+    score: float | None = None  # scalar reward of the whole response (set by the reward service)
+    ref_logprobs: list[float] | None = None  # [T] reference (SFT) policy logprobs of response_ids
+    t_generated: float = 0.0  # unix time the response finished generating
+    t_scored: float = 0.0  # unix time the reward service scored it
+    sample_id: str = ""  # unique per rollout, for matching requests to results
+
+    SCHEMA: ClassVar[pa.Schema] = pa.schema(
+        [
+            pa.field("prompt_id", pa.string(), nullable=False),
+            pa.field("prompt_ids", pa.list_(pa.int32()), nullable=False),
+            pa.field("response_ids", pa.list_(pa.int32()), nullable=False),
+            pa.field("logprobs", pa.list_(pa.float32()), nullable=False),
+            pa.field("policy_version", pa.int64(), nullable=False),
+            pa.field("finish_reason", pa.string(), nullable=False),
+            pa.field("score", pa.float64(), nullable=True),
+            pa.field("ref_logprobs", pa.list_(pa.float32()), nullable=True),
+            pa.field("t_generated", pa.float64(), nullable=False),
+            pa.field("t_scored", pa.float64(), nullable=False),
+            pa.field("sample_id", pa.string(), nullable=False),
+        ]
+    )
+
+
+RECORD_TYPES: dict[str, type] = {
+    "prompts": Prompt,
+    "demonstrations": Demonstration,
+    "comparisons": Comparison,
+    "rollouts": Rollout,
+}
+
+
+def to_row(record: Any) -> dict[str, Any]:
+    return dataclasses.asdict(record)
+
+
+def record_fields(record_type: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(record_type) if f.name != "SCHEMA"]
+
+
+__all__ = [
+    "Prompt",
+    "Demonstration",
+    "Comparison",
+    "Rollout",
+    "RECORD_TYPES",
+    "MIN_RESPONSES",
+    "MAX_RESPONSES",
+    "to_row",
+    "record_fields",
+]

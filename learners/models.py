@@ -1,0 +1,103 @@
+"""Tiny demo models: a byte-level BPE tokenizer trained on a corpus and a Llama-architecture LM.
+
+Both are saved with `save_pretrained`, so transformers and vLLM load them from a local path.
+head_dim is 64 because vLLM's CPU attention rejects 16.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    head_dim: int = 64
+
+
+# ~1M and ~10M parameters with a 1024-token vocabulary (tied embeddings).
+PRESETS: dict[str, Architecture] = {
+    "tiny": Architecture(hidden_size=128, num_hidden_layers=4, num_attention_heads=2, intermediate_size=384),
+    "small": Architecture(hidden_size=256, num_hidden_layers=8, num_attention_heads=4, intermediate_size=1152),
+}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: str | os.PathLike):
+    """Train a byte-level BPE tokenizer and save it in HF format. Returns the HF tokenizer."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=2, special_tokens=[PAD, BOS, EOS])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="right"
+    )
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def build_causal_lm(preset: str, tokenizer, max_position_embeddings: int, seed: int = 0):
+    """A randomly initialised LlamaForCausalLM of the named preset, sized to the tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    arch = PRESETS[preset]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_attention_heads,
+        head_dim=arch.head_dim,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False, **kwargs):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
+    )
+    return model.to(pick_device(device))
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / "config.json").exists() and any(p.glob("*.safetensors"))
