@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
@@ -147,6 +147,82 @@ class PPOConfig(Section):
     """Horizon (in samples) of the adaptive KL controller."""
 
 
+class RewardSourceConfig(Section):
+    kind: Literal["rm", "function", "token_function"] = "rm"
+    """`rm`: the reward model's scalar at the last response token. `function`: a batched Python function
+    `fn(prompts: list[str], responses: list[str], **kwargs) -> list[float]` over decoded text.
+    `token_function`: the same over token ids, `fn(prompt_ids: list[list[int]], response_ids: list[list[int]],
+    **kwargs) -> list[float]`."""
+    weight: float = 1.0
+    """Weight of this source in the reward: `reward = sum(weight_i * r_i)`, before normalisation and clipping."""
+    path: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+    """Import path `package.module:function` of a `function` / `token_function` source (unset for `rm`)."""
+    kwargs: dict[str, float | int | str | bool] = {}
+    """Keyword arguments bound to the function, e.g. `{target_tokens: 24, coef: 0.05}`."""
+
+    @model_validator(mode="after")
+    def _path_matches_kind(self) -> "RewardSourceConfig":
+        if self.kind == "rm" and (self.path is not None or self.kwargs):
+            raise ValueError("an `rm` source takes no `path` or `kwargs`")
+        if self.kind != "rm" and self.path is None:
+            raise ValueError(f"a `{self.kind}` source needs `path: package.module:function`")
+        return self
+
+
+class RewardConfig(Section):
+    rm_path: str | None = None
+    """Reward-model checkpoint (HF directory with a scalar-head `*ForSequenceClassification`); unset: the one
+    the run's RM stage wrote. Needed only when a source is `rm`."""
+    ref_path: str | None = None
+    """Reference (SFT) policy checkpoint whose per-token logprobs the scorers return; unset: the run's SFT
+    checkpoint."""
+    ref_logprobs: bool = True
+    """Compute reference logprobs in the scorers (off the learner's critical path). Off: `ref_logprobs` stays
+    unset and whoever needs the KL term computes it."""
+    tokenizer_path: str | None = None
+    """Tokenizer used to decode text for `function` sources; unset: the reward model's, else the reference's."""
+    sources: list[RewardSourceConfig] = [RewardSourceConfig()]
+    """Reward sources and their weights, e.g. `[{kind: rm, weight: 1.0}, {kind: token_function,
+    path: "reward_service.rewards:length_penalty", weight: 1.0}]`."""
+    normalize: Literal["none", "fixed", "running"] = "none"
+    """Normalisation of the summed reward: `fixed` maps r to `(r - shift) * scale`; `running` whitens with the
+    running mean/std of every reward scored so far (state saved with the pool); `none` leaves it raw."""
+    shift: float = 0.0
+    """`fixed` normalisation: subtracted from the reward (InstructGPT: the RM's mean score on demonstrations)."""
+    scale: float = Field(1.0, gt=0.0)
+    """`fixed` normalisation: multiplies the shifted reward."""
+    clip: float | None = Field(None, gt=0.0)
+    """Clip the final reward to [-clip, clip] after normalisation; unset: no clipping."""
+    num_actors: int = Field(1, ge=1)
+    """Scorer actors in the reward pool."""
+    num_cpus: float = Field(1.0, gt=0.0)
+    """CPUs reserved per scorer actor (fractions allowed); its torch thread count is this, rounded, at least 1."""
+    num_gpus: float = Field(0.0, ge=0.0)
+    """GPUs per scorer actor; 0 runs on CPU."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights and activations of the frozen models (logprobs are always computed in float32)."""
+    max_tokens_per_microbatch: int = Field(4096, ge=1)
+    """Padded tokens (rows x longest sequence) per forward pass; sequences are sorted by length first."""
+    request_size: int = Field(64, ge=1)
+    """Most rollouts per request a blocking `score()` sends to one actor (a large batch is spread over actors)."""
+    max_in_flight: int = Field(2, ge=1)
+    """Requests queued per actor; with every actor full, `submit` blocks (backpressure)."""
+    request_timeout_s: float = Field(120.0, gt=0.0)
+    """A request not answered this long after dispatch marks its actor hung: it is killed and replaced."""
+    startup_timeout_s: float = Field(300.0, gt=0.0)
+    """Longest wait for a scorer actor to load its models."""
+    max_attempts: int = Field(3, ge=1)
+    """Dispatches per request (first try included) before an actor death or timeout fails the run."""
+
+    @model_validator(mode="after")
+    def _one_rm_source(self) -> "RewardConfig":
+        if not self.sources:
+            raise ValueError("`sources` needs at least one reward source")
+        if sum(s.kind == "rm" for s in self.sources) > 1:
+            raise ValueError("at most one `rm` source")
+        return self
+
+
 class RayConfig(Section):
     address: str | None = None
     """Ray cluster address; unset starts a local embedded Ray."""
@@ -167,6 +243,8 @@ class RunConfig(Section):
     """Seed for model initialisation, data order and sampling."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Training device; `auto` picks CUDA when present, else CPU."""
+    train_precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Forward-pass precision of the trainers: bf16 autocast (fp32 weights) when the device supports it natively."""
     torch_threads: int = Field(2, ge=1)
     """torch intra-op threads for in-driver training stages."""
     trust_remote_code: bool = False
@@ -180,4 +258,5 @@ class RunConfig(Section):
     collect: CollectConfig = CollectConfig()
     generation: GenerationConfig = GenerationConfig()
     ppo: PPOConfig = PPOConfig()
+    reward: RewardConfig = RewardConfig()
     ray: RayConfig = RayConfig()

@@ -107,11 +107,24 @@ class Rollout:
     )
 
 
+@dataclass
+class Document:
+    """One document of pretraining text (the corpus of the PPO-ptx mix and of the demo base model)."""
+
+    doc_id: str
+    text: str
+
+    SCHEMA: ClassVar[pa.Schema] = pa.schema(
+        [pa.field("doc_id", pa.string(), nullable=False), pa.field("text", pa.string(), nullable=False)]
+    )
+
+
 RECORD_TYPES: dict[str, type] = {
     "prompts": Prompt,
     "demonstrations": Demonstration,
     "comparisons": Comparison,
     "rollouts": Rollout,
+    "documents": Document,
 }
 
 
@@ -128,6 +141,7 @@ __all__ = [
     "Demonstration",
     "Comparison",
     "Rollout",
+    "Document",
     "RECORD_TYPES",
     "MIN_RESPONSES",
     "MAX_RESPONSES",

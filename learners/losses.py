@@ -1,0 +1,502 @@
+"""Loss and advantage functions of the three InstructGPT stages, as pure functions over tensors.
+
+Conventions shared by every function here:
+
+- Per-token tensors are ``[B, T]`` over response tokens with a 0/1 ``mask`` (bool or float, same
+  shape). Valid tokens are normally a prefix of each row (right padding), but nothing here relies on
+  it: masked positions are skipped wherever they sit.
+- "Mean" means the masked mean over *all valid tokens of the batch* (token-level, not per-sequence),
+  so a batch split into minibatches gives the same loss when the minibatch losses are weighted by
+  their token counts.
+- Values at masked positions never reach the result nor its gradient: inputs are replaced by 0 at
+  masked positions (``torch.where``) before any arithmetic, so padding may hold anything, even
+  ``nan``/``inf`` or ``-100`` labels. (Exception: logits at masked positions must be finite, since
+  ``[B, T, V]`` logits are not copied to be sanitised; a model's logits always are.)
+- Functions that return ``(loss, metrics)`` return ``loss`` as a 0-d tensor carrying the graph and
+  ``metrics`` as a dict of detached python floats.
+
+References:
+    [InstructGPT] Ouyang et al. 2022, "Training language models to follow instructions with human
+        feedback", arXiv:2203.02155.
+    [PPO] Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv:1707.06347.
+    [GAE] Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage
+        Estimation", arXiv:1506.02438.
+    [Ziegler] Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences",
+        arXiv:1909.08593.
+    [KL-approx] Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+# --------------------------------------------------------------------------------------------------
+# masked reductions
+
+
+def _as_bool(mask: Tensor) -> Tensor:
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _check_same_shape(**tensors: Tensor) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"shape mismatch: {shapes}")
+
+
+def _zero_padding(x: Tensor, valid: Tensor) -> Tensor:
+    # `where`, not `x * mask`: nan * 0 is nan, and the gradient of the discarded branch is exactly 0.
+    return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1.
+
+    Args:
+        x: any shape, e.g. ``[B, T]``.
+        mask: 0/1, bool or float, same shape as ``x`` (or broadcastable to it).
+        dim: reduce over these dims; ``None`` reduces over all elements (a 0-d tensor).
+
+    Returns ``sum(x·m) / max(sum(m), 1)``: a slice with no valid element gives 0, not nan, so fully
+    padded rows are harmless under ``dim=1``.
+    """
+    valid = _as_bool(mask).expand_as(x)
+    total = _zero_padding(x, valid)
+    if dim is None:
+        return total.sum() / valid.sum().clamp_min(1).to(x.dtype)
+    return total.sum(dim=dim) / valid.sum(dim=dim).clamp_min(1).to(x.dtype)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of the valid elements of ``x`` (all of them pooled), a 0-d tensor.
+
+    ``var = Σ m·(x - μ)² / n`` with ``μ`` the masked mean and ``n = Σ m``; times ``n / (n - 1)``
+    (Bessel) when ``unbiased``. Raises ValueError with fewer than 2 valid elements when unbiased
+    (fewer than 1 otherwise).
+    """
+    valid = _as_bool(mask).expand_as(x)
+    n = int(valid.sum())
+    if n < (2 if unbiased else 1):
+        raise ValueError(f"masked_var needs at least {2 if unbiased else 1} valid elements, got {n}")
+    mean = masked_mean(x, valid)
+    var = masked_mean((x - mean) ** 2, valid)
+    if unbiased:
+        var = var * (n / (n - 1))
+    return var
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Normalise ``x`` to zero mean and unit variance over its valid elements (pooled over the batch).
+
+    ``x̂ = (x - μ) / sqrt(σ² + eps)`` with ``μ``, ``σ²`` the masked mean and unbiased masked variance;
+    with ``shift_mean=False`` the mean is added back, ``x̂ = (x - μ) / sqrt(σ² + eps) + μ`` (rescale
+    only). Shapes: ``x``, ``mask`` ``[B, T]`` -> ``[B, T]``.
+
+    Padding positions of the result are 0 (whatever ``x`` held there), so whitened advantages can be
+    fed to a loss without re-masking and garbage never propagates.
+    """
+    _check_same_shape(x=x, mask=mask)
+    valid = _as_bool(mask)
+    clean = _zero_padding(x, valid)
+    mean = masked_mean(clean, valid)
+    var = masked_var(clean, valid, unbiased=True)
+    whitened = (clean - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return _zero_padding(whitened, valid)
+
+
+# --------------------------------------------------------------------------------------------------
+# KL penalty and controllers
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from tokens sampled from π.
+
+    Args:
+        logprobs: ``[B, T]`` log π(y_t | x, y_<t) of the sampled tokens.
+        ref_logprobs: ``[B, T]`` log π_ref of the same tokens.
+        estimator: with ``log_ratio = logprobs - ref_logprobs`` and ``r = π_ref/π = exp(-log_ratio)``
+            [KL-approx]:
+
+            - ``"k1"``: ``log_ratio`` — unbiased, can be negative per token; this is the per-token
+              penalty ``β·log(π_RL/π_SFT)`` of InstructGPT's objective (Eq. 2) [InstructGPT].
+            - ``"k2"``: ``0.5 · log_ratio²`` — biased, low variance, non-negative.
+            - ``"k3"``: ``(r - 1) - log r = exp(-log_ratio) - 1 + log_ratio`` — unbiased,
+              non-negative, low variance.
+
+    Returns ``[B, T]``; padding positions are not masked (the caller masks).
+    """
+    _check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs)
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; allowed: {', '.join(KL_ESTIMATORS)}")
+
+
+class FixedKLController:
+    """Constant KL coefficient β (InstructGPT uses β = 0.02 [InstructGPT])."""
+
+    def __init__(self, kl_coef: float):
+        if kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """No-op: the coefficient stays fixed."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """Adaptive β that steers the measured KL towards ``target`` [Ziegler, Sec. 2.2].
+
+    After each batch::
+
+        e_t  = clip(KL_t / KL_target - 1, -0.2, 0.2)
+        β_t+1 = β_t · (1 + e_t · n_steps / horizon)
+
+    where ``n_steps`` is the number of episodes (samples) the batch contained, so a full ``horizon``
+    of episodes at a persistent error changes β by at most ≈ e^0.2.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: float):
+        if init_kl_coef < 0:
+            raise ValueError(f"init_kl_coef must be >= 0, got {init_kl_coef}")
+        if target <= 0:
+            raise ValueError(f"target must be > 0, got {target}")
+        if horizon <= 0:
+            raise ValueError(f"horizon must be > 0, got {horizon}")
+        self.value = float(init_kl_coef)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        mult = 1.0 + proportional_error * n_steps / self.horizon
+        self.value *= mult
+
+    def state_dict(self) -> dict[str, Any]:
+        # target and horizon come from the config; only β evolves.
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])
+
+
+# --------------------------------------------------------------------------------------------------
+# advantages
+
+
+@torch.no_grad()
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation [GAE, Eq. 16] over each response, backwards in time.
+
+    Args:
+        rewards: ``[B, T]`` per-token rewards (in PPO-ptx: ``-β·KL_t`` on every token plus the RM score
+            on the last one [InstructGPT, Eq. 2]).
+        values: ``[B, T]`` value estimates V(s_t).
+        mask: ``[B, T]`` 0/1, valid response tokens.
+        gamma: discount γ in [0, 1].
+        lam: GAE λ in [0, 1].
+
+    Computes, over the valid tokens t of a row in order::
+
+        δ_t = r_t + γ·V_{t+1} - V_t
+        A_t = δ_t + γλ·A_{t+1}
+        R_t = A_t + V_t                  (the λ-return, the value target)
+
+    where ``t+1`` is the next *valid* token of the row (masked positions are skipped, not treated as
+    zero-reward steps) and ``V``, ``A`` after the last valid token are 0 (the episode ends there).
+
+    Returns ``(advantages, returns)``, both ``[B, T]``, 0 at masked positions, detached (they are
+    targets and constants of the PPO losses). Loops over T (batch-vectorised); T is the response
+    length, so the loop is short.
+    """
+    _check_same_shape(rewards=rewards, values=values, mask=mask)
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    valid = _as_bool(mask)
+    rewards = _zero_padding(rewards.detach(), valid)
+    values = _zero_padding(values.detach(), valid)
+    batch, length = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    next_value = rewards.new_zeros(batch)
+    next_advantage = rewards.new_zeros(batch)
+    for t in reversed(range(length)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        valid_t = valid[:, t]
+        # A masked step leaves the carried V_{t+1}, A_{t+1} for the previous valid token untouched.
+        next_value = torch.where(valid_t, values[:, t], next_value)
+        next_advantage = torch.where(valid_t, advantage, next_advantage)
+        advantages[:, t] = torch.where(valid_t, advantage, torch.zeros_like(advantage))
+    returns = advantages + values
+    return advantages, returns
+
+
+# --------------------------------------------------------------------------------------------------
+# PPO losses
+
+
+def ppo_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float,
+    is_weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Clipped surrogate policy loss [PPO, Eq. 7], optionally importance-weighted per token.
+
+    Args:
+        logprobs: ``[B, T]`` log π_θ of the sampled tokens (carries the graph).
+        old_logprobs: ``[B, T]`` log π_old (the proximal policy the ratio is clipped around).
+        advantages: ``[B, T]``.
+        mask: ``[B, T]`` 0/1.
+        clip_eps: ε (InstructGPT: 0.2).
+        is_weights: optional ``[B, T]`` truncated importance weights ``min(π_old/π_behaviour, c)``
+            correcting for stale rollouts; constants (detached here).
+
+    With ``ρ_t = exp(logprobs_t - old_logprobs_t)``::
+
+        ℓ_t  = -min(ρ_t·A_t, clip(ρ_t, 1-ε, 1+ε)·A_t) · w_t
+        loss = masked_mean(ℓ)
+
+    Metrics:
+        clipfrac: fraction of valid tokens where the clipped term is the one chosen and differs from
+            the unclipped one, i.e. where clipping zeroes the token's gradient (``A>0, ρ>1+ε`` or
+            ``A<0, ρ<1-ε``). Tokens outside the trust region on the side the objective still pulls
+            back (e.g. ``A>0, ρ<1-ε``) are *not* counted; this is smaller than the
+            ``|ρ-1| > ε`` fraction some codebases report.
+        approx_kl: masked mean of the k3 estimator of KL(π_old ‖ π_θ) under samples from π_old,
+            ``(ρ - 1) - log ρ`` [KL-approx].
+        ratio_mean, ratio_max: masked mean and max of ρ.
+    """
+    _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
+    valid = _as_bool(mask)
+    logprobs = _zero_padding(logprobs, valid)
+    old_logprobs = _zero_padding(old_logprobs.detach(), valid)
+    advantages = _zero_padding(advantages.detach(), valid)
+
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    per_token = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        _check_same_shape(logprobs=logprobs, is_weights=is_weights)
+        per_token = per_token * _zero_padding(is_weights.detach(), valid)
+    loss = masked_mean(per_token, valid)
+
+    with torch.no_grad():
+        ratio_d = ratio.detach()
+        log_ratio_d = log_ratio.detach()
+        metrics = {
+            "clipfrac": masked_mean((clipped > unclipped).to(ratio_d.dtype), valid).item(),
+            "approx_kl": masked_mean(torch.expm1(log_ratio_d) - log_ratio_d, valid).item(),
+            "ratio_mean": masked_mean(ratio_d, valid).item(),
+            "ratio_max": _masked_max(ratio_d, valid),
+        }
+    return loss, metrics
+
+
+def _masked_max(x: Tensor, valid: Tensor) -> float:
+    if not bool(valid.any()):
+        return float("nan")
+    return x[valid].max().item()
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps: float
+) -> tuple[Tensor, dict[str, float]]:
+    """Clipped value loss (the PPO2 value clipping of OpenAI baselines, used with [PPO]).
+
+    Args:
+        values: ``[B, T]`` V_φ(s_t) (carries the graph).
+        old_values: ``[B, T]`` values at rollout time.
+        returns: ``[B, T]`` value targets R_t (from :func:`gae`).
+        mask: ``[B, T]`` 0/1.
+        clip_eps: ε for the value (in the value's units).
+
+    ::
+
+        V_clip = V_old + clip(V - V_old, -ε, ε)
+        loss   = 0.5 · masked_mean(max((V - R)², (V_clip - R)²))
+
+    Metrics: ``vf_clipfrac`` — fraction of valid tokens where the clipped term is strictly larger (so
+    it is chosen and the token gets no gradient); ``value_mean`` — masked mean of V.
+    """
+    _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    valid = _as_bool(mask)
+    values = _zero_padding(values, valid)
+    old_values = _zero_padding(old_values.detach(), valid)
+    returns = _zero_padding(returns.detach(), valid)
+
+    values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+    loss_unclipped = (values - returns) ** 2
+    loss_clipped = (values_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), valid)
+    with torch.no_grad():
+        metrics = {
+            "vf_clipfrac": masked_mean((loss_clipped > loss_unclipped).to(values.dtype), valid).item(),
+            "value_mean": masked_mean(values.detach(), valid).item(),
+        }
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# language-model terms
+
+
+def _upcast(logits: Tensor) -> Tensor:
+    # 16-bit log-probs carry ~2-3 significant digits; PPO ratios exp(Δlogp) need more.
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
+    """``log softmax(logits)[labels]`` per position.
+
+    Args:
+        logits: ``[B, T, V]``, already aligned with ``labels`` (position t predicts ``labels[:, t]``;
+            the caller does the causal shift).
+        labels: ``[B, T]`` token ids in ``[0, V)``.
+
+    Returns ``[B, T]`` in the logits' dtype (float32 for 16-bit logits). Memory: ``log_softmax``
+    allocates one more ``[B, T, V]`` tensor (kept for backward) before the gather; callers with a
+    large vocabulary bound peak memory by calling this on chunks of the batch.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not align with labels {tuple(labels.shape)}")
+    logp = torch.log_softmax(_upcast(logits), dim=-1)
+    return torch.gather(logp, dim=-1, index=labels.long().unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of the categorical distribution at each position, ``H = logsumexp(z) - Σ softmax(z)·z``.
+
+    ``[B, T, V]`` -> ``[B, T]`` (float32 for 16-bit logits).
+    """
+    logits = _upcast(logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+
+
+def lm_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """Token-level negative log-likelihood: the SFT loss on response tokens and the pretraining term
+    ``γ·E_pretrain[log π_RL(x)]`` of PPO-ptx [InstructGPT, Eq. 2] (the caller applies γ).
+
+    Args:
+        logits: ``[B, T, V]`` aligned with ``labels`` (caller shifts).
+        labels: ``[B, T]``; any value (e.g. -100) at masked positions.
+        mask: ``[B, T]`` 0/1, tokens that count. Logits at masked positions must be finite (a nan
+            there would reach the gradient through ``log_softmax``).
+
+    ``loss = masked_mean(-log p(labels_t))``. Metrics: ``nll`` (= loss), ``ppl = exp(nll)``,
+    ``tokens`` (number of valid tokens, as a float).
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not align with labels {tuple(labels.shape)}")
+    _check_same_shape(labels=labels, mask=mask)
+    valid = _as_bool(mask)
+    safe_labels = torch.where(valid, labels.long(), torch.zeros((), dtype=torch.long, device=labels.device))
+    nll = -token_logprobs(logits, safe_labels)
+    loss = masked_mean(nll, valid)
+    value = loss.detach().item()
+    metrics = {
+        "nll": value,
+        "ppl": math.exp(value) if value < 700.0 else math.inf,
+        "tokens": float(valid.sum().item()),
+    }
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# reward-model ranking loss
+
+
+def ranking_loss(scores: Tensor, order: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """K-wise pairwise ranking loss of the reward model [InstructGPT, Eq. 1].
+
+    Args:
+        scores: ``[P, K]`` scalar reward r(x_p, y_{p,k}) of each of a prompt's responses (any value at
+            responses that are not ranked).
+        order: ``[P, K]`` long, response indices best -> worst; rows of a prompt with ``K_p < K``
+            responses end in ``-1`` padding (padding only at the end of a row, no repeated index).
+
+    ::
+
+        loss = 1/P · Σ_p  1/C(K_p, 2) · Σ_{(w, l): w ranked above l}  -log σ(r_w - r_l)
+
+    i.e. every prompt's C(K_p, 2) comparisons form one batch element with equal weight, as in the
+    paper (which does so to avoid overfitting to prompts seen K-1 times per epoch). Vectorised: ranks
+    are scattered from ``order`` and a ``[P, K, K]`` mask selects the pairs.
+
+    Metrics (pooled over all pairs of the batch): ``accuracy`` — fraction with r_w > r_l;
+    ``pairs`` — number of pairs; ``margin`` — mean of r_w - r_l.
+
+    Raises ValueError for a malformed ``order`` or a prompt with fewer than 2 ranked responses.
+    """
+    if scores.dim() != 2 or scores.shape != order.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and order {tuple(order.shape)} must both be [P, K]")
+    if order.dtype.is_floating_point or order.dtype == torch.bool:
+        raise ValueError(f"order must be an integer tensor, got {order.dtype}")
+    num_prompts, k = order.shape
+    if num_prompts == 0:
+        raise ValueError("ranking_loss needs at least one prompt")
+    listed = order >= 0
+    if bool((order < -1).any()) or bool((order >= k).any()):
+        raise ValueError(f"order entries must be response indices in [0, {k}) or -1 padding")
+    if bool((listed[:, 1:] & ~listed[:, :-1]).any()):
+        raise ValueError("order has -1 padding before a response index; padding must be at the end of a row")
+    ranked_count = listed.sum(dim=1)
+    if bool((ranked_count < 2).any()):
+        bad = torch.nonzero(ranked_count < 2).flatten().tolist()
+        raise ValueError(f"prompts {bad} have fewer than 2 ranked responses")
+
+    # Padding entries scatter into a spare column K that is dropped afterwards.
+    index = torch.where(listed, order.long(), torch.full_like(order, k, dtype=torch.long))
+    counts = torch.zeros(num_prompts, k + 1, dtype=torch.long, device=order.device)
+    counts.scatter_add_(1, index, torch.ones_like(index))
+    if bool((counts[:, :k] > 1).any()):
+        raise ValueError("order repeats a response index within a prompt")
+    positions = torch.arange(k, device=order.device).expand(num_prompts, k)
+    ranks = torch.full((num_prompts, k + 1), k, dtype=torch.long, device=order.device)
+    ranks.scatter_(1, index, positions)
+    ranks = ranks[:, :k]  # ranks[p, i] = position of response i in the ranking; k if unranked
+    is_ranked = ranks < k
+
+    # pair_mask[p, w, l]: response w is ranked above response l.
+    pair_mask = is_ranked[:, :, None] & is_ranked[:, None, :] & (ranks[:, :, None] < ranks[:, None, :])
+    scores = _zero_padding(scores, is_ranked)
+    diff = scores[:, :, None] - scores[:, None, :]  # r_w - r_l
+    pair_losses = _zero_padding(-F.logsigmoid(diff), pair_mask)
+    pairs_per_prompt = pair_mask.sum(dim=(1, 2)).to(scores.dtype)  # C(K_p, 2)
+    loss = (pair_losses.sum(dim=(1, 2)) / pairs_per_prompt).mean()
+
+    with torch.no_grad():
+        chosen = diff.detach()[pair_mask]
+        metrics = {
+            "accuracy": (chosen > 0).to(scores.dtype).mean().item(),
+            "pairs": float(chosen.numel()),
+            "margin": chosen.mean().item(),
+        }
+    return loss, metrics

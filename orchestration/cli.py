@@ -1,0 +1,153 @@
+"""`raylhf` command line: one subcommand per pipeline stage, plus `run` for the whole pipeline.
+
+Every subcommand takes `--config` (a preset name or YAML path) and dotted overrides such as
+`ppo.kl_coef=0.05`. Bad config exits with status 2 and names the key; bad data names file and line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from configs.loader import DEFAULT_PRESET, ConfigError, explain, load_config, preset_names, save_config
+from contracts.dataio import DataError
+from orchestration.paths import RunPaths
+
+EPILOG = """\
+overrides:
+  Any config field can be set as key.path=value after the options, e.g.
+  raylhf sft sft.epochs=2 sft.lr=5e-4. `raylhf config --explain` lists every field.
+
+output:
+  A run keeps everything under <output_dir>/<name>/ (default runs/demo/): data/, models/<stage>/
+  (Hugging Face format), config.yaml (the resolved config), metrics.jsonl, summaries/.
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_PRESET,
+                        help=f"preset ({', '.join(preset_names())}) or path to a YAML config (default: {DEFAULT_PRESET})")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raylhf",
+        description="InstructGPT-style RLHF on Ray: supervised fine-tuning, a reward model trained on K-wise "
+                    "rankings and PPO with a KL penalty and a pretraining mix.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser("config", help="print the resolved config (or explain every field)",
+                       description="Validate and print the resolved config as YAML.")
+    p.add_argument("--explain", action="store_true", help="list every field with its default and meaning")
+    _common(p)
+
+    p = sub.add_parser("data", help="write the built-in demo task's datasets",
+                       description="Write the demo task's prompts (train / heldout / generalization splits), "
+                                   "demonstrations, seed comparisons and pretraining corpus as JSONL.")
+    p.add_argument("which", choices=["demo"], help="dataset to write (the built-in demo task)")
+    p.add_argument("--out", type=Path, help="output directory (default: <run>/data)")
+    _common(p)
+
+    p = sub.add_parser("pretrain", help="train the demo tokenizer and base model",
+                       description="Train a byte-level BPE tokenizer and pretrain the demo base model (a tiny "
+                                   "Llama) on the task's corpus. Writes models/base in HF format.")
+    _common(p)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on demonstrations (step 1)",
+                       description="Fine-tune a local HF causal LM on demonstrations; loss on response tokens, "
+                                   "cosine LR decay, best epoch by validation loss. Saves model + tokenizer.")
+    p.add_argument("--model", type=Path, help="base checkpoint (default: <run>/models/base)")
+    p.add_argument("--data", type=Path, help="demonstrations JSONL/Parquet (default: <run>/data/demonstrations.jsonl)")
+    p.add_argument("--out", type=Path, help="output checkpoint (default: <run>/models/sft)")
+    _common(p)
+
+    p = sub.add_parser("rm", help="train the reward model on ranked comparisons (step 2)",
+                       description="Replace the SFT model's LM head with a scalar head and train it on K-wise "
+                                   "rankings with InstructGPT's loss over all C(K,2) pairs; then shift its "
+                                   "bias so demonstrations score mean 0.")
+    p.add_argument("--model", type=Path, help="SFT checkpoint (default: <run>/models/sft)")
+    p.add_argument("--data", type=Path, help="comparisons JSONL/Parquet (default: <run>/data/comparisons.jsonl)")
+    p.add_argument("--demonstrations", type=Path, help="demonstrations for reward normalisation "
+                                                       "(default: <run>/data/demonstrations.jsonl)")
+    p.add_argument("--out", type=Path, help="output checkpoint (default: <run>/models/rm)")
+    _common(p)
+
+    p = sub.add_parser("run", help="run the whole pipeline on the configured task",
+                       description="data -> base model -> SFT -> reward model, each stage skipped when its "
+                                   "output already exists (delete it to redo a stage).")
+    _common(p)
+    return parser
+
+
+def _prepare(args) -> tuple:
+    cfg = load_config(args.config, args.overrides)
+    paths = RunPaths(Path(cfg.output_dir) / cfg.name)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, paths.config)
+    return cfg, paths
+
+
+def _report(stage: str, summary: dict) -> None:
+    print(f"[{stage}] " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:
+        print(f"data error: {e}", file=sys.stderr)
+        return 3
+
+
+def _dispatch(args) -> int:
+    from orchestration import stages
+
+    if args.command == "config":
+        cfg = load_config(args.config, args.overrides)
+        if args.explain:
+            print("\n".join(explain()))
+        else:
+            import yaml
+
+            print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        return 0
+
+    cfg, paths = _prepare(args)
+    from tasks import load_task
+
+    if args.command == "data":
+        summary = stages.stage_data(cfg, load_task(cfg.task), args.out or paths.data)
+        _report("data", stages.save_summary(paths, "data", summary))
+    elif args.command == "pretrain":
+        _report("pretrain", stages.save_summary(paths, "pretrain", stages.stage_pretrain(cfg, paths, load_task(cfg.task))))
+    elif args.command == "sft":
+        summary = stages.stage_sft(cfg, paths, args.model or paths.model("base"), args.data or paths.demonstrations,
+                                   args.out or paths.model("sft"))
+        _report("sft", stages.save_summary(paths, "sft", summary))
+    elif args.command == "rm":
+        summary = stages.stage_rm(cfg, paths, args.model or paths.model("sft"), args.data or paths.comparisons,
+                                  args.out or paths.model("rm"), args.demonstrations or paths.demonstrations)
+        _report("rm", stages.save_summary(paths, "rm", summary))
+    elif args.command == "run":
+        from orchestration.pipeline import run_pipeline
+
+        t0 = time.time()
+        run_pipeline(cfg, paths, report=_report)
+        print(f"pipeline finished in {time.time() - t0:.0f} s; outputs in {paths.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

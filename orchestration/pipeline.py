@@ -1,0 +1,33 @@
+"""`raylhf run`: the whole pipeline on the configured task, each stage skipped when its output exists."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from configs.schema import RunConfig
+from learners.models import is_checkpoint
+from orchestration import stages
+from orchestration.paths import RunPaths
+from tasks import load_task
+
+log = logging.getLogger(__name__)
+
+
+def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], None]) -> dict[str, dict]:
+    task = load_task(cfg.task)
+    summaries: dict[str, dict] = {}
+
+    def stage(name: str, done: bool, fn: Callable[[], dict]) -> None:
+        if done and stages.load_summary(paths, name) is not None:
+            log.info("stage %s: output exists, skipped", name)
+            summaries[name] = stages.load_summary(paths, name)
+            return
+        summaries[name] = stages.save_summary(paths, name, fn())
+        report(name, summaries[name])
+
+    stage("data", paths.demonstrations.exists(), lambda: stages.stage_data(cfg, task, paths.data))
+    stage("pretrain", is_checkpoint(paths.model("base")), lambda: stages.stage_pretrain(cfg, paths, task))
+    stage("sft", is_checkpoint(paths.model("sft")),
+          lambda: stages.stage_sft(cfg, paths, paths.model("base"), paths.demonstrations, paths.model("sft")))
+    return summaries

@@ -1,0 +1,76 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from configs.loader import ConfigError, explain, load_config, preset_names, save_config
+from configs.schema import RunConfig
+
+
+def test_presets_load_and_tiny_is_default():
+    assert {"tiny", "small"} <= set(preset_names())
+    cfg = load_config()
+    assert cfg.model.preset == "tiny"
+    assert load_config("small").model.preset == "small"
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config("tiny", ["ppo.kl_coef=0.05", "sft.epochs=3", "generation.engine=hf", "ray.address=auto"])
+    assert cfg.ppo.kl_coef == 0.05 and cfg.sft.epochs == 3
+    assert cfg.generation.engine == "hf" and cfg.ray.address == "auto"
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("ppo.kl_coeff=0.1", "ppo.kl_coeff: unknown key; allowed: kl_coef"),
+        ("nonsense=1", "nonsense: unknown key"),
+        ("ppo.kl_coef=-1", "ppo.kl_coef: Input should be greater than or equal to 0"),
+        ("sft.epochs=two", "sft.epochs: Input should be a valid integer"),
+        ("sft.epochs=1.5", "sft.epochs: Input should be a valid integer"),
+        ("generation.engine=tgi", "generation.engine: Input should be 'vllm' or 'hf'"),
+        ("collect.k=10", "collect.k: Input should be less than or equal to 9"),
+        ("data.on_bad_rows=ignore", "data.on_bad_rows: Input should be 'error' or 'skip'"),
+        ("noequals", "expected key.path=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as exc:
+        load_config("tiny", [override])
+    assert needle in str(exc.value)
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("ppo:\n  kl_coef: 0.1\n  clip: 0.3\n")
+    with pytest.raises(ConfigError, match=r"ppo\.clip: unknown key; allowed: kl_coef"):
+        load_config(str(path))
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        load_config("huge")
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config("tiny", ["ppo.kl_coef=0.07"])
+    path = save_config(cfg, tmp_path / "config.yaml")
+    assert RunConfig.model_validate(yaml.safe_load(path.read_text())) == cfg
+    assert load_config(str(path)) == cfg
+
+
+def test_every_field_has_a_docstring():
+    lines = explain()
+    assert len(lines) > 30
+    for line in lines:
+        key, _, doc = line.partition("\n")
+        assert doc.strip(), f"{key} has no docstring"
+
+
+def test_cli_exits_2_and_names_the_key():
+    out = subprocess.run(
+        [sys.executable, "-m", "raylhf", "config", "ppo.kl_coeff=0.1"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2, out
+    assert "ppo.kl_coeff" in out.stderr
