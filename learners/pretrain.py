@@ -45,7 +45,7 @@ def evaluate_lm(model, stream: np.ndarray, seq_len: int, device, bf16: bool, max
     for chunk in windows.split(16):
         with autocast(device, bf16):
             loss, _ = causal_lm_loss(model, chunk.to(device))
-        total += float(loss) * len(chunk)
+        total += loss.item() * len(chunk)
     return total / n
 
 
@@ -77,7 +77,7 @@ def pretrain(
         windows = sample_windows(train_stream, batch_size, seq_len, rng).to(device)
         with autocast(device, bf16):
             loss, m = causal_lm_loss(model, windows)
-        metrics = {"loss": float(loss), **optimizer_step(optimizer, params, loss, grad_clip=1.0)}
+        metrics = {"loss": loss.item(), **optimizer_step(optimizer, params, loss, grad_clip=1.0)}
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             metrics["heldout_loss"] = evaluate_lm(model, heldout_stream, seq_len, device, bf16)
             model.train()

@@ -29,11 +29,13 @@ RankedGroup = tuple[Sequence[Sequence[int]], Sequence[int]]
 
 def reward_model_from_policy(policy_path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False):
     """Load a causal LM checkpoint's transformer under a fresh scalar head (its LM head is dropped)."""
-    from transformers import AutoModelForTokenClassification
+    from transformers import AutoConfig, AutoModelForTokenClassification
 
+    config = AutoConfig.from_pretrained(str(policy_path), trust_remote_code=trust_remote_code)
+    config.num_labels = 1
+    config.classifier_dropout = 0.0  # dropout on a scalar reward only adds noise to the pairwise margins
     model = AutoModelForTokenClassification.from_pretrained(
-        str(policy_path), num_labels=1, classifier_dropout=0.0, use_safetensors=True,
-        trust_remote_code=trust_remote_code,
+        str(policy_path), config=config, use_safetensors=True, trust_remote_code=trust_remote_code
     )
     # Start from a constant reward: the head learns from comparisons alone, not from random features.
     torch.nn.init.zeros_(model.score.weight)
@@ -116,7 +118,7 @@ def evaluate_rankings(model, groups: Sequence[RankedGroup], pad_id: int, device,
             loss, m = ranking_batch_loss(model, chunk, pad_id, device)
         correct += m["accuracy"] * m["pairs"]
         pairs += m["pairs"]
-        loss_sum += float(loss) * len(chunk)
+        loss_sum += loss.item() * len(chunk)
     return {"accuracy": correct / max(pairs, 1.0), "loss": loss_sum / max(len(groups), 1), "pairs": pairs}
 
 
@@ -151,9 +153,9 @@ def train_reward_model(
                 loss, m = ranking_batch_loss(model, batch, pad_id, device)
             stats = optimizer_step(optimizer, params, loss, grad_clip)
             step += 1
-            log(step, {"loss": float(loss), "accuracy": m["accuracy"], "epoch": epoch, **stats})
+            log(step, {"loss": loss.item(), "accuracy": m["accuracy"], "epoch": epoch, **stats})
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{m['accuracy']:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{m['accuracy']:.2f}")
         val_metrics = evaluate_rankings(model, val, pad_id, device, bf16)
         log(step, {f"val_{k}": v for k, v in val_metrics.items()} | {"epoch": epoch})
     bar.close()

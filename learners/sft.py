@@ -57,7 +57,7 @@ def validation_loss(model, examples: Sequence[Example], pad_id: int, device, bf1
     for i in range(0, len(examples), batch_size):
         with autocast(device, bf16):
             loss, m = response_lm_loss(model, examples[i : i + batch_size], pad_id, device)
-        total += float(loss) * m["tokens"]
+        total += loss.item() * m["tokens"]
         tokens += m["tokens"]
     return total / max(tokens, 1.0)
 
@@ -102,9 +102,9 @@ def train_sft(
                     loss, m = response_lm_loss(model, batch, pad_id, device)
                 stats = optimizer_step(optimizer, params, loss, grad_clip)
                 step += 1
-                log(step, {"loss": float(loss), "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, **stats})
+                log(step, {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, **stats})
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{float(loss):.3f}")
+                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
             val_loss = validation_loss(model, val, pad_id, device, bf16, batch_size)
             log(step, {"val_loss": val_loss, "epoch": epoch})
             if val_loss < best["val_loss"]:
