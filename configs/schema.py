@@ -8,9 +8,10 @@ the config deep inside a class.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -36,9 +37,23 @@ class TaskConfig(Section):
     """Fraction of demonstrations that wrap the answer in needless words."""
     wrong_rate: float = Field(0.05, ge=0.0, le=1.0)
     """Fraction of demonstrations with a wrong answer."""
-    labeler_noise: float = Field(0.35, ge=0.0)
-    """Std of the Gumbel/Gaussian noise the simulated labeler adds to the hidden utility; calibrated so
-    two labelers agree on ~73 % of pairs of SFT-quality responses (InstructGPT: 72.6 ± 1.5 %)."""
+    labeler_noise: float = Field(0.23, ge=0.0)
+    """Std of the Gaussian noise the simulated labeler adds to the hidden utility of each response;
+    0.23 makes two labelers agree on ~73 % of the demo's fixed reference pairs of SFT-quality responses
+    (InstructGPT: 72.6 ± 1.5 %). Recalibrate with `tasks.demo.calibrate_labeler_noise` if the world changes."""
+    heldout_share: float = Field(0.2, gt=0.0, lt=1.0)
+    """Share of each family's prompt texts (picked by a stable hash of the text) reserved for the held-out
+    split, so held-out prompts are never trained on."""
+    generalization_family: Literal[
+        "list", "repeat", "upper", "count", "reverse", "add", "starts_with", "count_down"
+    ] = "count_down"
+    """Instruction family kept out of training prompts and demonstrations; its prompts are in the
+    generalization split only (the pretraining corpus still shows the skill)."""
+    generalization_category: Literal[
+        "fruit", "animal", "color", "vehicle", "drink", "flower", "instrument", "tool"
+    ] = "tool"
+    """Item category whose words never appear in training prompts or demonstrations; generalization prompts
+    ask about it or use its words (the pretraining corpus still contains them)."""
 
 
 class DataConfig(Section):
@@ -130,6 +145,10 @@ class GenerationConfig(Section):
     """Longest response in tokens."""
     n: int = Field(1, ge=1)
     """Samples per prompt."""
+    stop_token_ids: list[int] = []
+    """Token ids that end a response besides EOS (which always does); the stop token is kept in the response."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weight and activation dtype of the generation engine; published weight snapshots must carry this dtype."""
     in_flight: int = Field(2, ge=1)
     """Generate requests each generator keeps queued, so it never idles waiting for the driver."""
 
@@ -145,6 +164,46 @@ class PPOConfig(Section):
     """Target KL per sequence for the adaptive controller."""
     kl_horizon: int = Field(10000, ge=1)
     """Horizon (in samples) of the adaptive KL controller."""
+    batch_size: int = Field(64, ge=1)
+    """Rollouts per learner step (InstructGPT: 512)."""
+    minibatch_size: int = Field(32, ge=1)
+    """Rollouts per optimiser step; a batch gives `ceil(batch_size / minibatch_size)` steps per epoch
+    (InstructGPT: 64)."""
+    ppo_epochs: int = Field(1, ge=1)
+    """Passes over each batch (InstructGPT: 1)."""
+    lr: float = Field(1e-4, gt=0.0)
+    """Policy learning rate (AdamW, constant, no weight decay; InstructGPT: 9.65e-6 at 1.3B parameters, the
+    tiny demo model needs more)."""
+    value_lr: float = Field(1e-4, gt=0.0)
+    """Value-model learning rate (the value model starts from the reward model)."""
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """GAE discount γ; 1 for the bandit (one reward at the end of the response)."""
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    """GAE λ: 1 is the Monte-Carlo return, 0 the one-step TD target."""
+    clip_eps: float = Field(0.2, gt=0.0)
+    """PPO ratio clip ε (InstructGPT: 0.2)."""
+    value_clip_eps: float = Field(0.2, gt=0.0)
+    """Clip of the value update around the old value, in reward units."""
+    grad_clip: float = Field(1.0, ge=0.0)
+    """Max global gradient norm of each model; 0 disables clipping."""
+    whiten_advantages: bool = True
+    """Normalise advantages to mean 0, std 1 over the batch's response tokens."""
+    ptx_coef: float = Field(1.0, ge=0.0)
+    """γ_ptx: weight of the pretraining LM loss in PPO-ptx (InstructGPT: 27.8); 0 is plain PPO."""
+    ptx_per_rl: int = Field(1, ge=1)
+    """Pretraining sequences per RL rollout in each minibatch (InstructGPT: 8; 1 keeps a 2-core step short)."""
+    ptx_seq_len: int = Field(64, ge=8)
+    """Tokens per pretraining sequence of the ptx term (random windows of the packed corpus)."""
+    is_clip_c: float = Field(2.0, gt=0.0)
+    """Truncation c of the per-token importance weight `min(π_old / π_behaviour, c)` that corrects for
+    rollouts sampled by an older policy (IMPALA's ρ̄ is 1)."""
+    max_staleness: int = Field(4, ge=0)
+    """Rollouts sampled more than this many policy versions ago are dropped (and counted)."""
+    num_cpus: float = Field(1.0, gt=0.0)
+    """CPUs reserved for the learner actor (fractions allowed); its torch thread count is this, rounded,
+    at least 1."""
+    num_gpus: float = Field(0.0, ge=0.0)
+    """GPUs for the learner actor; 0 trains on CPU."""
 
 
 class RewardSourceConfig(Section):
@@ -155,10 +214,17 @@ class RewardSourceConfig(Section):
     **kwargs) -> list[float]`."""
     weight: float = 1.0
     """Weight of this source in the reward: `reward = sum(weight_i * r_i)`, before normalisation and clipping."""
-    path: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+    path: str | None = None
     """Import path `package.module:function` of a `function` / `token_function` source (unset for `rm`)."""
     kwargs: dict[str, float | int | str | bool] = {}
     """Keyword arguments bound to the function, e.g. `{target_tokens: 24, coef: 0.05}`."""
+
+    @field_validator("path")
+    @classmethod
+    def _import_path(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", v):
+            raise ValueError("expected an import path 'package.module:function'")
+        return v
 
     @model_validator(mode="after")
     def _path_matches_kind(self) -> "RewardSourceConfig":
