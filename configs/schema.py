@@ -122,6 +122,25 @@ class CollectConfig(Section):
     """Training prompts to collect rankings for."""
     temperatures: list[float] = [0.7, 1.0]
     """Sampling temperatures; responses of one prompt are spread over them for variety."""
+    policies: list[str] = ["sft", "base"]
+    """Policies to sample from in `raylhf run`: stage names of the run (base, sft, ppo) or checkpoint paths.
+    Responses of one prompt are spread over policies x temperatures (varied comparisons train a better RM)."""
+    include_seed_comparisons: bool = True
+    """Add the task's rankings of labeler-written responses (data/demo_comparisons.jsonl) to the RM data."""
+    labeler_seed: int = 0
+    """Seed of the (simulated) labeler who ranks the collected responses."""
+
+
+class EvalConfig(Section):
+    n_prompts: int = Field(300, ge=1)
+    """Held-out prompts per split used to judge policies."""
+    temperature: float = Field(1.0, ge=0.0)
+    """Sampling temperature of evaluated policies (1.0: the distribution PPO optimises)."""
+    labeler_seed: int = 1000
+    """Seed of the labeler who judges win rates; different from the collection labeler, as the paper held out
+    labelers whose data was never trained on."""
+    rm_eval_prompts: int = Field(300, ge=1)
+    """Held-out prompts per split on which the reward model's pairwise accuracy is measured."""
 
 
 class GenerationConfig(Section):
@@ -237,8 +256,9 @@ class RewardSourceConfig(Section):
 
 class RewardConfig(Section):
     rm_path: str | None = None
-    """Reward-model checkpoint (HF directory with a scalar-head `*ForSequenceClassification`); unset: the one
-    the run's RM stage wrote. Needed only when a source is `rm`."""
+    """Reward-model checkpoint (HF directory with a one-label `*ForTokenClassification`, as the RM stage writes
+    it, or `*ForSequenceClassification`); unset: the one the run's RM stage wrote. Needed only when a source
+    is `rm`."""
     ref_path: str | None = None
     """Reference (SFT) policy checkpoint whose per-token logprobs the scorers return; unset: the run's SFT
     checkpoint."""
@@ -323,6 +343,7 @@ class RunConfig(Section):
     rm: RMConfig = RMConfig()
     collect: CollectConfig = CollectConfig()
     generation: GenerationConfig = GenerationConfig()
+    eval: EvalConfig = EvalConfig()
     ppo: PPOConfig = PPOConfig()
     reward: RewardConfig = RewardConfig()
     ray: RayConfig = RayConfig()

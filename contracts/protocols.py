@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Iterable, Protocol, Sequence, runtime_checkable
 
-from contracts.records import Demonstration, Prompt, Rollout
+from contracts.records import Comparison, Demonstration, Prompt, Rollout
 from contracts.snapshot import WeightSnapshot
 
 
@@ -18,6 +18,9 @@ class SamplingSpec:
     top_p: float = 1.0
     max_new_tokens: int = 32
     stop_token_ids: tuple[int, ...] = ()  # EOS is always a stop token
+    # Base seed of one generate call: each request samples from a stream derived from
+    # (seed, prompt_id), so results do not depend on batching. Vary it between calls (e.g. run
+    # seed + step) or a prompt seen again under the same weights gets the same samples; None = fresh.
     seed: int | None = None
 
 
@@ -25,6 +28,7 @@ class SamplingSpec:
 class GenerationRequest:
     prompt_id: str
     prompt_ids: tuple[int, ...]  # [P] token ids, BOS included
+    sampling: SamplingSpec | None = None  # overrides the batch's sampling spec for this request
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,15 @@ class Task(Protocol):
         ...
 
     def labeler(self, seed: int) -> Labeler: ...
+
+    def seed_comparisons(self, n: int, k: int, seed: int) -> list[Comparison]:
+        """Ranked comparisons of labeler-written responses: a first reward-model dataset before any policy
+        has been sampled."""
+        ...
+
+    def tokenizer_corpus(self) -> Iterable[str]:
+        """Text to train a tokenizer on (every split's vocabulary)."""
+        ...
 
     def utility(self, prompt: str, response: str) -> float:
         """The hidden, noiseless quality of a response (what labelers approximate)."""

@@ -117,3 +117,19 @@ def train_sft(
     model.load_state_dict(best_state)
     model.eval()
     return {"best_val_loss": best["val_loss"], "best_epoch": float(best["epoch"]), "steps": float(step)}
+
+
+@torch.no_grad()
+def response_logprobs(model, examples: Sequence[Example], pad_id: int, device, batch_size: int = 64) -> np.ndarray:
+    """log π(response | prompt) of each example (float64 [N]): the sum of its response tokens' logprobs."""
+    from learners.losses import token_logprobs
+
+    model.eval()
+    out = np.zeros(len(examples), dtype=np.float64)
+    for i in range(0, len(examples), batch_size):
+        ids, attention_mask, response_mask = prompt_response_batch(examples[i : i + batch_size], pad_id)
+        ids, attention_mask, response_mask = ids.to(device), attention_mask.to(device), response_mask.to(device)
+        logits = model(input_ids=ids, attention_mask=attention_mask).logits[:, :-1].float()
+        logp = token_logprobs(logits, ids[:, 1:]) * response_mask[:, 1:]
+        out[i : i + len(ids)] = logp.sum(dim=1).double().cpu().numpy()
+    return out

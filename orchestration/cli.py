@@ -79,8 +79,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output checkpoint (default: <run>/models/rm)")
     _common(p)
 
+    p = sub.add_parser("collect", help="sample K responses per prompt and have the labeler rank them",
+                       description="Sample K responses per prompt from one or more policies (vLLM generator "
+                                   "actors; policies x collect.temperatures) and have the task's labeler rank "
+                                   "them: a comparisons dataset for `raylhf rm`.")
+    p.add_argument("--policy", action="append", help="policy checkpoint or run stage name (repeatable; "
+                                                      "default: collect.policies)")
+    p.add_argument("--prompts", type=Path, help="prompts JSONL/Parquet (default: <run>/data/prompts_train.jsonl)")
+    p.add_argument("--out", type=Path, help="output comparisons (default: <run>/data/comparisons.jsonl)")
+    _common(p)
+
+    p = sub.add_parser("eval", help="judge policies on held-out prompts",
+                       description="Sample each policy on the held-out splits; report the labeler's win rates "
+                                   "(ties count half), per-family instruction following, the true utility, the "
+                                   "RM score and the LM loss on held-out pretraining text.")
+    p.add_argument("--policy", action="append", help="NAME=PATH or a run stage name (repeatable; default: the "
+                                                      "run's base, sft and ppo models that exist)")
+    p.add_argument("--rm", type=Path, help="reward model to score responses with (default: <run>/models/rm)")
+    _common(p)
+
     p = sub.add_parser("run", help="run the whole pipeline on the configured task",
-                       description="data -> base model -> SFT -> reward model, each stage skipped when its "
+                       description="data -> base model -> SFT -> comparisons -> reward model -> evaluation, each stage skipped when its "
                                    "output already exists (delete it to redo a stage).")
     _common(p)
     return parser
@@ -140,6 +159,17 @@ def _dispatch(args) -> int:
         summary = stages.stage_rm(cfg, paths, args.model or paths.model("sft"), args.data or paths.comparisons,
                                   args.out or paths.model("rm"), args.demonstrations or paths.demonstrations)
         _report("rm", stages.save_summary(paths, "rm", summary))
+    elif args.command == "collect":
+        policies = {p: stages.resolve_policy(paths, p) for p in (args.policy or cfg.collect.policies)}
+        summary = stages.stage_collect(
+            cfg, paths, policies, args.prompts or paths.prompts("train"), args.out or paths.comparisons,
+            n_prompts=cfg.collect.n_prompts, labeler_seed=cfg.collect.labeler_seed,
+            seed_comparisons=paths.data / "demo_comparisons.jsonl" if cfg.collect.include_seed_comparisons else None)
+        _report("collect", stages.save_summary(paths, "collect", summary))
+    elif args.command == "eval":
+        policies = stages.eval_policies(paths, args.policy)
+        rm = args.rm or (paths.model("rm") if (paths.model("rm") / "config.json").exists() else None)
+        _report("eval", stages.save_summary(paths, "eval", stages.stage_eval(cfg, paths, policies, rm)))
     elif args.command == "run":
         from orchestration.pipeline import run_pipeline
 

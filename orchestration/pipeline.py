@@ -30,4 +30,14 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     stage("pretrain", is_checkpoint(paths.model("base")), lambda: stages.stage_pretrain(cfg, paths, task))
     stage("sft", is_checkpoint(paths.model("sft")),
           lambda: stages.stage_sft(cfg, paths, paths.model("base"), paths.demonstrations, paths.model("sft")))
+    policies = {p: stages.resolve_policy(paths, p) for p in cfg.collect.policies}
+    seed = paths.data / "demo_comparisons.jsonl" if cfg.collect.include_seed_comparisons else None
+    stage("collect", paths.comparisons.exists(),
+          lambda: stages.stage_collect(cfg, paths, policies, paths.prompts("train"), paths.comparisons,
+                                       cfg.collect.n_prompts, cfg.collect.labeler_seed, seed))
+    stage("rm", is_checkpoint(paths.model("rm")),
+          lambda: stages.stage_rm(cfg, paths, paths.model("sft"), paths.comparisons, paths.model("rm"),
+                                  paths.demonstrations))
+    stage("rm_eval", False, lambda: stages.stage_rm_eval(cfg, paths, paths.model("sft"), paths.model("rm")))
+    stage("eval", False, lambda: stages.stage_eval(cfg, paths, stages.eval_policies(paths, None), paths.model("rm")))
     return summaries

@@ -57,8 +57,6 @@ def _setup_torch(cfg: RunConfig):
 # ---------------------------------------------------------------------------------------------- data
 def stage_data(cfg: RunConfig, task, out_dir: Path) -> dict[str, Any]:
     """Write the task's prompts (3 splits), demonstrations, seed comparisons and pretraining corpus."""
-    from tasks.demo import demo_comparisons
-
     t0 = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -68,7 +66,7 @@ def stage_data(cfg: RunConfig, task, out_dir: Path) -> dict[str, Any]:
         counts[f"prompts_{split}"] = len(prompts)
     demos = task.demonstrations()
     write_records(out_dir / "demonstrations.jsonl", demos, Demonstration)
-    comparisons = demo_comparisons(task, n=min(1000, cfg.task.n_train_prompts), k=cfg.collect.k, seed=cfg.seed)
+    comparisons = task.seed_comparisons(n=min(1000, cfg.task.n_train_prompts), k=cfg.collect.k, seed=cfg.seed)
     write_records(out_dir / "demo_comparisons.jsonl", comparisons, Comparison)
     for split in ("train", "heldout"):
         docs = [Document(f"{split}-{i:06d}", text) for i, text in enumerate(task.pretraining_corpus(split))]
@@ -180,3 +178,205 @@ def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path, o
     tokenizer.save_pretrained(out)
     return {**metrics, "train_prompts": len(train), "val_prompts": len(val), "normalisation_shift": shift,
             "seconds": time.time() - t0}
+
+
+# ---------------------------------------------------------------------------------------------- collect
+def resolve_policy(paths: RunPaths, policy: str) -> Path:
+    """A stage name of this run (base, sft, ppo) or a checkpoint path."""
+    from learners.models import is_checkpoint
+
+    path = paths.model(policy) if policy in ("base", "sft", "ppo") else Path(policy)
+    if not is_checkpoint(path):
+        raise FileNotFoundError(f"policy '{policy}': no Hugging Face checkpoint at {path}")
+    return path
+
+
+def eval_policies(paths: RunPaths, specs: list[str] | None) -> dict[str, Path]:
+    """`NAME=PATH` or stage names; by default every stage model of the run that exists."""
+    from learners.models import is_checkpoint
+
+    if not specs:
+        found = {s: paths.model(s) for s in ("base", "sft", "ppo") if is_checkpoint(paths.model(s))}
+        if not found:
+            raise FileNotFoundError(f"no policy checkpoints under {paths.root / 'models'}; pass --policy")
+        return found
+    out = {}
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        out[name] = resolve_policy(paths, path or name)
+    return out
+
+
+def _sample_sources(cfg: RunConfig, policies: dict[str, Path], prompts, n_per_source: int, temperatures,
+                    seed: int) -> list[list[str]]:
+    """Responses per prompt pooled over every (policy, temperature) source, via generator actors."""
+    from actors.sampling import sampling_spec
+    from learners.models import load_tokenizer
+    from orchestration.fleet import GeneratorFleet
+    from orchestration.ray_runtime import init_ray
+    from orchestration.sampling import sample_texts
+
+    init_ray(cfg.ray)
+    pooled: list[list[str]] = [[] for _ in prompts]
+    for name, path in policies.items():
+        tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+        with GeneratorFleet(cfg.generation, path, seed=seed, trust_remote_code=cfg.trust_remote_code,
+                            name_prefix=f"collect-{name}") as fleet:
+            for t in temperatures:
+                spec = replace_sampling(sampling_spec(cfg.generation, seed=seed), n=n_per_source, temperature=t)
+                texts = sample_texts(fleet, tokenizer, prompts, spec, desc=f"{name} T={t}")
+                for acc, rs in zip(pooled, texts):
+                    acc.extend(rs)
+    return pooled
+
+
+def replace_sampling(spec, **changes):
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)
+
+
+def interleave_sources(responses: list[str], n_sources: int) -> list[str]:
+    """Reorder [src0 r0, src0 r1, src1 r0, ...] so the first K mix every source."""
+    per = len(responses) // max(n_sources, 1)
+    return [responses[s * per + i] for i in range(per) for s in range(n_sources)] if per else responses
+
+
+def stage_collect(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], prompts_path: Path, out: Path,
+                  n_prompts: int, labeler_seed: int, seed_comparisons: Path | None = None) -> dict[str, Any]:
+    """Sample K responses per prompt from the policies and have the task's labeler rank them."""
+    from orchestration.sampling import rank_into_comparisons
+    from tasks import load_task
+
+    t0 = time.time()
+    task = load_task(cfg.task)
+    prompts = _read(cfg, prompts_path, Prompt)[:n_prompts]
+    k, temps = cfg.collect.k, cfg.collect.temperatures
+    n_sources = len(policies) * len(temps)
+    n_per_source = -(-k // n_sources) + 1  # a spare sample per source: duplicates are dropped
+    pooled = _sample_sources(cfg, policies, prompts, n_per_source, temps, cfg.seed)
+    mixed = [interleave_sources(rs, n_sources) for rs in pooled]
+    comparisons = rank_into_comparisons(prompts, mixed, task.labeler(labeler_seed), k)
+    collected = len(comparisons)
+    if seed_comparisons is not None and seed_comparisons.exists():
+        comparisons += _read(cfg, seed_comparisons, Comparison)
+    write_records(out, comparisons, Comparison)
+    return {"prompts": len(prompts), "collected": collected, "total": len(comparisons),
+            "mean_k": float(np.mean([len(c.responses) for c in comparisons])), "seconds": time.time() - t0}
+
+
+# ---------------------------------------------------------------------------------------------- rm eval
+def stage_rm_eval(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path) -> dict[str, Any]:
+    """RM pairwise accuracy on held-out prompts against the labeler, with its ceiling (the noiseless utility's
+    accuracy against the same labels) and the baseline of scoring by the SFT model's own log-probability."""
+    from learners.models import load_causal_lm, load_tokenizer
+    from learners.reward_model import load_reward_model, score_sequences
+    from learners.sft import response_logprobs
+    from orchestration.evaluation import pairwise_agreement, split_by_group
+    from orchestration.sampling import rank_into_comparisons
+    from tasks import load_task
+
+    t0 = time.time()
+    device, bf16 = _setup_torch(cfg)
+    task = load_task(cfg.task)
+    labeler = task.labeler(cfg.collect.labeler_seed)
+    tokenizer = load_tokenizer(sft_path, cfg.trust_remote_code)
+    sft = load_causal_lm(sft_path, cfg.device, cfg.trust_remote_code)
+    rm = load_reward_model(rm_path, cfg.device, cfg.trust_remote_code)
+    n, k = cfg.eval.rm_eval_prompts, cfg.collect.k
+    summary: dict[str, Any] = {}
+    by_split = {split: _read(cfg, paths.prompts(split), Prompt)[:n] for split in ("heldout", "generalization")}
+    everything = [p for ps in by_split.values() for p in ps]
+    pooled_all = _sample_sources(cfg, {"sft": sft_path}, everything, k + 1, [1.0], cfg.seed + 7)
+    offset = 0
+    for split, prompts in by_split.items():
+        pooled, offset = pooled_all[offset : offset + len(prompts)], offset + len(prompts)
+        comparisons = rank_into_comparisons(prompts, pooled, labeler, k)
+        groups = comparison_groups(tokenizer, comparisons)
+        sizes = [len(c.responses) for c in comparisons]
+        rankings = [c.ranking for c in comparisons]
+        rm_scores = score_sequences(rm, [s for g in groups for s in g[0]], tokenizer.pad_token_id, device)
+        pairs = [(encode_prompt(tokenizer, c.prompt), encode_response(tokenizer, r))
+                 for c in comparisons for r in c.responses]
+        logp = response_logprobs(sft, pairs, tokenizer.pad_token_id, device)
+        utility = [task.utility(c.prompt, r) for c in comparisons for r in c.responses]
+        summary[split] = {
+            "comparisons": len(comparisons),
+            "rm_accuracy": pairwise_agreement(split_by_group(rm_scores, sizes), rankings),
+            "ceiling_accuracy": pairwise_agreement(split_by_group(utility, sizes), rankings),
+            "sft_logprob_accuracy": pairwise_agreement(split_by_group(logp, sizes), rankings),
+        }
+        s = summary[split]
+        s["rm_vs_ceiling"] = s["rm_accuracy"] / s["ceiling_accuracy"]
+    summary["seconds"] = time.time() - t0
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def stage_eval(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_path: Path | None = None
+               ) -> dict[str, Any]:
+    """Sample every policy on the held-out splits and judge: win rates (labeler, ties half), per-family
+    instruction following, mean true utility, mean RM score, LM loss on held-out pretraining text."""
+    from learners.models import load_causal_lm, load_tokenizer
+    from learners.pretrain import evaluate_lm, pack_documents
+    from learners.reward_model import load_reward_model, score_sequences
+    from orchestration.sampling import instruction_following, mean_utility, win_rate
+    from actors.sampling import sampling_spec
+    from tasks import load_task
+
+    t0 = time.time()
+    device, bf16 = _setup_torch(cfg)
+    task = load_task(cfg.task)
+    labeler = task.labeler(cfg.eval.labeler_seed)
+    spec = replace_sampling(sampling_spec(cfg.generation, seed=cfg.seed + 11), n=1, temperature=cfg.eval.temperature)
+    rm = load_reward_model(rm_path, cfg.device, cfg.trust_remote_code) if rm_path else None
+    corpus = _read(cfg, paths.corpus("heldout"), Document)
+    summary: dict[str, Any] = {"policies": {}, "win_rates": {}}
+    by_split = {split: _read(cfg, paths.prompts(split), Prompt)[: cfg.eval.n_prompts]
+                for split in ("heldout", "generalization")}
+    responses = {name: _sample_splits(cfg, name, path, by_split, spec) for name, path in policies.items()}
+    for split, prompts in by_split.items():
+        for name, path in policies.items():
+            texts = responses[name][split]
+            entry = summary["policies"].setdefault(name, {})
+            entry[split] = {
+                "utility": mean_utility(task, prompts, texts),
+                "follows": instruction_following(task, prompts, texts),
+                "mean_words": float(np.mean([len(t.split()) for t in texts])),
+            }
+            if rm is not None:
+                tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+                seqs = [encode_prompt(tokenizer, p.prompt) + encode_response(tokenizer, t) for p, t in zip(prompts, texts)]
+                entry[split]["rm_score"] = float(score_sequences(rm, seqs, tokenizer.pad_token_id, device).mean())
+        names = list(policies)
+        for i, a in enumerate(names):
+            for b in names[:i]:
+                summary["win_rates"].setdefault(split, {})[f"{a}_vs_{b}"] = win_rate(
+                    labeler, prompts, responses[a][split], responses[b][split])
+    for name, path in policies.items():
+        tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+        model = load_causal_lm(path, cfg.device, cfg.trust_remote_code)
+        ids = tokenizer([d.text for d in corpus], add_special_tokens=False)["input_ids"]
+        stream = pack_documents(ids, tokenizer.bos_token_id, tokenizer.eos_token_id)
+        summary["policies"][name]["pretrain_heldout_loss"] = evaluate_lm(model, stream, cfg.pretrain.seq_len,
+                                                                         device, bf16)
+    summary["seconds"] = time.time() - t0
+    return summary
+
+
+def _sample_splits(cfg: RunConfig, name: str, path: Path, by_split: dict[str, list], spec) -> dict[str, list[str]]:
+    """One response per prompt of every split, from one set of generators for the policy."""
+    from learners.models import load_tokenizer
+    from orchestration.fleet import GeneratorFleet
+    from orchestration.ray_runtime import init_ray
+    from orchestration.sampling import sample_texts
+
+    init_ray(cfg.ray)
+    tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+    out = {}
+    with GeneratorFleet(cfg.generation, path, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
+                        name_prefix=f"eval-{name}") as fleet:
+        for split, prompts in by_split.items():
+            texts = sample_texts(fleet, tokenizer, prompts, spec, desc=f"eval {name} {split}")
+            out[split] = [t[0] if t else "" for t in texts]
+    return out

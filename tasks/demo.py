@@ -578,6 +578,10 @@ class DemoWorld:
             self._cache[key] = [self._document(rng) for _ in range(n)]
         return list(self._cache[key])
 
+    def seed_comparisons(self, n: int, k: int, seed: int) -> list[Comparison]:
+        """Rankings of K demonstrator-written responses per prompt (see `demo_comparisons`)."""
+        return demo_comparisons(self, n, k, seed)
+
     def tokenizer_corpus(self) -> Iterator[str]:
         """Text for the BPE tokenizer: corpus, prompts of every split, demonstrations, the vocabulary."""
         yield from self.pretraining_corpus("train")

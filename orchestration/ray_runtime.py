@@ -1,0 +1,29 @@
+"""Starting or joining Ray for a run."""
+
+from __future__ import annotations
+
+import logging
+
+from configs.schema import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join `cfg.address` if set, else start a local embedded Ray. The dashboard stays on loopback
+    unless configured otherwise; no-op when Ray is already initialised (tests, notebooks)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ray.init(address=cfg.address, configure_logging=False)
+        log.info("joined Ray cluster at %s", cfg.address)
+        return
+    ray.init(
+        num_cpus=cfg.num_cpus,
+        include_dashboard=cfg.include_dashboard,
+        dashboard_host=cfg.dashboard_host,
+        configure_logging=False,
+        log_to_driver=True,
+    )
