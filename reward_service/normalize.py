@@ -12,7 +12,7 @@ In a `RewardPool` one transform lives in the driver, so all actors share one set
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 Normalize = Literal["none", "fixed", "running"]
 
@@ -71,3 +71,8 @@ class RewardTransform:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
+
+
+def transform_from_config(cfg: Any) -> RewardTransform:
+    """The transform a `RewardConfig` asks for (normalize, shift, scale, clip)."""
+    return RewardTransform(cfg.normalize, cfg.shift, cfg.scale, cfg.clip)

@@ -40,7 +40,9 @@ class RewardSource:
 def sources_from_config(sources: Sequence[Any]) -> list[RewardSource]:
     """`RewardSourceConfig` sections (or any objects with kind/weight/path/kwargs) -> `RewardSource`s."""
     return [
-        RewardSource(kind=s.kind, weight=float(s.weight), path=s.path, kwargs=dict(s.kwargs), key=f"reward.sources[{i}]")
+        RewardSource(
+            kind=s.kind, weight=float(s.weight), path=s.path, kwargs=dict(s.kwargs), key=f"reward.sources[{i}]"
+        )
         for i, s in enumerate(sources)
     ]
 
@@ -53,7 +55,9 @@ def load_reward_function(path: str, key: str = "reward.sources") -> Callable[...
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or the module itself failing to import
-        raise RewardConfigError(f"{key}.path: cannot import module {module_name!r} of {path!r}: {type(e).__name__}: {e}") from e
+        raise RewardConfigError(
+            f"{key}.path: cannot import module {module_name!r} of {path!r}: {type(e).__name__}: {e}"
+        ) from e
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise RewardConfigError(f"{key}.path: {path!r}: module {module_name!r} has no attribute {attr!r}")
@@ -101,7 +105,8 @@ class ProgrammaticReward:
         try:
             values = [float(v) for v in out]
         except TypeError as e:
-            raise ScoringError(f"reward function {self.path} returned {type(out).__name__}, expected a list of floats") from e
+            got = type(out).__name__
+            raise ScoringError(f"reward function {self.path} returned {got}, expected a list of floats") from e
         if len(values) != n:
             raise ScoringError(f"reward function {self.path} returned {len(values)} values for {n} rollouts")
         bad = [sid for sid, v in zip(sample_ids, values) if not math.isfinite(v)]

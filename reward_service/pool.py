@@ -1,0 +1,484 @@
+"""`RewardPool`: N `ScorerActor`s behind one `score()` call, plus a submit/ready API for the async driver.
+
+Semantics
+  - Dispatch: each request (a list of rollouts) goes to the least-loaded live actor.
+  - Backpressure: an actor holds at most `max_in_flight` requests. With every actor full,
+    `submit(block=True)` waits (driving completions meanwhile) until a slot frees, and
+    `submit(block=False)` raises `PoolFullError`. Completed results wait in the pool until `ready()`
+    collects them; they no longer occupy a slot.
+  - Timeout: an actor runs its requests one at a time in submission order, so the clock of a request
+    starts when it reaches the head of its actor's queue. A head request unanswered after
+    `request_timeout_s` marks the actor hung: it is killed, replaced, and all its requests resubmitted.
+  - Death: an actor that dies (`RayActorError` / `ActorDiedError`, crashed worker, OOM kill) is replaced
+    and all its in-flight requests resubmitted. A request is dispatched at most `max_attempts` times;
+    beyond that it fails with `ScoringError`.
+  - Exactly once: every request has one live object ref at a time; refs of a replaced actor are
+    forgotten, so a late answer can never be delivered, and each request id is delivered once.
+    Nothing is dropped: a request leaves the pool only as a result or as a `ScoringError`.
+  - Failures: an exception inside the scorer (bad token id, NaN score, a reward function raising)
+    raises `ScoringError` naming the actor, the request and the cause, from `ready()` / `score()`.
+    It is never turned into a reward.
+  - Every remote wait has a timeout (`ray.wait(..., timeout=...)`); no blocking `ray.get` on one actor.
+  - Normalisation/clipping runs here, in the driver, once per delivered request, so all actors share
+    one set of running statistics (`state_dict()` saves them).
+Replacing an actor blocks the calling thread while the new actor loads its models
+(bounded by `startup_timeout_s`). The pool is not thread-safe: drive it from one thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import ray
+from ray.exceptions import (
+    GetTimeoutError,
+    ObjectLostError,
+    OutOfMemoryError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
+
+from contracts.records import Rollout
+from reward_service.actor import ScorerActor, torch_threads_for
+from reward_service.errors import PoolFullError, ScorerStartupError, ScoringError
+from reward_service.normalize import RewardTransform, transform_from_config
+from reward_service.programmatic import RewardSource, validate_sources
+from reward_service.scorer import scorer_settings
+
+# Errors after which the actor is gone (or unusable) and its work must move elsewhere.
+_ACTOR_LOST = (RayActorError, WorkerCrashedError, ObjectLostError, OutOfMemoryError, GetTimeoutError)
+
+
+@dataclass
+class _Request:
+    request_id: int
+    rollouts: list[Rollout]
+    attempts: int = 0
+    slot: "_Slot | None" = None
+    ref: Any = None
+    t_dispatch: float = 0.0
+
+
+@dataclass
+class _Slot:
+    index: int
+    name: str
+    handle: Any
+    restarts: int = 0
+    completed: int = 0  # requests answered, over all restarts
+    in_flight: "OrderedDict[int, _Request]" = field(default_factory=OrderedDict)  # dispatch order
+    t_last_done: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (restart {self.restarts})" if self.restarts else self.name
+
+    def head_started(self) -> float:
+        """When the oldest in-flight request began running (the actor serves them in order)."""
+        head = next(iter(self.in_flight.values()))
+        return max(head.t_dispatch, self.t_last_done)
+
+
+class RewardPool:
+    """N scorer actors; `score(rollouts)` blocks, `submit()` / `ready()` overlap scoring with other work.
+
+    Args:
+        num_actors: scorer actors.
+        rm_path, ref_path, sources, tokenizer_path, dtype, max_tokens_per_microbatch, trust_remote_code:
+            passed to each actor's `RewardScorer` (`ref_path=None`: no reference logprobs).
+        num_cpus: CPUs reserved per actor; its torch thread count is this rounded, at least 1.
+        num_gpus: GPUs per actor (> 0 puts the models on CUDA).
+        max_in_flight: requests queued per actor (backpressure bound).
+        request_size: largest request `score()` sends to one actor (big batches are split over actors).
+        request_timeout_s: a running request unanswered this long marks its actor hung.
+        startup_timeout_s: longest wait for an actor to load its models.
+        max_attempts: dispatches per request before an actor loss fails it.
+        transform: normalisation/clipping applied to every delivered score (None: raw).
+        name: prefix of the actors' labels ("scorer-0", "scorer-1", ...).
+    """
+
+    def __init__(
+        self,
+        num_actors: int,
+        *,
+        rm_path: str | None = None,
+        ref_path: str | None = None,
+        sources: Sequence[RewardSource] = (RewardSource("rm"),),
+        tokenizer_path: str | None = None,
+        dtype: str = "float32",
+        max_tokens_per_microbatch: int = 4096,
+        trust_remote_code: bool = False,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        max_in_flight: int = 2,
+        request_size: int = 64,
+        request_timeout_s: float = 120.0,
+        startup_timeout_s: float = 300.0,
+        max_attempts: int = 3,
+        transform: RewardTransform | None = None,
+        name: str = "scorer",
+    ):
+        if num_actors < 1 or max_in_flight < 1 or request_size < 1 or max_attempts < 1:
+            raise ValueError("num_actors, max_in_flight, request_size and max_attempts must be >= 1")
+        validate_sources(sources)  # a bad import path fails here, in the driver, before any actor starts
+        self._scorer_kwargs = dict(
+            rm_path=None if rm_path is None else str(rm_path),
+            ref_path=None if ref_path is None else str(ref_path),
+            sources=list(sources),
+            tokenizer_path=None if tokenizer_path is None else str(tokenizer_path),
+            dtype=dtype,
+            device="cuda" if num_gpus > 0 else "cpu",
+            max_tokens_per_microbatch=max_tokens_per_microbatch,
+            trust_remote_code=trust_remote_code,
+        )
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self.max_in_flight = max_in_flight
+        self.request_size = request_size
+        self.request_timeout_s = request_timeout_s
+        self.startup_timeout_s = startup_timeout_s
+        self.max_attempts = max_attempts
+        self.transform = transform if transform is not None else RewardTransform()
+        self._ids = itertools.count()
+        self._by_ref: dict[Any, _Request] = {}
+        self._completed: dict[int, list[Rollout]] = {}
+        self._failed: list[ScoringError] = []
+        self._abandoned: set[int] = set()
+        self._counters = dict(
+            requests=0, rollouts_scored=0, actor_restarts=0, resubmitted=0, timeouts=0, deaths=0, failures=0
+        )
+        self._slots: list[_Slot] = []
+        self._closed = False
+        handles = [self._spawn(f"{name}-{i}") for i in range(num_actors)]
+        try:
+            infos = self._await_ready([(f"{name}-{i}", h) for i, h in enumerate(handles)])
+        except BaseException:
+            for h in handles:
+                ray.kill(h, no_restart=True)
+            raise
+        self._slots = [_Slot(i, f"{name}-{i}", h) for i, h in enumerate(handles)]
+        self.actor_info = infos
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Any,
+        *,
+        default_rm_path: str | None = None,
+        default_ref_path: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> "RewardPool":
+        """Build from a `RewardConfig` section. `default_*_path` fill the paths the config leaves unset
+        (the run's own RM and SFT checkpoints); `trust_remote_code` comes from the run config."""
+        scorer = scorer_settings(cfg, default_rm_path, default_ref_path, trust_remote_code)
+        return cls(cfg.num_actors, **scorer, **pool_settings(cfg))
+
+    # -- public API ----------------------------------------------------------------------------------
+
+    @property
+    def num_actors(self) -> int:
+        return len(self._slots)
+
+    @property
+    def capacity(self) -> int:
+        return len(self._slots) * self.max_in_flight
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._by_ref)
+
+    def has_capacity(self) -> bool:
+        return any(len(s.in_flight) < self.max_in_flight for s in self._slots)
+
+    @property
+    def actors(self) -> dict[str, Any]:
+        """Live actor handles by label (for inspection and fault-injection tests)."""
+        return {s.name: s.handle for s in self._slots}
+
+    def submit(self, rollouts: Sequence[Rollout], block: bool = True, timeout: float | None = None) -> int:
+        """Queue one request; returns its id. Full pool: waits (block=True, at most `timeout` s, None =
+        until a slot frees) or raises `PoolFullError` (block=False, or the wait timed out)."""
+        self._check_open()
+        rollouts = list(rollouts)
+        request = _Request(next(self._ids), rollouts)
+        self._counters["requests"] += 1
+        if not rollouts:
+            self._completed[request.request_id] = []
+            return request.request_id
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.has_capacity():
+            if not block:
+                raise PoolFullError(f"all {self.num_actors} scorer actors hold {self.max_in_flight} requests")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise PoolFullError(f"no free scorer slot within {timeout} s")
+            self._pump(1.0 if remaining is None else min(1.0, remaining))
+        self._dispatch(request)
+        return request.request_id
+
+    def ready(self, timeout: float = 0.0) -> list[tuple[int, list[Rollout]]]:
+        """Completed requests as (request_id, scored rollouts in request order), sorted by id, waiting up
+        to `timeout` seconds for the first one if none is done yet. Raises `ScoringError` for a failed
+        request (the others stay collectable by the next call)."""
+        self._check_open()
+        deadline = time.monotonic() + timeout
+        while True:
+            self._raise_failures()
+            if self._completed or not self._by_ref:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._pump(remaining)
+        self._pump(0.0)
+        self._raise_failures()
+        out = sorted(self._completed.items())
+        self._completed.clear()
+        return out
+
+    def score(self, rollouts: Sequence[Rollout]) -> list[Rollout]:
+        """Score a batch (split over the actors) and return it in input order. Blocks until done."""
+        self._check_open()
+        rollouts = list(rollouts)
+        if not rollouts:
+            return []
+        size = min(self.request_size, math.ceil(len(rollouts) / self.num_actors))
+        chunks = [rollouts[i : i + size] for i in range(0, len(rollouts), size)]
+        mine: list[int] = []
+        try:
+            for chunk in chunks:
+                mine.append(self.submit(chunk))
+            while any(rid not in self._completed for rid in mine):
+                self._raise_failures()
+                self._pump(1.0)
+            self._raise_failures()
+        except BaseException:
+            self._abandon(mine)
+            raise
+        out: list[Rollout] = []
+        for rid in mine:
+            out.extend(self._completed.pop(rid))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self._counters,
+            "in_flight": self.num_in_flight,
+            "completed_waiting": len(self._completed),
+            "actors": {
+                s.name: {"restarts": s.restarts, "completed": s.completed, "in_flight": len(s.in_flight)}
+                for s in self._slots
+            },
+            "reward_running_mean": self.transform.mean,
+            "reward_running_std": self.transform.std,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"transform": self.transform.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.transform.load_state_dict(state["transform"])
+
+    def shutdown(self) -> None:
+        """Kill every actor; requests still in flight are dropped with them."""
+        if self._closed:
+            return
+        for slot in self._slots:
+            ray.kill(slot.handle, no_restart=True)
+        self._by_ref.clear()
+        self._closed = True
+
+    def __enter__(self) -> "RewardPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("RewardPool is shut down")
+
+    def _spawn(self, label: str) -> Any:
+        return ScorerActor.options(num_cpus=self.num_cpus, num_gpus=self.num_gpus).remote(
+            label, torch_threads_for(self.num_cpus), self._scorer_kwargs
+        )
+
+    def _await_ready(self, actors: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+        refs = [h.ready.remote() for _, h in actors]
+        done, pending = ray.wait(refs, num_returns=len(refs), timeout=self.startup_timeout_s)
+        if pending:
+            late = [label for (label, _), r in zip(actors, refs) if r in pending]
+            raise ScorerStartupError(
+                f"scorer actors {late} not ready within {self.startup_timeout_s} s", actor=late[0], cause="timeout"
+            )
+        infos = []
+        for (label, _), ref in zip(actors, refs):
+            try:
+                infos.append(ray.get(ref, timeout=self.startup_timeout_s))
+            except Exception as e:
+                cause = _cause(e)
+                message = f"scorer actor {label} failed to start: {cause}"
+                raise ScorerStartupError(message, actor=label, cause=cause) from e
+        return infos
+
+    def _least_loaded(self) -> _Slot:
+        return min(self._slots, key=lambda s: (len(s.in_flight), s.t_last_done, s.index))
+
+    def _dispatch(self, request: _Request, slot: _Slot | None = None) -> None:
+        slot = slot or self._least_loaded()
+        request.attempts += 1
+        request.slot = slot
+        request.t_dispatch = time.monotonic()
+        request.ref = slot.handle.score.remote(request.rollouts)
+        slot.in_flight[request.request_id] = request
+        self._by_ref[request.ref] = request
+
+    def _pump(self, timeout: float) -> None:
+        """Wait up to `timeout` s for answers; handle results, failures, deaths and timeouts."""
+        if not self._by_ref:
+            return
+        now = time.monotonic()
+        busy = [s for s in self._slots if s.in_flight]
+        next_deadline = min(s.head_started() + self.request_timeout_s for s in busy)
+        wait_s = max(0.0, min(timeout, next_deadline - now))
+        refs = list(self._by_ref)
+        done, _ = ray.wait(refs, num_returns=1, timeout=wait_s)
+        if done:
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        lost: dict[int, tuple[_Slot, str]] = {}
+        for ref in done:
+            request = self._by_ref.get(ref)
+            if request is None:  # its actor was replaced meanwhile: the request lives on elsewhere
+                continue
+            slot = request.slot
+            try:
+                result = ray.get(ref, timeout=self.request_timeout_s)  # ready: returns at once
+            except _ACTOR_LOST as e:  # stays in `slot.in_flight`; the replacement resubmits it
+                lost.setdefault(slot.index, (slot, f"died: {_cause(e)}"))
+                continue
+            except RayTaskError as e:
+                self._forget(request)
+                self._fail(request, f"scorer actor {slot.label} failed on request {request.request_id}", _cause(e), e)
+                continue
+            self._forget(request)
+            self._deliver(request, result)
+        now = time.monotonic()
+        for slot in self._slots:
+            if slot.index not in lost and slot.in_flight and now - slot.head_started() > self.request_timeout_s:
+                self._counters["timeouts"] += 1
+                lost[slot.index] = (slot, f"hung: no answer within {self.request_timeout_s} s")
+        for slot, reason in lost.values():
+            self._replace(slot, reason)
+
+    def _forget(self, request: _Request) -> None:
+        self._by_ref.pop(request.ref, None)
+        request.slot.in_flight.pop(request.request_id, None)
+        request.slot.t_last_done = time.monotonic()
+
+    def _deliver(self, request: _Request, result: list[Rollout]) -> None:
+        rid = request.request_id
+        if rid in self._abandoned:
+            self._abandoned.discard(rid)
+            return
+        sent = [r.sample_id for r in request.rollouts]
+        if len(result) != len(sent) or [r.sample_id for r in result] != sent:
+            where = f"scorer actor {request.slot.label} answered request {rid} with other rollouts"
+            self._fail(request, where, "mismatch")
+            return
+        scores = self.transform([r.score for r in result]) if not self.transform.is_identity else None
+        if scores is not None:
+            result = [_with_score(r, s) for r, s in zip(result, scores)]
+        self._completed[rid] = result
+        request.slot.completed += 1
+        self._counters["rollouts_scored"] += len(result)
+
+    def _fail(self, request: _Request, where: str, cause: str, exc: BaseException | None = None) -> None:
+        self._counters["failures"] += 1
+        if request.request_id in self._abandoned:
+            self._abandoned.discard(request.request_id)
+            return
+        actor = request.slot.label if request.slot is not None else None
+        err = ScoringError(f"{where}: {cause}", actor=actor, request_id=request.request_id, cause=cause)
+        if exc is not None:
+            err.__cause__ = exc
+        self._failed.append(err)
+
+    def _raise_failures(self) -> None:
+        if self._failed:
+            raise self._failed.pop(0)
+
+    def _abandon(self, request_ids: Sequence[int]) -> None:
+        """Results of these requests are no longer wanted (their caller saw an error)."""
+        for rid in request_ids:
+            if self._completed.pop(rid, None) is None and any(r.request_id == rid for r in self._by_ref.values()):
+                self._abandoned.add(rid)
+
+    def _replace(self, slot: _Slot, reason: str) -> None:
+        """Kill `slot`'s actor, start a fresh one, and resubmit everything the old one held."""
+        if reason.startswith("died"):
+            self._counters["deaths"] += 1
+        orphans = list(slot.in_flight.values())
+        for request in orphans:
+            self._by_ref.pop(request.ref, None)
+        slot.in_flight.clear()
+        old_label = slot.label
+        ray.kill(slot.handle, no_restart=True)
+        slot.handle = self._spawn(slot.name)
+        slot.restarts += 1
+        self._counters["actor_restarts"] += 1
+        try:
+            self.actor_info[slot.index] = self._await_ready([(slot.label, slot.handle)])[0]
+        except ScorerStartupError as e:
+            ray.kill(slot.handle, no_restart=True)
+            for request in orphans:
+                self._fail(request, f"scorer actor {old_label} {reason}; its replacement failed", str(e), e)
+            raise
+        slot.t_last_done = time.monotonic()
+        for request in orphans:
+            if request.request_id in self._abandoned:
+                self._abandoned.discard(request.request_id)
+                continue
+            if request.attempts >= self.max_attempts:
+                self._fail(
+                    request,
+                    f"request {request.request_id} lost {request.attempts} times (max_attempts)",
+                    f"scorer actor {old_label} {reason}",
+                )
+                continue
+            self._counters["resubmitted"] += 1
+            self._dispatch(request)
+
+
+def _with_score(rollout: Rollout, score: float) -> Rollout:
+    return dataclasses.replace(rollout, score=score)
+
+
+def _cause(e: BaseException) -> str:
+    """The original exception of a Ray error, as `Type: message` (without Ray's traceback banner)."""
+    inner = getattr(e, "cause", None)
+    if isinstance(e, RayTaskError) and inner is not None:
+        return f"{type(inner).__name__}: {inner}"
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
+def pool_settings(cfg: Any) -> dict[str, Any]:
+    """`RewardPool` arguments (besides the scorer's) from a `RewardConfig`."""
+    return dict(
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+        max_in_flight=cfg.max_in_flight,
+        request_size=cfg.request_size,
+        request_timeout_s=cfg.request_timeout_s,
+        startup_timeout_s=cfg.startup_timeout_s,
+        max_attempts=cfg.max_attempts,
+        transform=transform_from_config(cfg),
+    )

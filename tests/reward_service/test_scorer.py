@@ -1,0 +1,260 @@
+"""In-process scoring math (no Ray): values, padding invariance, programmatic sources, config errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import textwrap
+
+import pytest
+
+from reward_service.errors import RewardConfigError, ScoringError
+from reward_service.normalize import RewardTransform
+from reward_service.programmatic import RewardSource, load_reward_function
+from reward_service.rewards import length_penalty
+from reward_service.scorer import RewardScorer, pack_microbatches
+
+LENGTH_PENALTY = "reward_service.rewards:length_penalty"
+
+
+@pytest.fixture(scope="module")
+def scorer(rm_checkpoint, tiny_checkpoint):
+    # A small micro-batch budget so a batch of 12 spans several micro-batches.
+    return RewardScorer(rm_path=str(rm_checkpoint), ref_path=str(tiny_checkpoint), max_tokens_per_microbatch=200)
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    """An importable module of test reward functions (text, tokens, broken ones)."""
+    (tmp_path / "my_rewards.py").write_text(
+        textwrap.dedent(
+            """
+            def count_word(prompts, responses, word="cat"):
+                return [float(r.split().count(word)) for r in responses]
+
+            def prompt_chars(prompts, responses):
+                return [float(len(p)) for p in prompts]
+
+            def nan_reward(prompt_ids, response_ids):
+                return [float("nan")] * len(response_ids)
+
+            def too_few(prompt_ids, response_ids):
+                return [0.0]
+
+            NOT_CALLABLE = 3
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_rewards"
+    sys.modules.pop("my_rewards", None)
+
+
+def test_scores_and_ref_logprobs_equal_a_direct_model_call(scorer, make_rollouts, expected):
+    from contracts.protocols import Scorer
+
+    assert isinstance(scorer, Scorer)
+    rollouts = make_rollouts(12, seed=1)
+    scored = scorer.score(rollouts)
+    assert [r.sample_id for r in scored] == [r.sample_id for r in rollouts]
+    for r, s in zip(rollouts, scored):
+        want_score, want_lp = expected(r)
+        assert s.score == pytest.approx(want_score, abs=1e-5)
+        assert len(s.ref_logprobs) == len(r.response_ids)
+        assert s.ref_logprobs == pytest.approx(want_lp, abs=1e-5)
+        assert s.t_scored > 0 and s.response_ids == r.response_ids and s.logprobs == r.logprobs
+        assert r.score is None and r.ref_logprobs is None  # inputs untouched: new Rollout objects
+
+
+def test_result_does_not_depend_on_batch_composition(scorer, make_rollouts):
+    target = make_rollouts(1, seed=2, prompt_len=(12, 12), response_len=(10, 10))[0]
+    alone = scorer.score([target])[0]
+    longer = make_rollouts(5, seed=3, prompt_len=(20, 30), response_len=(30, 60))
+    shorter = make_rollouts(5, seed=4, prompt_len=(2, 5), response_len=(1, 4))
+    for batch in (longer + [target], [target] + shorter, shorter + [target] + longer):
+        got = next(s for s in scorer.score(batch) if s.sample_id == target.sample_id)
+        assert got.score == pytest.approx(alone.score, abs=1e-5)
+        assert got.ref_logprobs == pytest.approx(alone.ref_logprobs, abs=1e-5)
+
+
+def test_pad_id_inside_content_is_scored_at_the_last_token(scorer, make_rollouts, expected):
+    from transformers import AutoConfig
+
+    pad = AutoConfig.from_pretrained(scorer.rm.name_or_path).pad_token_id
+    r = make_rollouts(1, seed=5)[0]
+    # A response cut by length whose last sampled token happens to be the pad id.
+    r = dataclasses.replace(r, response_ids=[pad, 7, pad, 9, pad], logprobs=[-1.0] * 5, finish_reason="length")
+    batch = scorer.score([r] + make_rollouts(3, seed=6, response_len=(20, 30)))
+    want_score, want_lp = expected(r)
+    assert batch[0].score == pytest.approx(want_score, abs=1e-5)
+    assert batch[0].ref_logprobs == pytest.approx(want_lp, abs=1e-5)
+
+
+def test_sequence_classification_reward_model_is_read_at_the_last_token(seqcls_rm_checkpoint, make_rollouts):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    direct = AutoModelForSequenceClassification.from_pretrained(seqcls_rm_checkpoint, use_safetensors=True).eval()
+    pad = direct.config.pad_token_id
+    direct.config.pad_token_id = None  # a batch of one is then read at its last token, whatever it is
+    scorer = RewardScorer(rm_path=str(seqcls_rm_checkpoint))
+    rollouts = make_rollouts(6, seed=11)
+    # Cut by length on two pad ids: HF's own pooling (rightmost non-pad token) would read position P.
+    rollouts[0] = dataclasses.replace(
+        rollouts[0], response_ids=[5, pad, pad], logprobs=[0.0] * 3, finish_reason="length"
+    )
+    for r, s in zip(rollouts, scorer.score(rollouts)):
+        with torch.no_grad():
+            want = direct(input_ids=torch.tensor([r.prompt_ids + r.response_ids])).logits[0, 0].item()
+        assert s.score == pytest.approx(want, abs=1e-5)
+
+
+def test_reward_model_of_another_kind_is_rejected(tiny_checkpoint):
+    with pytest.raises(ValueError, match=r"reward\.rm_path: .* holds a LlamaForCausalLM; expected a \*ForToken"):
+        RewardScorer(rm_path=str(tiny_checkpoint))
+
+
+def test_microbatches_are_length_sorted_and_within_budget():
+    lengths = [5, 40, 12, 40, 7, 30, 100]
+    batches = pack_microbatches(lengths, max_tokens=80)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths, reverse=True)
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 80
+    assert batches[0] == [6]  # longer than the budget: alone
+
+
+def test_rm_plus_token_function_weighted_sum(rm_checkpoint, make_rollouts, expected):
+    sources = [
+        RewardSource("rm", weight=2.0),
+        RewardSource("token_function", weight=0.5, path=LENGTH_PENALTY, kwargs={"target_tokens": 10, "coef": 0.1}),
+    ]
+    scorer = RewardScorer(rm_path=str(rm_checkpoint), sources=sources)
+    rollouts = make_rollouts(6, seed=7, response_len=(5, 30))
+    for r, s in zip(rollouts, scorer.score(rollouts)):
+        penalty = -0.1 * max(0, len(r.response_ids) - 10)
+        assert s.score == pytest.approx(2.0 * expected(r)[0] + 0.5 * penalty, abs=1e-5)
+        assert s.ref_logprobs is None  # no reference policy configured
+
+
+def test_text_function_alone_sees_decoded_prompt_and_response(tiny_checkpoint, reward_module):
+    from transformers import AutoTokenizer
+
+    from contracts.formatting import encode_prompt, encode_response
+    from contracts.records import Rollout
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    sources = [RewardSource("function", weight=1.0, path=f"{reward_module}:count_word", kwargs={"word": "cat"})]
+    scorer = RewardScorer(tokenizer_path=str(tiny_checkpoint), sources=sources)
+    assert scorer.rm is None and scorer.ref is None  # no model needed
+    texts = [("repeat the word cat two times :", " cat cat"), ("add 2 and 5 :", " 7")]
+    rollouts = [
+        Rollout(f"p{i}", encode_prompt(tok, p), ids, [0.0] * len(ids), 0, "eos", sample_id=str(i))
+        for i, (p, ids) in enumerate((p, encode_response(tok, r)) for p, r in texts)
+    ]
+    assert [s.score for s in scorer.score(rollouts)] == [2.0, 0.0]
+    chars_source = RewardSource("function", path=f"{reward_module}:prompt_chars")
+    chars = RewardScorer(tokenizer_path=str(tiny_checkpoint), sources=[chars_source])
+    assert [s.score for s in chars.score(rollouts)] == [float(len(p)) for p, _ in texts]  # BOS dropped
+
+
+def test_length_penalty_example():
+    assert length_penalty([[1]] * 3, [[5] * 3, [5] * 10, [5] * 14], target_tokens=10, coef=0.5) == [0.0, 0.0, -2.0]
+
+
+@pytest.mark.parametrize(
+    ("path", "needle"),
+    [
+        ("no_such_package.rewards:fn", "cannot import module 'no_such_package.rewards'"),
+        ("reward_service.rewards:no_such_fn", "has no attribute 'no_such_fn'"),
+        ("reward_service.rewards.length_penalty", "not an import path"),
+    ],
+)
+def test_bad_import_path_is_a_config_error_naming_key_and_path(path, needle, rm_checkpoint):
+    sources = [RewardSource("rm"), RewardSource("token_function", path=path, key="reward.sources[1]")]
+    with pytest.raises(RewardConfigError) as err:
+        RewardScorer(rm_path=str(rm_checkpoint), sources=sources)
+    assert "reward.sources[1].path" in str(err.value) and needle in str(err.value)
+    with pytest.raises(RewardConfigError, match=r"reward\.sources\[1\]\.path"):
+        # The pool checks in the driver, before any actor starts (no Ray needed to fail).
+        from reward_service.pool import RewardPool
+
+        RewardPool(1, rm_path=str(rm_checkpoint), sources=sources)
+
+
+def test_bad_import_path_through_the_config(reward_module):
+    from configs.loader import ConfigError, load_config
+    from reward_service.pool import RewardPool
+    from reward_service.scorer import scorer_settings
+
+    cfg = load_config("tiny", ['reward.sources=[{kind: rm}, {kind: function, path: "nowhere.mod:fn", weight: 0.5}]'])
+    with pytest.raises(ConfigError, match=r"reward\.sources\[1\]\.path: cannot import module 'nowhere\.mod'"):
+        RewardPool.from_config(cfg.reward, default_rm_path="unused")
+    with pytest.raises(ConfigError, match=r"reward\.sources\.1\.path"):  # malformed: rejected at load
+        load_config("tiny", ['reward.sources=[{kind: rm}, {kind: function, path: "not a path"}]'])
+    with pytest.raises(ConfigError, match=r"reward\.sources\.0"):
+        load_config("tiny", ["reward.sources=[{kind: function}]"])
+    with pytest.raises(RewardConfigError, match="resolves to a int, not a function"):
+        load_reward_function(f"{reward_module}:NOT_CALLABLE")
+    good = load_config("tiny", [f'reward.sources=[{{kind: token_function, path: "{LENGTH_PENALTY}"}}]'])
+    assert scorer_settings(good.reward, default_rm_path="rm", default_ref_path="sft")["rm_path"] is None
+
+
+def test_failures_are_errors_never_zero(rm_checkpoint, tmp_path, make_rollouts, reward_module):
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    rollouts = make_rollouts(3, seed=8)
+    for path in (f"{reward_module}:nan_reward", f"{reward_module}:too_few"):
+        scorer = RewardScorer(sources=[RewardSource("token_function", path=path)])
+        with pytest.raises(ScoringError, match=rf"reward function {path}"):
+            scorer.score(rollouts)
+
+    bad_rm = AutoModelForTokenClassification.from_pretrained(rm_checkpoint, use_safetensors=True)
+    with torch.no_grad():
+        bad_rm.score.weight.fill_(float("nan"))
+    bad_rm.save_pretrained(tmp_path / "nan_rm")
+    with pytest.raises(ScoringError, match="reward model returned nan"):
+        RewardScorer(rm_path=str(tmp_path / "nan_rm")).score(rollouts)
+
+    scorer = RewardScorer(rm_path=str(rm_checkpoint))
+    out_of_vocab = dataclasses.replace(rollouts[0], response_ids=[10**6, 2], logprobs=[0.0, 0.0])
+    with pytest.raises(ScoringError, match=r"token id 1000000 out of range"):
+        scorer.score([rollouts[1], out_of_vocab])
+    empty = dataclasses.replace(rollouts[0], response_ids=[], logprobs=[])
+    with pytest.raises(ScoringError, match="empty response_ids"):
+        scorer.score([empty])
+    with pytest.raises(FileNotFoundError, match="reward.rm_path: checkpoint not found"):
+        RewardScorer(rm_path=str(tmp_path / "missing"))
+
+
+def test_transform_fixed_running_and_clip():
+    fixed = RewardTransform("fixed", shift=1.0, scale=2.0, clip=3.0)
+    assert fixed([0.0, 1.0, 2.5, 10.0]) == [-2.0, 0.0, 3.0, 3.0]
+
+    running = RewardTransform("running", eps=0.0)
+    # Batch 1: mean 2, var ((1-2)^2 + (3-2)^2)/2 = 1 -> [-1, 1].
+    assert running([1.0, 3.0]) == pytest.approx([-1.0, 1.0])
+    # Batch 2 merged: values 1, 3, 5 -> mean 3, var (4 + 0 + 4)/3 = 8/3 -> 5 maps to 2/sqrt(8/3).
+    assert running([5.0]) == pytest.approx([2.0 / math.sqrt(8.0 / 3.0)])
+    resumed = RewardTransform("running", eps=0.0)
+    resumed.load_state_dict(running.state_dict())
+    assert resumed([3.0]) == running([3.0])
+
+    clip_only = RewardTransform(clip=0.5)
+    assert clip_only([-2.0, 0.25, 2.0]) == [-0.5, 0.25, 0.5]
+
+
+def test_scorer_from_config_applies_normalisation(rm_checkpoint, tiny_checkpoint, make_rollouts, expected):
+    from configs.loader import load_config
+
+    cfg = load_config("tiny", ["reward.normalize=fixed", "reward.shift=0.25", "reward.scale=2.0", "reward.clip=0.5"])
+    scorer = RewardScorer.from_config(
+        cfg.reward, default_rm_path=str(rm_checkpoint), default_ref_path=str(tiny_checkpoint)
+    )
+    rollouts = make_rollouts(4, seed=9)
+    for r, s in zip(rollouts, scorer.score(rollouts)):
+        assert s.score == pytest.approx(max(-0.5, min(0.5, (expected(r)[0] - 0.25) * 2.0)), abs=1e-5)
+        assert s.ref_logprobs is not None
