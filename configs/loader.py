@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,6 +14,21 @@ from configs.schema import RunConfig
 
 PRESET_DIR = Path(__file__).resolve().parent
 DEFAULT_PRESET = "tiny"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` (no dot) as a string; configs mean a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -32,7 +48,7 @@ def _read_yaml(source: str) -> tuple[dict[str, Any], str]:
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -60,7 +76,7 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
         raise ConfigError(f"{where}: unknown key{hint}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from e
     node = data

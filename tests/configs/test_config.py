@@ -74,3 +74,11 @@ def test_cli_exits_2_and_names_the_key():
     )
     assert out.returncode == 2, out
     assert "ppo.kl_coeff" in out.stderr
+
+
+def test_exponent_floats_without_a_dot(tmp_path):
+    # YAML 1.1 reads `1e-4` as a string; a config means a float.
+    path = tmp_path / "c.yaml"
+    path.write_text("sft:\n  lr: 1e-4\n")
+    assert load_config(str(path), ["ppo.kl_coef=2E-2"]).sft.lr == 1e-4
+    assert load_config(str(path), ["ppo.kl_coef=2E-2"]).ppo.kl_coef == 0.02
