@@ -223,6 +223,25 @@ class PPOConfig(Section):
     at least 1."""
     num_gpus: float = Field(0.0, ge=0.0)
     """GPUs for the learner actor; 0 trains on CPU."""
+    mode: Literal["async", "sync"] = "async"
+    """`async`: generators, scorers and learner overlap (the actor/learner pipeline); `sync`: the same
+    components strictly in sequence (generate -> score -> train -> publish), the throughput baseline."""
+    total_steps: int = Field(200, ge=1)
+    """Learner steps (batches of `batch_size` rollouts) of the PPO stage."""
+    sync_every: int = Field(1, ge=1)
+    """Learner steps between published weight snapshots (each generator applies it before its next generate)."""
+    prompts_per_request: int = Field(32, ge=1)
+    """Prompts per generate call sent to one generator."""
+    buffer_size: int = Field(256, ge=1)
+    """Most rollouts in flight (generating + scoring + waiting for the learner); beyond it no new generation
+    starts (backpressure), which bounds memory and staleness."""
+    timeout_s: float = Field(600.0, gt=0.0)
+    """Longest wait for any single remote call (generate, train step, publish) before the run fails naming
+    the actor."""
+    eval_every: int = Field(50, ge=0)
+    """Learner steps between quick in-training evaluations (win rate vs SFT on held-out prompts); 0: none."""
+    eval_prompts: int = Field(100, ge=1)
+    """Held-out prompts of each in-training evaluation."""
 
 
 class RewardSourceConfig(Section):

@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output comparisons (default: <run>/data/comparisons.jsonl)")
     _common(p)
 
+    p = sub.add_parser("rm-eval", help="reward-model accuracy on held-out prompts vs its ceiling and a baseline",
+                       description="Sample K responses per held-out prompt from the SFT policy, have the labeler "
+                                   "rank them, and report the RM's pairwise accuracy, the ceiling (the noiseless "
+                                   "utility's accuracy against the same labels) and the baseline of scoring by "
+                                   "the SFT model's own log-probability; generalization split separately.")
+    p.add_argument("--sft", type=Path, help="SFT checkpoint (default: <run>/models/sft)")
+    p.add_argument("--rm", type=Path, help="reward model (default: <run>/models/rm)")
+    _common(p)
+
     p = sub.add_parser("eval", help="judge policies on held-out prompts",
                        description="Sample each policy on the held-out splits; report the labeler's win rates "
                                    "(ties count half), per-family instruction following, the true utility, the "
@@ -166,6 +175,9 @@ def _dispatch(args) -> int:
             n_prompts=cfg.collect.n_prompts, labeler_seed=cfg.collect.labeler_seed,
             seed_comparisons=paths.data / "demo_comparisons.jsonl" if cfg.collect.include_seed_comparisons else None)
         _report("collect", stages.save_summary(paths, "collect", summary))
+    elif args.command == "rm-eval":
+        summary = stages.stage_rm_eval(cfg, paths, args.sft or paths.model("sft"), args.rm or paths.model("rm"))
+        _report("rm_eval", stages.save_summary(paths, "rm_eval", summary))
     elif args.command == "eval":
         policies = stages.eval_policies(paths, args.policy)
         rm = args.rm or (paths.model("rm") if (paths.model("rm") / "config.json").exists() else None)
