@@ -148,7 +148,7 @@ class GenerationConfig(Section):
     """Generation backend: vLLM (default) or transformers `generate` (machines without vLLM; baseline)."""
     num_generators: int = Field(1, ge=1)
     """Generator actors."""
-    num_cpus: float = Field(1.0, gt=0.0)
+    num_cpus: float = Field(0.5, gt=0.0)
     """CPUs reserved per generator actor (fractions allowed); also its torch thread count."""
     num_gpus: float = Field(0.0, ge=0.0)
     """GPUs per generator actor; 0 runs on CPU."""
@@ -232,7 +232,7 @@ class PPOConfig(Section):
     """Learner steps between published weight snapshots (each generator applies it before its next generate)."""
     prompts_per_request: int = Field(32, ge=1)
     """Prompts per generate call sent to one generator."""
-    buffer_size: int = Field(256, ge=1)
+    buffer_size: int = Field(128, ge=1)
     """Most rollouts in flight (generating + scoring + waiting for the learner); beyond it no new generation
     starts (backpressure), which bounds memory and staleness."""
     timeout_s: float = Field(600.0, gt=0.0)
@@ -300,7 +300,7 @@ class RewardConfig(Section):
     """Clip the final reward to [-clip, clip] after normalisation; unset: no clipping."""
     num_actors: int = Field(1, ge=1)
     """Scorer actors in the reward pool."""
-    num_cpus: float = Field(1.0, gt=0.0)
+    num_cpus: float = Field(0.5, gt=0.0)
     """CPUs reserved per scorer actor (fractions allowed); its torch thread count is this, rounded, at least 1."""
     num_gpus: float = Field(0.0, ge=0.0)
     """GPUs per scorer actor; 0 runs on CPU."""

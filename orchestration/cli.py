@@ -89,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output comparisons (default: <run>/data/comparisons.jsonl)")
     _common(p)
 
+    p = sub.add_parser("ppo", help="PPO-ptx against the reward model (step 3), async actor/learner",
+                       description="Align the SFT policy with clipped PPO against the reward model, a per-token KL "
+                                   "penalty to the SFT policy and a pretraining-mix term. vLLM generator actors, "
+                                   "a reward-service pool and a learner actor run concurrently (ppo.mode=async) "
+                                   "or strictly in sequence (ppo.mode=sync). Saves the policy in HF format.")
+    p.add_argument("--policy", type=Path, help="initial policy and KL reference (default: <run>/models/sft)")
+    p.add_argument("--rm", type=Path, help="reward model, also the value function's init (default: <run>/models/rm)")
+    p.add_argument("--out", type=Path, help="output policy checkpoint (default: <run>/models/ppo)")
+    p.add_argument("--address", help="Ray cluster address (overrides ray.address; default: a local Ray)")
+    _common(p)
+
     p = sub.add_parser("rm-eval", help="reward-model accuracy on held-out prompts vs its ceiling and a baseline",
                        description="Sample K responses per held-out prompt from the SFT policy, have the labeler "
                                    "rank them, and report the RM's pairwise accuracy, the ceiling (the noiseless "
@@ -175,6 +186,14 @@ def _dispatch(args) -> int:
             n_prompts=cfg.collect.n_prompts, labeler_seed=cfg.collect.labeler_seed,
             seed_comparisons=paths.data / "demo_comparisons.jsonl" if cfg.collect.include_seed_comparisons else None)
         _report("collect", stages.save_summary(paths, "collect", summary))
+    elif args.command == "ppo":
+        from orchestration.ppo_stage import run_ppo
+
+        if args.address:
+            cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": args.address})})
+        summary = run_ppo(cfg, paths, args.policy or paths.model("sft"), args.rm or paths.model("rm"),
+                          args.out or paths.model("ppo"))
+        _report("ppo", stages.save_summary(paths, "ppo", summary))
     elif args.command == "rm-eval":
         summary = stages.stage_rm_eval(cfg, paths, args.sft or paths.model("sft"), args.rm or paths.model("rm"))
         _report("rm_eval", stages.save_summary(paths, "rm_eval", summary))

@@ -156,6 +156,7 @@ class PPODriver:
         self.timer = PhaseTimer()
         self.stats = RunStats()
         self.version = 0
+        self.snapshot_ref = None  # newest published snapshot (kept for the final weight check)
         self._weight_refs: list[tuple[Any, str]] = []  # pending load_weights calls
 
     # -- shared steps ---------------------------------------------------------------------------------
@@ -196,7 +197,7 @@ class PPODriver:
 
         self._check_weight_loads(block=False)
         version, snapshot_ref = _get(self.learner.publish.remote(), "publish", "learner", self.s.timeout_s)
-        self.version = version
+        self.version, self.snapshot_ref = version, snapshot_ref
         refs = broadcast_weights(self.generators, snapshot_ref)
         self._weight_refs.extend(zip(refs, self.names))
 
@@ -225,8 +226,21 @@ class PPODriver:
             self.stats.wall_s = time.perf_counter() - self._t0
             self.stats.phases = dict(self.timer.seconds)
             self.stats.final_version = self.version
+        if self.stats.steps % self.s.sync_every:
+            self._publish()  # the generators end on the final weights
         self._check_weight_loads(block=True)
         return self.stats
+
+    def generators_match_learner(self) -> bool:
+        """Whether every generator computes with exactly the newest published weights (read back)."""
+        from actors.generator import wait_all
+        from contracts.snapshot import snapshot_checksums
+
+        if self.snapshot_ref is None:
+            return True
+        expected = snapshot_checksums(_get(self.snapshot_ref, "snapshot", "learner", self.s.timeout_s))
+        got = wait_all([g.checksums.remote() for g in self.generators], self.names, self.s.timeout_s, "checksums")
+        return all({k: g.get(k) for k in expected} == expected for g in got)
 
     # -- sync: the baseline ---------------------------------------------------------------------------
     def _run_sync(self) -> None:

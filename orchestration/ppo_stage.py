@@ -1,0 +1,188 @@
+"""Stage 3, PPO-ptx: build the actors from the config, run the driver, save the policy.
+
+Setup happens here; the loop itself is `orchestration.driver.PPODriver.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from configs.schema import RunConfig
+from contracts.formatting import decode_response
+from contracts.protocols import GenerationRequest, SamplingSpec
+from contracts.records import Document, Prompt, Rollout
+from orchestration.paths import RunPaths
+
+log = logging.getLogger(__name__)
+
+
+class InTrainingEval:
+    """Win rate of the current policy over the SFT policy on fixed held-out prompts, while training.
+
+    The SFT responses are sampled once, before the first update, from a generator that still holds
+    the SFT weights; later rounds sample the same prompts from a generator holding the newest weights.
+    """
+
+    def __init__(self, task, labeler, tokenizer, prompts: list[Prompt], sampling: SamplingSpec, timeout_s: float):
+        from contracts.formatting import encode_prompt
+
+        self.task, self.labeler, self.tokenizer = task, labeler, tokenizer
+        self.prompts, self.sampling, self.timeout_s = prompts, sampling, timeout_s
+        self.requests = [GenerationRequest(p.prompt_id, tuple(encode_prompt(tokenizer, p.prompt))) for p in prompts]
+        self.reference: list[str] | None = None
+
+    def _sample(self, generator, name: str) -> tuple[list[str], int]:
+        from orchestration.driver import _get
+
+        results = _get(generator.generate.remote(self.requests, self.sampling), "generate", name, self.timeout_s)
+        texts, versions = [], []
+        for r in results:
+            texts.append(decode_response(self.tokenizer, r[0].response_ids) if isinstance(r, list) and r else "")
+            versions.extend(x.policy_version for x in r) if isinstance(r, list) else None
+        return texts, max(versions, default=0)
+
+    def start(self, generator, name: str) -> dict[str, float]:
+        self.reference, _ = self._sample(generator, name)
+        return {"eval_utility": self._utility(self.reference), "eval_win_rate_vs_sft": 0.5}
+
+    def __call__(self, generator, name: str) -> dict[str, float]:
+        texts, version = self._sample(generator, name)
+        prefs = [self.labeler.prefer(p.prompt, a, b) for p, a, b in zip(self.prompts, texts, self.reference)]
+        return {"eval_win_rate_vs_sft": float(np.mean(prefs)), "eval_utility": self._utility(texts),
+                "eval_version": version}
+
+    def _utility(self, texts: list[str]) -> float:
+        return float(np.mean([self.task.utility(p.prompt, t) for p, t in zip(self.prompts, texts)]))
+
+
+def pretrain_stream(cfg: RunConfig, paths: RunPaths, tokenizer) -> np.ndarray | None:
+    """The packed pretraining corpus for the PPO-ptx term (None when `ppo.ptx_coef` is 0)."""
+    from contracts.dataio import read_records
+    from learners.pretrain import pack_documents
+
+    if cfg.ppo.ptx_coef == 0:
+        return None
+    docs, _ = read_records(paths.corpus("train"), Document, on_bad_rows=cfg.data.on_bad_rows)
+    ids = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
+    return pack_documents(ids, tokenizer.bos_token_id, tokenizer.eos_token_id)
+
+
+def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, out: Path,
+            with_eval: bool = True) -> dict[str, Any]:
+    """Align `policy_path` against the reward model `rm_path` with PPO-ptx; save the policy to `out`."""
+    import ray
+
+    from actors.engines import threads_for
+    from actors.generator import start_generators
+    from actors.sampling import sampling_spec
+    from contracts.dataio import read_records
+    from learners.models import load_tokenizer
+    from learners.ppo import learner_settings
+    from learners.ppo_actor import PPOLearnerActor
+    from learners.training import MetricsLog
+    from orchestration.driver import DriverSettings, PPODriver, PromptCursor, _get
+    from orchestration.ray_runtime import init_ray
+    from reward_service.pool import RewardPool
+    from tasks import load_task
+
+    t0 = time.time()
+    init_ray(cfg.ray)
+    task = load_task(cfg.task)
+    tokenizer = load_tokenizer(policy_path, cfg.trust_remote_code)
+    prompts, _ = read_records(paths.prompts("train"), Prompt, on_bad_rows=cfg.data.on_bad_rows,
+                              max_prompt_chars=cfg.data.max_prompt_chars)
+    prompt_text = {p.prompt_id: p.prompt for p in prompts}
+    p = cfg.ppo
+    _check_resources(cfg)
+
+    learner = PPOLearnerActor.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus).remote(
+        learner_settings(cfg, policy_path, rm_path, pretrain_stream(cfg, paths, tokenizer),
+                         torch_threads=threads_for(p.num_cpus)))
+    generators = start_generators(cfg.generation, policy_path, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)
+    names = [f"generator-{i}" for i in range(len(generators))]
+    pool = RewardPool.from_config(cfg.reward, default_rm_path=str(rm_path), default_ref_path=str(policy_path),
+                                  trust_remote_code=cfg.trust_remote_code)
+    _get(learner.ready.remote(), "start", "learner", p.timeout_s)
+    setup_s = time.time() - t0
+
+    sampling = sampling_spec(cfg.generation, seed=cfg.seed)
+    metrics_log = MetricsLog(paths.metrics, "ppo")
+    evaluator = None
+    if with_eval and p.eval_every > 0:
+        heldout, _ = read_records(paths.prompts("heldout"), Prompt, on_bad_rows=cfg.data.on_bad_rows)
+        evaluator = InTrainingEval(task, task.labeler(cfg.eval.labeler_seed), tokenizer, heldout[: p.eval_prompts],
+                                   dataclasses.replace(sampling, n=1, temperature=cfg.eval.temperature), p.timeout_s)
+        metrics_log(0, evaluator.start(generators[0], names[0]))
+
+    bar = tqdm(total=p.total_steps, desc=f"ppo ({p.mode})", unit="step", dynamic_ncols=True)
+    pending_utility: list[float] = []
+
+    def on_rollouts(batch: list[Rollout]) -> None:
+        # The labeler's hidden utility of what the policy actually produced: true quality, next to the RM score.
+        pending_utility[:] = [task.utility(prompt_text[r.prompt_id], decode_response(tokenizer, r.response_ids))
+                              for r in batch]
+
+    def on_step(step: int, metrics: dict[str, Any]) -> None:
+        metrics = dict(metrics, true_utility=float(np.mean(pending_utility)) if pending_utility else float("nan"))
+        if evaluator is not None and (step % p.eval_every == 0 or step == p.total_steps):
+            metrics.update(evaluator(generators[0], names[0]))
+        metrics_log(step, metrics)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}", kl=f"{metrics.get('kl', float('nan')):.3f}",
+                        utility=f"{metrics['true_utility']:.3f}")
+
+    driver = PPODriver(
+        generators=generators, generator_names=names, pool=pool, learner=learner, tokenizer=tokenizer,
+        cursor=PromptCursor(prompts, cfg.seed), sampling=sampling,
+        settings=DriverSettings(total_steps=p.total_steps, rollouts_per_step=p.batch_size,
+                                prompts_per_request=p.prompts_per_request, in_flight=cfg.generation.in_flight,
+                                sync_every=p.sync_every, buffer_size=p.buffer_size, timeout_s=p.timeout_s,
+                                mode=p.mode),
+        on_step=on_step, on_rollouts=on_rollouts,
+    )
+    try:
+        stats = driver.run()
+        bar.close()
+        state_dir = paths.root / "checkpoints" / "ppo"
+        _get(learner.save_checkpoint.remote(str(state_dir)), "save_checkpoint", "learner", p.timeout_s)
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(state_dir / "policy", out)
+        weights_match = driver.generators_match_learner()
+    finally:
+        pool.shutdown()
+        for g in generators:
+            ray.kill(g)
+        ray.kill(learner)
+    summary = stats.summary(len(generators))
+    last = stats.metrics[-1] if stats.metrics else {}
+    summary.update(setup_s=setup_s, seconds=time.time() - t0, generators_match_learner=weights_match,
+                   final_reward=last.get("reward"), final_kl=last.get("kl"))
+    return summary
+
+
+
+def _check_resources(cfg: RunConfig) -> None:
+    """Fail fast, naming the keys, when the actors cannot all be scheduled at once (they would wait forever)."""
+    import ray
+
+    need_cpu = (cfg.generation.num_generators * cfg.generation.num_cpus + cfg.reward.num_actors * cfg.reward.num_cpus
+                + cfg.ppo.num_cpus)
+    need_gpu = (cfg.generation.num_generators * cfg.generation.num_gpus + cfg.reward.num_actors * cfg.reward.num_gpus
+                + cfg.ppo.num_gpus)
+    have = ray.cluster_resources()
+    if need_cpu > have.get("CPU", 0) + 1e-9 or need_gpu > have.get("GPU", 0) + 1e-9:
+        from configs.loader import ConfigError
+
+        raise ConfigError(
+            f"the PPO actors need {need_cpu:g} CPUs and {need_gpu:g} GPUs (generation.num_generators x "
+            f"generation.num_cpus + reward.num_actors x reward.num_cpus + ppo.num_cpus, same for GPUs) but the Ray "
+            f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
