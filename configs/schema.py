@@ -116,13 +116,13 @@ class RMConfig(Section):
 
 
 class CollectConfig(Section):
-    k: int = Field(4, ge=2, le=9)
+    k: int = Field(8, ge=2, le=9)
     """Responses ranked per prompt (InstructGPT: 4..9)."""
-    n_prompts: int = Field(3000, ge=1)
+    n_prompts: int = Field(4000, ge=1)
     """Training prompts to collect rankings for."""
-    temperatures: list[float] = [0.7, 1.0]
+    temperatures: list[float] = [0.7, 1.0, 1.4]
     """Sampling temperatures; responses of one prompt are spread over them for variety."""
-    policies: list[str] = ["sft", "base"]
+    policies: list[str] = ["sft"]
     """Policies to sample from in `raylhf run`: stage names of the run (base, sft, ppo) or checkpoint paths.
     Responses of one prompt are spread over policies x temperatures (varied comparisons train a better RM)."""
     include_seed_comparisons: bool = True

@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("run", help="run the whole pipeline on the configured task",
-                       description="data -> base model -> SFT -> comparisons -> reward model -> evaluation, each stage skipped when its "
+                       description="data -> base model -> SFT -> comparisons -> reward model -> PPO-ptx -> evaluation and "
+                                   "report.md, each stage skipped when its "
                                    "output already exists (delete it to redo a stage).")
     _common(p)
     return parser

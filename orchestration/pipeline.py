@@ -9,6 +9,8 @@ from configs.schema import RunConfig
 from learners.models import is_checkpoint
 from orchestration import stages
 from orchestration.paths import RunPaths
+from orchestration.ppo_stage import run_ppo
+from orchestration.report import write_report
 from tasks import load_task
 
 log = logging.getLogger(__name__)
@@ -19,7 +21,7 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     summaries: dict[str, dict] = {}
 
     def stage(name: str, done: bool, fn: Callable[[], dict]) -> None:
-        if done and stages.load_summary(paths, name) is not None:
+        if done and stages.load_summary(paths, name) is not None:  # output and its summary both exist
             log.info("stage %s: output exists, skipped", name)
             summaries[name] = stages.load_summary(paths, name)
             return
@@ -38,6 +40,10 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     stage("rm", is_checkpoint(paths.model("rm")),
           lambda: stages.stage_rm(cfg, paths, paths.model("sft"), paths.comparisons, paths.model("rm"),
                                   paths.demonstrations))
-    stage("rm_eval", False, lambda: stages.stage_rm_eval(cfg, paths, paths.model("sft"), paths.model("rm")))
+    stage("rm_eval", stages.load_summary(paths, "rm_eval") is not None,
+          lambda: stages.stage_rm_eval(cfg, paths, paths.model("sft"), paths.model("rm")))
+    stage("ppo", is_checkpoint(paths.model("ppo")),
+          lambda: run_ppo(cfg, paths, paths.model("sft"), paths.model("rm"), paths.model("ppo")))
     stage("eval", False, lambda: stages.stage_eval(cfg, paths, stages.eval_policies(paths, None), paths.model("rm")))
+    write_report(paths, summaries)
     return summaries
