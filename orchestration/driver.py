@@ -139,7 +139,16 @@ def _get(ref, what: str, who: str, timeout_s: float):
     except ray.exceptions.GetTimeoutError as e:
         raise ActorFailure(f"{who}: {what} did not finish within {timeout_s:.0f} s") from e
     except ray.exceptions.RayError as e:
-        raise ActorFailure(f"{who}: {what} failed: {e}") from e
+        raise ActorFailure(f"{who}: {what} failed: {_cause(e)}") from e
+
+
+def _cause(e: Exception) -> str:
+    """The original exception of a remote failure in one line (the full trace stays chained)."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    first = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {first[0] if first else ''}"
 
 
 class PPODriver:

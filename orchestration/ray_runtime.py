@@ -21,6 +21,7 @@ def init_ray(cfg: RayConfig) -> None:
         log.info("joined Ray cluster at %s", cfg.address)
         return
     ray.init(
+        address="local",  # a fresh embedded Ray, never whichever cluster happens to be running here
         num_cpus=cfg.num_cpus,
         include_dashboard=cfg.include_dashboard,
         dashboard_host=cfg.dashboard_host,
