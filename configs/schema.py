@@ -173,7 +173,7 @@ class GenerationConfig(Section):
 
 
 class PPOConfig(Section):
-    kl_coef: float = Field(0.05, ge=0.0)
+    kl_coef: float = Field(0.2, ge=0.0)
     """β: weight of the per-token KL penalty to the SFT policy inside the reward (InstructGPT: 0.02)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """KL estimator: k1 log-ratio, k2 ½·log-ratio², k3 Schulman's unbiased low-variance form."""
@@ -226,7 +226,7 @@ class PPOConfig(Section):
     mode: Literal["async", "sync"] = "async"
     """`async`: generators, scorers and learner overlap (the actor/learner pipeline); `sync`: the same
     components strictly in sequence (generate -> score -> train -> publish), the throughput baseline."""
-    total_steps: int = Field(200, ge=1)
+    total_steps: int = Field(150, ge=1)
     """Learner steps (batches of `batch_size` rollouts) of the PPO stage."""
     sync_every: int = Field(1, ge=1)
     """Learner steps between published weight snapshots (each generator applies it before its next generate)."""

@@ -110,3 +110,74 @@ def snapshot_tensors(snapshot: WeightSnapshot) -> Iterator[tuple[str, "torch.Ten
             bases[dtype] = base
     for spec in snapshot.specs:
         yield spec.name, bases[spec.dtype][spec.offset : spec.offset + spec.numel].view(spec.shape)
+
+
+class SnapshotMismatchError(ValueError):
+    """A snapshot whose tensors do not match the model it is applied to; nothing was applied."""
+
+
+def named_checkpoint_tensors(model: "torch.nn.Module") -> Iterator[tuple[str, "torch.Tensor"]]:
+    """A model's state dict with tied tensors once (under their first name), as `save_pretrained` writes it.
+
+    `state_dict()` lists a tied tensor under every name (e.g. `lm_head.weight` and
+    `model.embed_tokens.weight`); an engine loads it once, so a snapshot carries it once.
+    """
+    seen: set[int] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        yield name, tensor.detach()
+
+
+def signature_mismatches(
+    snapshot: WeightSnapshot, expected: Iterable[tuple[str, tuple[int, ...], str]]
+) -> list[str]:
+    """Human-readable differences between a snapshot and the (name, shape, dtype) a model expects.
+
+    Empty when they match; missing and unexpected names first, then shape and dtype differences.
+    """
+    want = {name: (tuple(shape), dtype) for name, shape, dtype in expected}
+    have = {s.name: (s.shape, s.dtype) for s in snapshot.specs}
+    problems = [f"missing {name}" for name in want if name not in have]
+    problems += [f"unexpected {name}" for name in have if name not in want]
+    for name, (shape, dtype) in have.items():
+        if name not in want:
+            continue
+        want_shape, want_dtype = want[name]
+        if shape != want_shape:
+            problems.append(f"{name}: shape {list(shape)}, expected {list(want_shape)}")
+        if dtype != want_dtype:
+            problems.append(f"{name}: dtype {dtype}, expected {want_dtype}")
+    return problems
+
+
+def check_signature(snapshot: WeightSnapshot, expected: Iterable[tuple[str, tuple[int, ...], str]], where: str) -> None:
+    """Raise SnapshotMismatchError naming the first differences, or return if the snapshot fits."""
+    problems = signature_mismatches(snapshot, expected)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise SnapshotMismatchError(
+            f"weight snapshot v{snapshot.version} does not match {where}: {shown}. The previous weights are kept."
+        )
+
+
+def tensor_checksum(tensor: "torch.Tensor") -> str:
+    """Exact digest of a tensor's dtype, shape and values (-0.0 counted as 0.0), for comparing copies."""
+    import hashlib
+
+    import torch
+
+    t = tensor.detach().to("cpu").contiguous()
+    if t.is_floating_point():
+        t = t + 0.0  # one bit pattern for zero: -0.0 + 0.0 == +0.0
+    raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{_dtype_name(t)}{tuple(t.shape)}".encode())
+    h.update(raw.numpy().tobytes())
+    return h.hexdigest()
+
+
+def snapshot_checksums(snapshot: WeightSnapshot) -> dict[str, str]:
+    """`tensor_checksum` of every tensor of a snapshot, by name."""
+    return {name: tensor_checksum(t) for name, t in snapshot_tensors(snapshot)}

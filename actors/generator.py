@@ -1,0 +1,162 @@
+"""GeneratorActor: one generation engine in a Ray actor, and helpers to start and update a pool.
+
+Weights travel through the object store: the learner `ray.put`s one WeightSnapshot per version
+and hands the same ObjectRef to every generator (`broadcast_weights`). Passed as a top-level
+argument, Ray resolves the ref before `load_weights` runs and the snapshot's numpy buffers are
+mapped zero-copy from shared memory; the actor keeps no reference once the call returns, so an
+old version is freed as soon as its publisher drops its ref.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+import ray
+
+from actors.engines import create_engine, threads_for
+from configs.schema import GenerationConfig
+from contracts.protocols import GenerationRequest, RequestError, SamplingSpec
+from contracts.records import Rollout
+from contracts.snapshot import WeightSnapshot
+
+# Ray runs one method of this actor at a time (a synchronous actor with the default
+# max_concurrency=1), so load_weights can never interleave with generate: every rollout of a
+# generate call comes from one version of the weights, the version it reports. Keep it that way:
+# no async methods, no threaded concurrency.
+@ray.remote(max_concurrency=1)
+class GeneratorActor:
+    def __init__(
+        self,
+        cfg: GenerationConfig,
+        checkpoint: str,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+        version: int = 0,
+        name: str = "generator",
+    ):
+        self.name = name
+        self._engine = create_engine(
+            cfg, checkpoint, seed=seed, trust_remote_code=trust_remote_code, version=version
+        )
+
+    def ready(self) -> dict[str, Any]:
+        e = self._engine
+        return {
+            "name": self.name,
+            "engine": type(e).__name__,
+            "version": e.version,
+            "pid": os.getpid(),
+            "start_s": e.start_s,
+            "context_len": e.context_len,
+            "vocab_size": e.vocab_size,
+        }
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingSpec
+    ) -> list[list[Rollout] | RequestError]:
+        return self._engine.generate(requests, sampling)
+
+    def load_weights(self, snapshot: WeightSnapshot) -> int:
+        """Apply a snapshot in place; returns the engine's version afterwards.
+
+        Call it with the snapshot's ObjectRef as the argument itself (`load_weights.remote(ref)`),
+        not inside a container: Ray then resolves it before the call, zero-copy. A snapshot that
+        does not match the model raises SnapshotMismatchError; the engine keeps its weights and version.
+        """
+        self._engine.load_weights(snapshot)
+        return self._engine.version
+
+    def version(self) -> int:
+        return self._engine.version
+
+    def checksums(self) -> dict[str, str]:
+        """Per-tensor checksums of the weights inside the engine (HF names), read back from it."""
+        return self._engine.checksums()
+
+    def stats(self) -> dict[str, float]:
+        return dict(self._engine.stats, version=self._engine.version)
+
+
+def generator_options(cfg: GenerationConfig, name: str | None = None) -> dict[str, Any]:
+    """Ray actor options of one generator: its resources and an in-process vLLM."""
+    threads = threads_for(cfg.num_cpus)
+    options: dict[str, Any] = {
+        "num_cpus": cfg.num_cpus,
+        "num_gpus": cfg.num_gpus,
+        "runtime_env": {
+            "env_vars": {
+                "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine inside the actor process
+                "OMP_NUM_THREADS": str(threads),
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        },
+    }
+    if cfg.engine == "vllm" and cfg.num_gpus == 0:
+        options["memory"] = cfg.kv_cache_bytes  # the KV cache lives in host memory
+    if name is not None:
+        options["name"] = name
+    return options
+
+
+def wait_all(refs: Sequence[ray.ObjectRef], names: Sequence[str], timeout_s: float, what: str) -> list[Any]:
+    """ray.get of one ref per actor, with a deadline; a failure names the actor and its cause."""
+    deadline = time.monotonic() + timeout_s
+    pending = dict(zip(refs, names))
+    results: dict[ray.ObjectRef, Any] = {}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise TimeoutError(f"{what}: no answer within {timeout_s:.0f} s from {', '.join(pending.values())}")
+        for ref in ready:
+            name = pending.pop(ref)
+            try:
+                results[ref] = ray.get(ref)
+            except Exception as e:
+                raise RuntimeError(f"{what} failed on {name}: {e}") from e
+    return [results[r] for r in refs]
+
+
+def start_generators(
+    cfg: GenerationConfig,
+    checkpoint: str | os.PathLike,
+    *,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    version: int = 0,
+    name_prefix: str = "generator",
+    ready_timeout_s: float = 600.0,
+) -> list[ray.actor.ActorHandle]:
+    """Start `cfg.num_generators` GeneratorActors on `checkpoint` and wait until all can generate.
+
+    Generator i samples with engine seed `seed + i`. Raises (after killing the started actors)
+    if one fails to start or does not come up within `ready_timeout_s`.
+    """
+    names = [f"{name_prefix}-{i}" for i in range(cfg.num_generators)]
+    actors = [
+        GeneratorActor.options(**generator_options(cfg)).remote(
+            cfg, str(checkpoint), seed + i, trust_remote_code, version, names[i]
+        )
+        for i in range(cfg.num_generators)
+    ]
+    try:
+        wait_all([a.ready.remote() for a in actors], names, ready_timeout_s, "generator start")
+    except BaseException:
+        for a in actors:
+            ray.kill(a)
+        raise
+    return actors
+
+
+def broadcast_weights(
+    generators: Sequence[ray.actor.ActorHandle], snapshot: "ray.ObjectRef | WeightSnapshot"
+) -> list[ray.ObjectRef]:
+    """Ask every generator to apply one snapshot; returns the refs of the calls (each: new version).
+
+    Pass the ObjectRef of a snapshot `ray.put` once: every generator maps the same object. A
+    WeightSnapshot passed directly is put once here. The calls queue behind each generator's
+    running generate call and run before any generate submitted after them.
+    """
+    ref = snapshot if isinstance(snapshot, ray.ObjectRef) else ray.put(snapshot)
+    return [g.load_weights.remote(ref) for g in generators]

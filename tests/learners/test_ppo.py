@@ -1,0 +1,370 @@
+"""`PPOLearner.train_step` on hand-made batches with real tiny models, and its Ray actor wrapper.
+
+The policy is the session's tiny random Llama; the value model is built from it as the reward model is
+(a scalar head on the same transformer), with the head set by hand where a test needs known values.
+Rollouts carry fixed token ids; expected numbers are worked out in the comments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from contracts.records import Rollout
+from contracts.snapshot import named_checkpoint_tensors, signature_mismatches, snapshot_tensors
+from learners.ppo import TIMING_METRICS, PPOLearner, truncated_importance_weights
+from learners.pretrain import pack_documents
+from learners.reward_model import reward_model_from_policy
+
+PROMPT = [1, 40, 41, 42]  # BOS + three prompt tokens (ids below the tiny vocabulary's size)
+GOOD = [50, 51, 2]  # two tokens + EOS
+BAD = [60, 61, 2]
+
+
+def value_checkpoint(policy_path, out_dir, bias: float = 0.0) -> str:
+    """A value model initialised like the RM (scalar head on the policy's transformer). The head's weight
+    is zero, so V(s) == bias exactly at every position."""
+    model = reward_model_from_policy(policy_path, device="cpu")
+    with torch.no_grad():
+        model.score.bias.fill_(bias)
+    model.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a shared, busy machine two spinning OpenMP
+    threads make each step many times slower; restore the setting for the rest of the session."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def value_zero(tiny_checkpoint, tmp_path_factory):
+    return value_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("value0"), 0.0)
+
+
+@pytest.fixture(scope="module")
+def value_const(tiny_checkpoint, tmp_path_factory):
+    return value_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("value07"), 0.7)
+
+
+@pytest.fixture(scope="module")
+def stream(tiny_checkpoint):
+    from learners.models import load_tokenizer
+
+    from tests.conftest import CORPUS
+
+    tok = load_tokenizer(tiny_checkpoint)
+    docs = tok(CORPUS[:50], add_special_tokens=False)["input_ids"]
+    return pack_documents(docs, tok.bos_token_id, tok.eos_token_id)
+
+
+def make_learner(policy, value, **overrides) -> PPOLearner:
+    kwargs = dict(lr=1e-3, value_lr=1e-3, kl_coef=0.0, minibatch_size=4, ptx_coef=0.0, device="cpu", seed=0)
+    kwargs.update(overrides)
+    return PPOLearner(policy, value, **kwargs)
+
+
+def rollout(response, score=0.0, logprobs=None, ref_logprobs=None, version=0, prompt=PROMPT, i=0) -> Rollout:
+    t = len(response)
+    return Rollout(
+        prompt_id=f"p{i}", prompt_ids=list(prompt), response_ids=list(response),
+        logprobs=list(logprobs) if logprobs is not None else [-6.0] * t, policy_version=version,
+        finish_reason="eos", score=score, ref_logprobs=list(ref_logprobs) if ref_logprobs is not None else [-6.0] * t,
+        sample_id=f"s{i}",
+    )
+
+
+def mixed_batch(n: int, seed: int, version: int = 0) -> list[Rollout]:
+    """n rollouts of varied prompt/response lengths with fixed pseudo-random ids, scores and logprobs."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        prompt = [1] + rng.integers(3, 300, size=int(rng.integers(2, 7))).tolist()
+        t = int(rng.integers(1, 9))
+        response = rng.integers(3, 300, size=t).tolist()
+        out.append(rollout(response, score=float(rng.normal()), logprobs=(-6.0 + 0.3 * rng.normal(size=t)).tolist(),
+                           ref_logprobs=(-6.0 + 0.3 * rng.normal(size=t)).tolist(), version=version, prompt=prompt, i=i))
+    return out
+
+
+def params_of(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def assert_unchanged(before: dict[str, torch.Tensor], model) -> None:
+    for name, p in model.named_parameters():
+        assert torch.equal(before[name], p.detach()), f"{name} changed"
+
+
+def changed(before: dict[str, torch.Tensor], model) -> bool:
+    return any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters())
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_logprobs_align_with_a_manual_forward_and_ignore_padding(tiny_checkpoint, value_zero):
+    learner = make_learner(tiny_checkpoint, value_zero)
+    batch = mixed_batch(5, seed=1)
+    together = learner.logprobs(batch)
+    for r, lp in zip(batch, together):
+        # Response token t is predicted by the logits at position len(prompt) - 1 + t.
+        with torch.no_grad():
+            logits = learner.policy(torch.tensor([r.prompt_ids + r.response_ids])).logits[0]
+        logp = torch.log_softmax(logits.float(), -1)
+        p = len(r.prompt_ids)
+        manual = [logp[p - 1 + t, tok].item() for t, tok in enumerate(r.response_ids)]
+        assert lp == pytest.approx(manual, abs=1e-5)  # batched with padding == alone
+
+
+def test_zero_advantage_batch_leaves_policy_unchanged(tiny_checkpoint, value_const):
+    # Zero advantages by construction: β = 0 (no KL term), γ = 1, and a value model whose head has
+    # weight 0 and bias 0.7, so V(s_t) = 0.7 exactly at every token. With every score 0.7:
+    #   δ_t = r_t + γ·V_{t+1} - V_t = 0 + 0.7 - 0.7 = 0 for t < T-1, and δ_{T-1} = 0.7 - 0.7 = 0,
+    # so A_t = 0 for every λ; whitening maps an all-zero tensor to 0 (0 · 1/sqrt(0 + eps)); returns
+    # R_t = A_t + V_t = V_t, so the value loss is 0 too. The surrogate's gradient is A·∇ρ = 0, and AdamW
+    # (no weight decay) moves nothing on a zero gradient. Stale behaviour logprobs (IS weights ≠ 1) do
+    # not change that: they multiply a zero advantage.
+    learner = make_learner(tiny_checkpoint, value_const, kl_coef=0.0, gamma=1.0, lam=0.95, whiten_advantages=True)
+    batch = [rollout(GOOD, 0.7, logprobs=[-5.0, -7.0, -6.0]), rollout(BAD, 0.7, i=1),
+             rollout([70, 71, 72, 2], 0.7, i=2), rollout([80], 0.7, i=3)] * 2
+    policy_before, value_before = params_of(learner.policy), params_of(learner.value_model)
+    metrics = learner.train_step(batch)
+    assert metrics["optimizer_steps"] == 2 and metrics["skipped_steps"] == 0  # steps were taken...
+    assert metrics["policy_grad_norm"] == 0.0 and metrics["value_loss"] == 0.0
+    assert_unchanged(policy_before, learner.policy)  # ...and moved nothing
+    assert_unchanged(value_before, learner.value_model)
+
+    # Control: the same batch with a score above V does move the policy (the test can fail).
+    learner.train_step([rollout(r.response_ids, 1.7 if k % 2 else 0.7, i=k) for k, r in enumerate(batch)])
+    assert changed(policy_before, learner.policy)
+
+
+@pytest.mark.parametrize("poison", ["score", "ref_logprob"])
+def test_nan_guard_skips_the_step_and_keeps_weights(tiny_checkpoint, value_zero, poison, caplog):
+    learner = make_learner(tiny_checkpoint, value_zero, kl_coef=0.05, adaptive_kl=True, target_kl=1.0, kl_horizon=100)
+    batch = mixed_batch(8, seed=2)
+    if poison == "score":
+        batch[3].score = float("nan")
+    else:
+        batch[5].ref_logprobs[0] = float("nan")
+    policy_before, value_before = params_of(learner.policy), params_of(learner.value_model)
+    with caplog.at_level("WARNING", logger="learners.ppo"):
+        metrics = learner.train_step(batch)
+    # One NaN poisons the whitened advantages (and returns) of the whole batch: both minibatches skip.
+    assert metrics["skipped_steps"] == 2 and metrics["optimizer_steps"] == 0
+    assert math.isnan(metrics["policy_loss"])
+    assert "skipping a PPO minibatch" in caplog.text
+    assert_unchanged(policy_before, learner.policy)
+    assert_unchanged(value_before, learner.value_model)
+    assert not learner.policy_optimizer.state and not learner.value_optimizer.state  # no Adam moments either
+    assert math.isfinite(learner.kl_coef)
+    if poison == "ref_logprob":
+        assert learner.kl_coef == 0.05  # a NaN KL does not reach the controller
+
+    clean = learner.train_step(mixed_batch(8, seed=3))
+    assert clean["skipped_steps"] == 0 and clean["optimizer_steps"] == 2
+    assert changed(policy_before, learner.policy)
+
+
+def test_truncated_importance_weights_by_hand():
+    old = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
+    behaviour = torch.tensor([[-1.5, -1.0, -3.5, -3.0]])
+    # Δ = old - behaviour = [0.5, -1.0, 3.0, 0.0]; with c = 2:
+    #   min(e^0.5, 2) = 1.64872, min(e^-1, 2) = 0.36788, min(e^3 = 20.09, 2) = 2, min(e^0, 2) = 1
+    expected = torch.tensor([[math.exp(0.5), math.exp(-1.0), 2.0, 1.0]])
+    assert torch.allclose(truncated_importance_weights(old, behaviour, 2.0), expected, atol=1e-6)
+
+
+def test_off_policy_weights_on_a_stale_batch(tiny_checkpoint, value_zero):
+    # The behaviour logprobs sit below/above the learner's recomputed π_old by known Δ per token:
+    # w_t = min(exp(Δ_t), c). β = 0, whitening off, V ≡ 0, γ = λ = 1 make A_t = score = 1 on every token,
+    # and at the first (only) minibatch step π_θ = π_old so ρ = 1: policy_loss = -mean_t(w_t · A_t).
+    learner = make_learner(tiny_checkpoint, value_zero, kl_coef=0.0, whiten_advantages=False, gamma=1.0, lam=1.0,
+                           is_clip_c=2.0, max_staleness=2, minibatch_size=8)
+    for _ in range(3):
+        learner.publish()
+    assert learner.version == 3
+    response = [70, 71, 72, 2]
+    old = learner.logprobs([rollout(response)])[0]
+    delta = [0.5, -1.0, 3.0, 0.0]
+    behaviour = [o - d for o, d in zip(old, delta)]
+    weights = [math.exp(0.5), math.exp(-1.0), 2.0, 1.0]  # 1.64872, 0.36788, 2 (e^3 truncated), 1
+    kept = rollout(response, 1.0, logprobs=behaviour, version=1)  # staleness 3 - 1 = 2 <= 2: kept
+    too_old = rollout(response, 1.0, logprobs=behaviour, version=0, i=1)  # staleness 3 > 2: dropped
+
+    metrics = learner.train_step([kept, too_old])
+    assert metrics["dropped_stale"] == 1 and metrics["rollouts"] == 1
+    assert metrics["staleness_max"] == 2 and metrics["staleness_mean"] == 2
+    assert metrics["is_weight_mean"] == pytest.approx(sum(weights) / 4, abs=1e-5)  # 5.01660 / 4 = 1.25415
+    assert metrics["is_truncated_frac"] == pytest.approx(1 / 4)
+    assert metrics["policy_loss"] == pytest.approx(-sum(weights) / 4, abs=1e-5)
+
+    # Everything too old: nothing to train on, counted, no step.
+    assert learner.train_step([too_old])["dropped_stale"] == 1
+    with pytest.raises(ValueError, match="future|learner is at"):
+        learner.train_step([rollout(response, 1.0, version=4)])
+
+
+def test_unscored_rollouts_are_an_error(tiny_checkpoint, value_zero):
+    learner = make_learner(tiny_checkpoint, value_zero)
+    unscored = rollout(GOOD)
+    unscored.score = None
+    with pytest.raises(ValueError, match="no score"):
+        learner.train_step([rollout(BAD), unscored])
+    no_ref = rollout(GOOD)
+    no_ref.ref_logprobs = None
+    with pytest.raises(ValueError, match="no ref_logprobs"):
+        learner.train_step([no_ref])
+
+
+def test_positive_reward_response_becomes_more_likely(tiny_checkpoint, value_zero):
+    learner = make_learner(tiny_checkpoint, value_zero, lr=3e-4, kl_coef=0.01, minibatch_size=8)
+    pair = [rollout(GOOD), rollout(BAD)]
+    ref = learner.logprobs(pair)
+    start = [sum(lp) for lp in ref]
+    for _ in range(5):
+        behaviour = learner.logprobs(pair)  # fresh samples: behaviour == π_old
+        batch = [rollout(GOOD, +1.0, behaviour[0], ref[0], i=k) for k in range(4)]
+        batch += [rollout(BAD, -1.0, behaviour[1], ref[1], i=4 + k) for k in range(4)]
+        metrics = learner.train_step(batch)
+        assert metrics["is_weight_mean"] == pytest.approx(1.0, abs=1e-5)
+    end = [sum(lp) for lp in learner.logprobs(pair)]
+    assert end[0] > start[0] + 1.0  # log π(good) rose (by ~4.5 nats here)
+    assert end[1] < start[1] - 1.0  # log π(bad) fell (by ~4)
+
+
+def test_ptx_term(tiny_checkpoint, value_const, stream, monkeypatch):
+    with pytest.raises(ValueError, match="pretrain"):
+        make_learner(tiny_checkpoint, value_const, ptx_coef=1.0)
+
+    # On a zero-advantage batch (see the test above) the pretraining term is the only gradient.
+    batch = [rollout(GOOD, 0.7), rollout(BAD, 0.7, i=1), rollout([70, 2], 0.7, i=2), rollout([80], 0.7, i=3)]
+    learner = make_learner(tiny_checkpoint, value_const, ptx_coef=1.0, ptx_per_rl=2, ptx_seq_len=16,
+                           pretrain_stream=stream, minibatch_size=2)
+    before = params_of(learner.policy)
+    metrics = learner.train_step(batch)
+    assert metrics["ptx_windows"] == 2 * 4  # 2 minibatches x 2 rollouts x 2 windows per rollout
+    # A random model's NLL is about ln(vocab) = ln(372) ~ 5.9.
+    assert 0.5 * math.log(372) < metrics["ptx_loss"] < 1.5 * math.log(372)
+    assert changed(before, learner.policy)
+
+    def no_windows(*args, **kwargs):
+        raise AssertionError("plain PPO drew pretraining windows")
+
+    monkeypatch.setattr("learners.ppo.sample_windows", no_windows)
+    plain = make_learner(tiny_checkpoint, value_const, ptx_coef=0.0, pretrain_stream=stream, minibatch_size=2)
+    before = params_of(plain.policy)
+    metrics = plain.train_step(batch)
+    assert "ptx_loss" not in metrics and metrics["ptx_windows"] == 0
+    assert_unchanged(before, plain.policy)
+
+
+def test_publish_increments_version_and_round_trips_weights(tiny_checkpoint, value_zero):
+    from safetensors import safe_open
+
+    learner = make_learner(tiny_checkpoint, value_zero)
+    assert learner.version == 0
+    version, snapshot = learner.publish()
+    assert version == learner.version == snapshot.version == 1
+    expected = dict(named_checkpoint_tensors(learner.policy))
+    got = dict(snapshot_tensors(snapshot))
+    assert list(got) == list(expected)  # HF names, tied lm_head carried once (as the embedding)
+    assert all(torch.equal(got[n], expected[n]) for n in expected)
+    with safe_open(str(tiny_checkpoint / "model.safetensors"), framework="pt") as f:
+        on_disk = [(n, tuple(f.get_slice(n).get_shape()), "float32") for n in f.keys()]
+    assert signature_mismatches(snapshot, on_disk) == []  # what an engine started from the checkpoint expects
+
+    learner.train_step(mixed_batch(4, seed=4))
+    version, snapshot = learner.publish()
+    assert version == 2
+    trained = dict(named_checkpoint_tensors(learner.policy))
+    assert all(torch.equal(t, trained[n]) for n, t in snapshot_tensors(snapshot))
+
+    half = make_learner(tiny_checkpoint, value_zero, snapshot_dtype="bfloat16")
+    _, snapshot = half.publish()
+    assert {s.dtype for s in snapshot.specs} == {"bfloat16"}
+    policy = dict(named_checkpoint_tensors(half.policy))
+    assert all(torch.equal(t, policy[n].to(torch.bfloat16)) for n, t in snapshot_tensors(snapshot))
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_checkpoint, value_zero, stream, tmp_path):
+    # Everything with state: Adam moments, adaptive β, version, the RNG behind minibatch order (2 epochs,
+    # uneven minibatches) and ptx windows.
+    settings = dict(kl_coef=0.1, adaptive_kl=True, target_kl=0.5, kl_horizon=50, ppo_epochs=2, minibatch_size=3,
+                    ptx_coef=0.5, ptx_per_rl=1, ptx_seq_len=16, pretrain_stream=stream, max_staleness=1)
+    batches = [mixed_batch(7, seed=10 + k, version=k) for k in range(3)]
+
+    def run(learner, steps):
+        out = None
+        for k in steps:
+            out = learner.train_step(batches[k])
+            learner.publish()
+        return out
+
+    straight = make_learner(tiny_checkpoint, value_zero, **settings)
+    expected = run(straight, range(3))
+
+    first = make_learner(tiny_checkpoint, value_zero, **settings)
+    run(first, range(2))
+    first.save_checkpoint(tmp_path / "ckpt")
+    resumed = make_learner(tiny_checkpoint, value_zero, **settings)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed.version == 2 and resumed.kl_coef == first.kl_coef != 0.1
+    got = run(resumed, [2])
+
+    assert set(got) == set(expected)
+    for key in set(expected) - set(TIMING_METRICS):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6, nan_ok=True), key
+    for (name, a), b in zip(straight.policy.named_parameters(), resumed.policy.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert (tmp_path / "ckpt" / "policy" / "tokenizer.json").exists()
+
+
+def test_ray_actor_trains_and_publishes(ray_session, tiny_checkpoint, value_zero):
+    from learners.ppo_actor import PPOLearnerActor
+
+    ray = ray_session
+    kwargs = dict(policy_path=str(tiny_checkpoint), value_path=value_zero, lr=1e-3, minibatch_size=4, device="cpu",
+                  torch_threads=1)
+    actor = PPOLearnerActor.options(num_cpus=0.5).remote(kwargs, name="learner-test")
+    try:
+        info = ray.get(actor.ready.remote(), timeout=120)
+        assert info["name"] == "learner-test" and info["version"] == 0
+        metrics = ray.get(actor.train_step.remote(mixed_batch(4, seed=5)), timeout=120)
+        assert metrics["optimizer_steps"] == 1
+        refs = []
+        for expected_version in (1, 2, 3):
+            version, ref = ray.get(actor.publish.remote(), timeout=60)
+            assert isinstance(ref, ray.ObjectRef) and version == expected_version
+            refs.append(ref)
+        snapshot = ray.get(refs[-1], timeout=60)
+        assert snapshot.version == 3 == ray.get(actor.version.remote(), timeout=60)
+        # The published weights are the trained ones, not the checkpoint's.
+        from learners.models import load_causal_lm
+
+        initial = dict(named_checkpoint_tensors(load_causal_lm(tiny_checkpoint, device="cpu")))
+        assert any(not torch.equal(t, initial[n]) for n, t in snapshot_tensors(snapshot))
+        # Refs the actor no longer pins stay readable while the caller holds them.
+        assert ray.get(refs[0], timeout=60).version == 1
+    finally:
+        ray.kill(actor)
+
+
+def test_learner_settings_cover_the_config():
+    import inspect
+
+    from configs.schema import RunConfig
+    from learners.ppo import learner_settings
+
+    run = RunConfig()
+    settings = learner_settings(run, "sft", "rm", pretrain_stream=np.zeros(100, dtype=np.int32), torch_threads=1)
+    assert set(settings) <= set(inspect.signature(PPOLearner).parameters)
+    assert settings["ptx_coef"] == run.ppo.ptx_coef and settings["snapshot_dtype"] == run.generation.dtype
