@@ -174,7 +174,9 @@ class GenerationConfig(Section):
 
 class PPOConfig(Section):
     kl_coef: float = Field(0.2, ge=0.0)
-    """β: weight of the per-token KL penalty to the SFT policy inside the reward (InstructGPT: 0.02)."""
+    """β: weight of the per-token KL penalty to the SFT policy inside the reward (InstructGPT: 0.02). The demo
+    uses 0.2: its small reward model mostly sees length, and a weak KL lets PPO over-optimise it (shorter,
+    less correct answers: RM score up, true quality down)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """KL estimator: k1 log-ratio, k2 ½·log-ratio², k3 Schulman's unbiased low-variance form."""
     adaptive_kl: bool = False
