@@ -90,6 +90,7 @@ def generator_options(cfg: GenerationConfig, name: str | None = None) -> dict[st
                 "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine inside the actor process
                 "OMP_NUM_THREADS": str(threads),
                 "TOKENIZERS_PARALLELISM": "false",
+                "VLLM_LOGGING_LEVEL": cfg.log_level,
             }
         },
     }

@@ -168,6 +168,8 @@ class GenerationConfig(Section):
     """Token ids that end a response besides EOS (which always does); the stop token is kept in the response."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weight and activation dtype of the generation engine; published weight snapshots must carry this dtype."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "ERROR"
+    """vLLM's log level inside generator actors (its start-up INFO/WARNING lines are verbose and harmless)."""
     in_flight: int = Field(2, ge=1)
     """Generate requests each generator keeps queued, so it never idles waiting for the driver."""
 
