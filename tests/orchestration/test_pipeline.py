@@ -13,8 +13,8 @@ SMALL = [
     "task.n_pretrain_docs=2000",
     "pretrain.steps=80", "pretrain.batch_size=16", "pretrain.seq_len=64", "pretrain.warmup_steps=10",
     "sft.epochs=2", "collect.n_prompts=150", "collect.k=4", "collect.temperatures=[1.0]",
-    "ppo.total_steps=12", "ppo.batch_size=32", "ppo.minibatch_size=16", "ppo.prompts_per_request=16",
-    "ppo.lr=5e-4", "ppo.eval_every=6", "ppo.eval_prompts=16", "ppo.max_staleness=2", "ppo.buffer_size=64",
+    "ppo.total_steps=30", "ppo.batch_size=32", "ppo.minibatch_size=16", "ppo.prompts_per_request=16",
+    "ppo.lr=1e-3", "ppo.kl_coef=0.02", "ppo.eval_every=15", "ppo.eval_prompts=16", "ppo.max_staleness=2", "ppo.buffer_size=64",
     "eval.n_prompts=24", "eval.rm_eval_prompts=24", "torch_threads=1",
 ]
 
@@ -52,13 +52,13 @@ def test_pipeline_writes_every_stage(pipeline_run):
 
 def test_async_ppo_properties(pipeline_run):
     ppo = json.loads((pipeline_run / "summaries" / "ppo.json").read_text())
-    assert ppo["steps"] == 12
+    assert ppo["steps"] == 30
     assert ppo["generators_match_learner"] is True  # read back from inside the vLLM engines
     trained = [r for r in _metrics(pipeline_run, "ppo") if "reward" in r]
     assert max(r["staleness_max"] for r in trained) <= 2  # ppo.max_staleness
-    first = sum(r["reward"] for r in trained[:3]) / 3
-    last = sum(r["reward"] for r in trained[-3:]) / 3
-    assert last > first, (first, last)
+    first = sum(r["reward"] for r in trained[:5]) / 5
+    last = sum(r["reward"] for r in trained[-5:]) / 5
+    assert last > first + 0.05, (first, last)  # the RM score rises (a window of 5 batches has SE ~0.02)
 
 
 def test_sync_mode_completes_on_the_same_checkpoints(pipeline_run):
