@@ -215,7 +215,7 @@ class PPODriver:
         if not self._weight_refs:
             return
         refs = [r for r, _ in self._weight_refs]
-        done, _ = ray.wait(refs, num_returns=len(refs) if block else len(refs), timeout=self.s.timeout_s if block else 0)
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=self.s.timeout_s if block else 0)
         finished = set(done)
         remaining = []
         for ref, name in self._weight_refs:

@@ -45,8 +45,10 @@ class InTrainingEval:
         results = _get(generator.generate.remote(self.requests, self.sampling), "generate", name, self.timeout_s)
         texts, versions = [], []
         for r in results:
-            texts.append(decode_response(self.tokenizer, r[0].response_ids) if isinstance(r, list) and r else "")
-            versions.extend(x.policy_version for x in r) if isinstance(r, list) else None
+            served = isinstance(r, list) and bool(r)  # a refused request counts as an empty response
+            texts.append(decode_response(self.tokenizer, r[0].response_ids) if served else "")
+            if served:
+                versions.append(r[0].policy_version)
         return texts, max(versions, default=0)
 
     def start(self, generator, name: str) -> dict[str, float]:

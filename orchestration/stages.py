@@ -6,6 +6,7 @@ metrics) and returns a summary dict that is also saved to `summaries/<stage>.jso
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -223,17 +224,11 @@ def _sample_sources(cfg: RunConfig, policies: dict[str, Path], prompts, n_per_so
         with GeneratorFleet(cfg.generation, path, seed=seed, trust_remote_code=cfg.trust_remote_code,
                             name_prefix=f"collect-{name}") as fleet:
             for t in temperatures:
-                spec = replace_sampling(sampling_spec(cfg.generation, seed=seed), n=n_per_source, temperature=t)
+                spec = dataclasses.replace(sampling_spec(cfg.generation, seed=seed), n=n_per_source, temperature=t)
                 texts = sample_texts(fleet, tokenizer, prompts, spec, desc=f"{name} T={t}")
                 for acc, rs in zip(pooled, texts):
                     acc.extend(rs)
     return pooled
-
-
-def replace_sampling(spec, **changes):
-    import dataclasses
-
-    return dataclasses.replace(spec, **changes)
 
 
 def interleave_sources(responses: list[str], n_sources: int) -> list[str]:
@@ -328,7 +323,7 @@ def stage_eval(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_pa
     device, bf16 = _setup_torch(cfg)
     task = load_task(cfg.task)
     labeler = task.labeler(cfg.eval.labeler_seed)
-    spec = replace_sampling(sampling_spec(cfg.generation, seed=cfg.seed + 11), n=1, temperature=cfg.eval.temperature)
+    spec = dataclasses.replace(sampling_spec(cfg.generation, seed=cfg.seed + 11), n=1, temperature=cfg.eval.temperature)
     rm = load_reward_model(rm_path, cfg.device, cfg.trust_remote_code) if rm_path else None
     corpus = _read(cfg, paths.corpus("heldout"), Document)
     summary: dict[str, Any] = {"policies": {}, "win_rates": {}}

@@ -136,4 +136,4 @@ def test_reward_read_at_last_token_is_padding_invariant(tiny_checkpoint):
     mask = torch.tensor([[1, 1, 1, 0, 0]])
     values = per_token_values(model, ids, mask)
     assert values.shape == (1, 5)
-    assert float(sequence_rewards(model, ids, mask)[0]) == pytest.approx(float(values[0, 2]))
+    assert sequence_rewards(model, ids, mask)[0].item() == pytest.approx(values[0, 2].item())
