@@ -8,15 +8,21 @@ from typing import Sequence
 import numpy as np
 
 
-def pairwise_agreement(scores: Sequence[Sequence[float]], rankings: Sequence[Sequence[int]]) -> float:
+def pairwise_agreement(scores: Sequence[Sequence[float]], rankings: Sequence[Sequence[int]],
+                       lengths: Sequence[Sequence[int]] | None = None) -> float:
     """Fraction of ranked pairs (w above l) with score[w] > score[l]; a tie counts half.
 
     `scores[g]` are the scores of group g's responses; `rankings[g]` lists its indices best -> worst.
+    With `lengths` (`lengths[g][i]`: length of group g's response i), only pairs of two responses of
+    equal length count: length then cannot explain the agreement, so a score that has learned only
+    "shorter is better" is at chance there (nan when no such pair exists).
     """
     agree = total = 0.0
-    for s, order in zip(scores, rankings):
+    for g, (s, order) in enumerate(zip(scores, rankings)):
         for i, j in combinations(range(len(order)), 2):
             w, l = order[i], order[j]
+            if lengths is not None and lengths[g][w] != lengths[g][l]:
+                continue
             agree += 1.0 if s[w] > s[l] else 0.5 if s[w] == s[l] else 0.0
             total += 1
     return agree / total if total else float("nan")

@@ -96,6 +96,13 @@ def write_report(paths: RunPaths, summaries: dict[str, dict[str, Any]]) -> Path:
             s = rm[split]
             lines.append(f"| {split} | {_fmt(s['rm_accuracy'])} | {_fmt(s['ceiling_accuracy'])} | "
                          f"{_fmt(s['rm_vs_ceiling'])} | {_fmt(s['sft_logprob_accuracy'])} |")
+        if "rm_accuracy_equal_length" in rm["heldout"]:
+            s = rm["heldout"]
+            lines += ["", "On held-out pairs of two responses of equal token length (length cannot explain a "
+                      f"preference there): RM {_fmt(s['rm_accuracy_equal_length'])}, ceiling "
+                      f"{_fmt(s['ceiling_accuracy_equal_length'])}, SFT log-prob "
+                      f"{_fmt(s['sft_logprob_accuracy_equal_length'])}; an RM near 0.5 there has learned little "
+                      "beyond length."]
         lines.append("")
     ppo = summaries.get("ppo")
     if ppo:

@@ -295,13 +295,13 @@ def stage_rm_eval(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path
                  for c in comparisons for r in c.responses]
         logp = response_logprobs(sft, pairs, tokenizer.pad_token_id, device)
         utility = [task.utility(c.prompt, r) for c in comparisons for r in c.responses]
-        summary[split] = {
-            "comparisons": len(comparisons),
-            "rm_accuracy": pairwise_agreement(split_by_group(rm_scores, sizes), rankings),
-            "ceiling_accuracy": pairwise_agreement(split_by_group(utility, sizes), rankings),
-            "sft_logprob_accuracy": pairwise_agreement(split_by_group(logp, sizes), rankings),
-        }
-        s = summary[split]
+        lengths = split_by_group([len(r) for _, r in pairs], sizes)
+        s = summary[split] = {"comparisons": len(comparisons)}
+        for name, scores in (("rm", rm_scores), ("ceiling", utility), ("sft_logprob", logp)):
+            by_group = split_by_group(scores, sizes)
+            s[f"{name}_accuracy"] = pairwise_agreement(by_group, rankings)
+            # Pairs of equal token length: what a score knows beyond "shorter is better".
+            s[f"{name}_accuracy_equal_length"] = pairwise_agreement(by_group, rankings, lengths)
         s["rm_vs_ceiling"] = s["rm_accuracy"] / s["ceiling_accuracy"]
     summary["seconds"] = time.time() - t0
     return summary

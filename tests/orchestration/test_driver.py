@@ -1,5 +1,6 @@
 """The PPO driver's loop with stand-in actors (the real ones are exercised in test_pipeline.py)."""
 
+import math
 import time
 
 import pytest
@@ -156,3 +157,11 @@ def test_pairwise_agreement_by_hand():
     #   s2>s0 yes, s2>s1 yes, s0>s1 no -> 2 of 3
     # group 1: ranking [1, 0] with tied scores -> half a pair
     assert pairwise_agreement([[0.1, 0.5, 0.9], [1.0, 1.0]], [[2, 0, 1], [1, 0]]) == pytest.approx(2.5 / 4)
+
+
+def test_pairwise_agreement_on_equal_length_pairs_only():
+    # group 0 lengths [3, 3, 5]: only the pair (0, 1) has equal lengths; ranked 0 > 1 with s0 < s1 -> 0 of 1
+    # group 1 lengths [2, 2]: the pair (1 > 0) with s1 > s0 -> 1 of 1
+    scores, rankings = [[0.1, 0.5, 0.9], [0.0, 1.0]], [[2, 0, 1], [1, 0]]
+    assert pairwise_agreement(scores, rankings, lengths=[[3, 3, 5], [2, 2]]) == pytest.approx(1 / 2)
+    assert math.isnan(pairwise_agreement(scores, rankings, lengths=[[1, 2, 3], [1, 2]]))

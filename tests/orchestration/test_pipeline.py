@@ -1,6 +1,7 @@
 """The whole pipeline, shortened, through the CLI: real Ray, real vLLM, real models, real files."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -46,6 +47,14 @@ def test_pipeline_writes_every_stage(pipeline_run):
     report = (pipeline_run / "report.md").read_text()
     assert "ppo vs sft" in report and "Reward model" in report
     assert (pipeline_run / "reward_kl.png").exists() and (pipeline_run / "win_rate.png").exists()
+    rm_eval = json.loads((pipeline_run / "summaries" / "rm_eval.json").read_text())
+    for split in ("heldout", "generalization"):
+        s = rm_eval[split]
+        assert 0.5 < s["ceiling_accuracy"] <= 1.0, s  # the noiseless utility agrees with its noisy labeler
+        for key in ("rm_accuracy", "rm_accuracy_equal_length", "ceiling_accuracy_equal_length",
+                    "sft_logprob_accuracy", "sft_logprob_accuracy_equal_length"):
+            assert math.isnan(s[key]) or 0.0 <= s[key] <= 1.0, (key, s)
+    assert "equal token length" in report
     summary = json.loads((pipeline_run / "summaries" / "eval.json").read_text())
     assert set(summary["policies"]) == {"base", "sft", "ppo"}
 
