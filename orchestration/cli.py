@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample K responses per held-out prompt from the SFT policy, have the labeler "
                                    "rank them, and report the RM's pairwise accuracy, the ceiling (the noiseless "
                                    "utility's accuracy against the same labels) and the baseline of scoring by "
-                                   "the SFT model's own log-probability; generalization split separately.")
+                                   "the SFT model's own log-probability, overall and on pairs of equal token length "
+                                   "(where length cannot explain a preference); generalization split separately.")
     p.add_argument("--sft", type=Path, help="SFT checkpoint (default: <run>/models/sft)")
     p.add_argument("--rm", type=Path, help="reward model (default: <run>/models/rm)")
     _common(p)
