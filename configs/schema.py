@@ -244,6 +244,9 @@ class PPOConfig(Section):
     the actor."""
     eval_every: int = Field(50, ge=0)
     """Learner steps between quick in-training evaluations (win rate vs SFT on held-out prompts); 0: none."""
+    checkpoint_every: int = Field(50, ge=0)
+    """Learner steps between checkpoints of the learner (policy, value, optimisers, KL controller) and the prompt
+    cursor in <run>/checkpoints/ppo, from which `raylhf ppo --resume` (and `raylhf run`) continue; 0: only at the end."""
     eval_prompts: int = Field(100, ge=1)
     """Held-out prompts of each in-training evaluation."""
 

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rm", type=Path, help="reward model, also the value function's init (default: <run>/models/rm)")
     p.add_argument("--out", type=Path, help="output policy checkpoint (default: <run>/models/ppo)")
     p.add_argument("--address", help="Ray cluster address (overrides ray.address; default: a local Ray)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run's last PPO checkpoint (<run>/checkpoints/ppo, written every "
+                        "ppo.checkpoint_every steps) up to ppo.total_steps")
     _common(p)
 
     p = sub.add_parser("rm-eval", help="reward-model accuracy on held-out prompts vs its ceiling and a baseline",
@@ -194,7 +197,7 @@ def _dispatch(args) -> int:
         if args.address:
             cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": args.address})})
         summary = run_ppo(cfg, paths, args.policy or paths.model("sft"), args.rm or paths.model("rm"),
-                          args.out or paths.model("ppo"))
+                          args.out or paths.model("ppo"), resume=args.resume)
         _report("ppo", stages.save_summary(paths, "ppo", summary))
     elif args.command == "rm-eval":
         summary = stages.stage_rm_eval(cfg, paths, args.sft or paths.model("sft"), args.rm or paths.model("rm"))

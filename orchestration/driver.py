@@ -157,14 +157,16 @@ class PPODriver:
     def __init__(self, *, generators: Sequence[Any], generator_names: Sequence[str], pool, learner, tokenizer,
                  cursor: PromptCursor, sampling: SamplingSpec, settings: DriverSettings,
                  on_step: Callable[[int, dict[str, Any]], None] = lambda step, metrics: None,
-                 on_rollouts: Callable[[list[Rollout]], None] = lambda rollouts: None):
+                 on_rollouts: Callable[[list[Rollout]], None] = lambda rollouts: None,
+                 start_step: int = 0, start_version: int = 0):
         self.generators, self.names = list(generators), list(generator_names)
         self.pool, self.learner, self.tokenizer = pool, learner, tokenizer
         self.cursor, self.sampling, self.s = cursor, sampling, settings
         self.on_step, self.on_rollouts = on_step, on_rollouts
         self.timer = PhaseTimer()
         self.stats = RunStats()
-        self.version = 0
+        self.stats.steps = start_step  # > 0 when resuming: the loop runs on to settings.total_steps
+        self.version = start_version
         self.snapshot_ref = None  # newest published snapshot (kept for the final weight check)
         self._weight_refs: list[tuple[Any, str]] = []  # pending load_weights calls
 
@@ -229,6 +231,11 @@ class PPODriver:
 
     def run(self) -> RunStats:
         self._t0 = time.perf_counter()
+        if self.version > 0:
+            # Resumed learner: the generators start from the initial policy, so hand them its weights first
+            # (and a version they share with the learner, or every rollout would look stale).
+            with self.timer("publish"):
+                self._publish()
         try:
             (self._run_sync if self.s.mode == "sync" else self._run_async)()
         finally:

@@ -9,7 +9,7 @@ from configs.schema import RunConfig
 from learners.models import is_checkpoint
 from orchestration import stages
 from orchestration.paths import RunPaths
-from orchestration.ppo_stage import run_ppo
+from orchestration.ppo_stage import ppo_resumable, run_ppo
 from orchestration.report import write_report
 from tasks import load_task
 
@@ -43,7 +43,9 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     stage("rm_eval", stages.load_summary(paths, "rm_eval") is not None,
           lambda: stages.stage_rm_eval(cfg, paths, paths.model("sft"), paths.model("rm")))
     stage("ppo", is_checkpoint(paths.model("ppo")),
-          lambda: run_ppo(cfg, paths, paths.model("sft"), paths.model("rm"), paths.model("ppo")))
+          # An interrupted PPO stage continues from its last checkpoint.
+          lambda: run_ppo(cfg, paths, paths.model("sft"), paths.model("rm"), paths.model("ppo"),
+                          resume=ppo_resumable(paths, cfg.ppo.total_steps)))
     stage("eval", False, lambda: stages.stage_eval(cfg, paths, stages.eval_policies(paths, None), paths.model("rm")))
     write_report(paths, summaries)
     return summaries

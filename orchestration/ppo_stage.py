@@ -6,6 +6,7 @@ Setup happens here; the loop itself is `orchestration.driver.PPODriver.run`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -77,9 +78,48 @@ def pretrain_stream(cfg: RunConfig, paths: RunPaths, tokenizer) -> np.ndarray | 
     return pack_documents(ids, tokenizer.bos_token_id, tokenizer.eos_token_id)
 
 
+DRIVER_STATE = "driver_state.json"
+
+
+def save_ppo_state(learner, cursor, step: int, state_dir: Path, timeout_s: float) -> None:
+    """Checkpoint the learner and the prompt cursor into `state_dir`. It is written beside the previous
+    checkpoint and swapped in only when complete, so a crash mid-save leaves a checkpoint to resume from."""
+    from orchestration.driver import _get
+
+    tmp, old = state_dir.with_name(state_dir.name + ".tmp"), state_dir.with_name(state_dir.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _get(learner.save_checkpoint.remote(str(tmp)), "save_checkpoint", "learner", timeout_s)
+    (tmp / DRIVER_STATE).write_text(json.dumps({"steps": step, "cursor": cursor.state_dict()}))  # written last
+    shutil.rmtree(old, ignore_errors=True)
+    if state_dir.exists():
+        state_dir.rename(old)
+    tmp.rename(state_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def ppo_checkpoint(paths: RunPaths) -> Path | None:
+    """The newest complete PPO checkpoint of the run (one interrupted mid-swap included), or None."""
+    state_dir = paths.root / "checkpoints" / "ppo"
+    for candidate in (state_dir, state_dir.with_name("ppo.tmp"), state_dir.with_name("ppo.old")):
+        if (candidate / DRIVER_STATE).exists():
+            return candidate
+    return None
+
+
+def ppo_resumable(paths: RunPaths, total_steps: int) -> bool:
+    """Whether the run has a PPO checkpoint short of `total_steps` (an interrupted PPO stage)."""
+    checkpoint = ppo_checkpoint(paths)
+    return checkpoint is not None and json.loads((checkpoint / DRIVER_STATE).read_text())["steps"] < total_steps
+
+
 def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, out: Path,
-            with_eval: bool = True) -> dict[str, Any]:
-    """Align `policy_path` against the reward model `rm_path` with PPO-ptx; save the policy to `out`."""
+            with_eval: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Align `policy_path` against the reward model `rm_path` with PPO-ptx; save the policy to `out`.
+
+    With `resume`, continue from the run's last PPO checkpoint (`ppo.checkpoint_every`) up to
+    `ppo.total_steps`: learner weights, optimisers, KL controller and prompt cursor are restored;
+    `policy_path` stays the KL reference. Rollouts in flight at the interruption are not restored.
+    """
     import ray
 
     from actors.engines import threads_for
@@ -104,6 +144,18 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
     prompt_text = {p.prompt_id: p.prompt for p in prompts}
     p = cfg.ppo
     _check_resources(cfg)
+    start_step = 0
+    if resume:  # checked before any actor starts
+        checkpoint = ppo_checkpoint(paths)
+        if checkpoint is None:
+            raise FileNotFoundError(f"nothing to resume: no PPO checkpoint under {paths.root / 'checkpoints'}")
+        state = json.loads((checkpoint / DRIVER_STATE).read_text())
+        start_step = int(state["steps"])
+        if start_step >= p.total_steps:
+            from configs.loader import ConfigError
+
+            raise ConfigError(f"ppo.total_steps: the checkpoint in {checkpoint} is at step {start_step} already; "
+                              f"set ppo.total_steps above it to continue")
 
     learner = PPOLearnerActor.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus).remote(
         learner_settings(cfg, policy_path, rm_path, pretrain_stream(cfg, paths, tokenizer),
@@ -113,6 +165,12 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
     pool = RewardPool.from_config(cfg.reward, default_rm_path=str(rm_path), default_ref_path=str(policy_path),
                                   trust_remote_code=cfg.trust_remote_code)
     _get(learner.ready.remote(), "start", "learner", p.timeout_s)
+    cursor = PromptCursor(prompts, cfg.seed)
+    start_version = 0
+    if resume:
+        start_version = _get(learner.load_checkpoint.remote(str(checkpoint)), "load_checkpoint", "learner", p.timeout_s)
+        cursor.load_state_dict(state["cursor"])
+        log.info("resuming PPO from %s at step %d (policy version %d)", checkpoint, start_step, start_version)
     setup_s = time.time() - t0
 
     sampling = sampling_spec(cfg.generation, seed=cfg.seed)
@@ -122,9 +180,12 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
         heldout, _ = read_records(paths.prompts("heldout"), Prompt, on_bad_rows=cfg.data.on_bad_rows)
         evaluator = InTrainingEval(task, task.labeler(cfg.eval.labeler_seed), tokenizer, heldout[: p.eval_prompts],
                                    dataclasses.replace(sampling, n=1, temperature=cfg.eval.temperature), p.timeout_s)
-        metrics_log(0, evaluator.start(generators[0], names[0]))
+        first = evaluator.start(generators[0], names[0])  # the generators still hold the SFT policy here
+        if not resume:
+            metrics_log(0, first)
 
-    bar = tqdm(total=p.total_steps, desc=f"ppo ({p.mode})", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=p.total_steps, initial=start_step, desc=f"ppo ({p.mode})", unit="step", dynamic_ncols=True)
+    state_dir = paths.root / "checkpoints" / "ppo"
     pending_utility: list[float] = []
 
     def on_rollouts(batch: list[Rollout]) -> None:
@@ -140,21 +201,22 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
         bar.update(1)
         bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}", kl=f"{metrics.get('kl', float('nan')):.3f}",
                         utility=f"{metrics['true_utility']:.3f}")
+        if p.checkpoint_every and step % p.checkpoint_every == 0 and step < p.total_steps:
+            save_ppo_state(learner, cursor, step, state_dir, p.timeout_s)
 
     driver = PPODriver(
         generators=generators, generator_names=names, pool=pool, learner=learner, tokenizer=tokenizer,
-        cursor=PromptCursor(prompts, cfg.seed), sampling=sampling,
+        cursor=cursor, sampling=sampling,
         settings=DriverSettings(total_steps=p.total_steps, rollouts_per_step=p.batch_size,
                                 prompts_per_request=p.prompts_per_request, in_flight=cfg.generation.in_flight,
                                 sync_every=p.sync_every, buffer_size=p.buffer_size, timeout_s=p.timeout_s,
                                 mode=p.mode),
-        on_step=on_step, on_rollouts=on_rollouts,
+        on_step=on_step, on_rollouts=on_rollouts, start_step=start_step, start_version=start_version,
     )
     try:
         stats = driver.run()
         bar.close()
-        state_dir = paths.root / "checkpoints" / "ppo"
-        _get(learner.save_checkpoint.remote(str(state_dir)), "save_checkpoint", "learner", p.timeout_s)
+        save_ppo_state(learner, cursor, stats.steps, state_dir, p.timeout_s)
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(state_dir / "policy", out)

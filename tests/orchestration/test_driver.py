@@ -1,7 +1,9 @@
 """The PPO driver's loop with stand-in actors (the real ones are exercised in test_pipeline.py)."""
 
+import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -47,8 +49,8 @@ class FakeGenerator:
 
 @ray.remote
 class FakeLearner:
-    def __init__(self, delay=0.02):
-        self.version, self.delay, self.seen = 0, delay, []
+    def __init__(self, delay=0.02, version=0):
+        self.version, self.delay, self.seen = version, delay, []
         self._refs = []
 
     def train_step(self, rollouts):
@@ -94,12 +96,13 @@ def _prompts(n=20):
     return [Prompt(f"p{i}", f"prompt number {i}") for i in range(n)]
 
 
-def _driver(generators, learner, mode="async", steps=6, buffer_size=32):
+def _driver(generators, learner, mode="async", steps=6, buffer_size=32, **resume):
     return PPODriver(
         generators=generators, generator_names=[f"generator-{i}" for i in range(len(generators))], pool=FakePool(),
         learner=learner, tokenizer=_Tokenizer(), cursor=PromptCursor(_prompts(), seed=0), sampling=SamplingSpec(),
         settings=DriverSettings(total_steps=steps, rollouts_per_step=8, prompts_per_request=4, in_flight=2,
                                 sync_every=1, buffer_size=buffer_size, timeout_s=30, mode=mode),
+        **resume,
     )
 
 
@@ -165,3 +168,47 @@ def test_pairwise_agreement_on_equal_length_pairs_only():
     scores, rankings = [[0.1, 0.5, 0.9], [0.0, 1.0]], [[2, 0, 1], [1, 0]]
     assert pairwise_agreement(scores, rankings, lengths=[[3, 3, 5], [2, 2]]) == pytest.approx(1 / 2)
     assert math.isnan(pairwise_agreement(scores, rankings, lengths=[[1, 2, 3], [1, 2]]))
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_resumed_driver_runs_on_from_its_step_with_the_learners_weights(ray_session, mode):
+    # A learner restored at version 4 next to generators freshly started from the initial policy (version 0).
+    gens = [FakeGenerator.remote(), FakeGenerator.remote()]
+    learner = FakeLearner.remote(version=4)
+    stats = _driver(gens, learner, mode, steps=6, buffer_size=16, start_step=4, start_version=4).run()
+    assert stats.steps == 6 and stats.rollouts == 16  # two more steps of 8 rollouts
+    # The restored weights went out before the first generate call: no rollout of the initial policy
+    # (4 versions behind) was trained on.
+    seen = [s for batch in ray.get(learner.staleness.remote()) for s in batch]
+    assert max(seen) <= (0 if mode == "sync" else 3), seen
+    assert ray.get([g.get_version.remote() for g in gens]) == [stats.final_version] * 2
+
+
+@ray.remote
+class CheckpointingLearner:
+    def save_checkpoint(self, path):
+        Path(path).mkdir(parents=True)
+        (Path(path) / "learner_state.json").write_text("{}")
+
+
+def test_ppo_state_is_swapped_in_whole_and_survives_a_crash_mid_swap(ray_session, tmp_path):
+    from orchestration.paths import RunPaths
+    from orchestration.ppo_stage import DRIVER_STATE, ppo_checkpoint, ppo_resumable, save_ppo_state
+
+    paths = RunPaths(tmp_path)
+    state_dir = tmp_path / "checkpoints" / "ppo"
+    learner, cursor = CheckpointingLearner.remote(), PromptCursor(_prompts(), seed=0)
+    assert ppo_checkpoint(paths) is None and not ppo_resumable(paths, 10)
+    save_ppo_state(learner, cursor, 3, state_dir, timeout_s=30)
+    cursor.take(5)
+    save_ppo_state(learner, cursor, 6, state_dir, timeout_s=30)
+    assert sorted(p.name for p in state_dir.parent.iterdir()) == ["ppo"]  # no temporary left behind
+    state = json.loads((state_dir / DRIVER_STATE).read_text())
+    assert state["steps"] == 6 and state["cursor"] == cursor.state_dict()
+    assert ppo_resumable(paths, 10) and not ppo_resumable(paths, 6)
+    # A crash after the old checkpoint was moved aside and before the new one was moved in.
+    state_dir.rename(state_dir.with_name("ppo.old"))
+    assert ppo_checkpoint(paths) == state_dir.with_name("ppo.old")
+    # A crash while the new checkpoint was being written: the incomplete one (no driver state) is not used.
+    (state_dir.with_name("ppo.tmp") / "policy").mkdir(parents=True)
+    assert ppo_checkpoint(paths) == state_dir.with_name("ppo.old")
