@@ -79,3 +79,23 @@ class MetricsLog:
         row = {"stage": self.stage, "step": step, "time": time.time(), **metrics}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+
+    def truncate_after(self, step: int) -> int:
+        """Drop this stage's rows past `step` (logged by an interrupted run after its last checkpoint, which
+        the resumed run logs again); returns how many were dropped."""
+        if not self.path or not self.path.exists():
+            return 0
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = [line for line in lines if not self._past(line, step)]
+        if len(keep) < len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(keep))
+            tmp.replace(self.path)
+        return len(lines) - len(keep)
+
+    def _past(self, line: str, step: int) -> bool:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return False
+        return row.get("stage") == self.stage and row.get("step", 0) > step

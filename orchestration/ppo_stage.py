@@ -175,6 +175,8 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
 
     sampling = sampling_spec(cfg.generation, seed=cfg.seed)
     metrics_log = MetricsLog(paths.metrics, "ppo")
+    if resume:
+        metrics_log.truncate_after(start_step)
     evaluator = None
     if with_eval and p.eval_every > 0:
         heldout, _ = read_records(paths.prompts("heldout"), Prompt, on_bad_rows=cfg.data.on_bad_rows)

@@ -212,3 +212,17 @@ def test_ppo_state_is_swapped_in_whole_and_survives_a_crash_mid_swap(ray_session
     # A crash while the new checkpoint was being written: the incomplete one (no driver state) is not used.
     (state_dir.with_name("ppo.tmp") / "policy").mkdir(parents=True)
     assert ppo_checkpoint(paths) == state_dir.with_name("ppo.old")
+
+
+def test_resumed_metrics_drop_the_rows_logged_after_the_checkpoint(tmp_path):
+    from learners.training import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    ppo, rm = MetricsLog(path, "ppo"), MetricsLog(path, "rm")
+    rm(7, {"loss": 1.0})
+    for step in range(1, 6):
+        ppo(step, {"reward": float(step)})
+    assert ppo.truncate_after(3) == 2  # steps 4 and 5 came after the checkpoint at 3
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in rows] == [("rm", 7), ("ppo", 1), ("ppo", 2), ("ppo", 3)]
+    assert ppo.truncate_after(3) == 0
