@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from configs.schema import GenerationConfig
+from raylhf.configs.schema import GenerationConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from actors.hf_engine import HFEngine
-    from actors.vllm_engine import VLLMEngine
+    from raylhf.actors.hf_engine import HFEngine
+    from raylhf.actors.vllm_engine import VLLMEngine
 
 
 def threads_for(num_cpus: float) -> int:
@@ -31,7 +31,7 @@ def create_engine(
     """
     device = "cuda" if cfg.num_gpus > 0 else "cpu"
     if cfg.engine == "vllm":
-        from actors.vllm_engine import VLLMEngine
+        from raylhf.actors.vllm_engine import VLLMEngine
 
         return VLLMEngine(
             checkpoint,
@@ -44,7 +44,7 @@ def create_engine(
             version=version,
         )
     if cfg.engine == "hf":
-        from actors.hf_engine import HFEngine
+        from raylhf.actors.hf_engine import HFEngine
 
         return HFEngine(
             checkpoint,

@@ -15,11 +15,11 @@ from typing import Any, Sequence
 
 import ray
 
-from actors.engines import create_engine, threads_for
-from configs.schema import GenerationConfig
-from contracts.protocols import GenerationRequest, RequestError, SamplingSpec
-from contracts.records import Rollout
-from contracts.snapshot import WeightSnapshot
+from raylhf.actors.engines import create_engine, threads_for
+from raylhf.configs.schema import GenerationConfig
+from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
+from raylhf.contracts.records import Rollout
+from raylhf.contracts.snapshot import WeightSnapshot
 
 # Ray runs one method of this actor at a time (a synchronous actor with the default
 # max_concurrency=1), so load_weights can never interleave with generate: every rollout of a

@@ -17,11 +17,11 @@ from typing import Sequence
 
 import torch
 
-from actors.checkpoint import eos_token_ids
-from actors.sampling import finish_reason, request_problem, request_seed
-from contracts.protocols import GenerationRequest, RequestError, SamplingSpec
-from contracts.records import Rollout
-from contracts.snapshot import WeightSnapshot, check_signature, named_checkpoint_tensors, snapshot_tensors
+from raylhf.actors.checkpoint import eos_token_ids
+from raylhf.actors.sampling import finish_reason, request_problem, request_seed
+from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
+from raylhf.contracts.records import Rollout
+from raylhf.contracts.snapshot import WeightSnapshot, check_signature, named_checkpoint_tensors, snapshot_tensors
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -180,7 +180,7 @@ class HFEngine:
         return out
 
     def checksums(self) -> dict[str, str]:
-        from contracts.snapshot import tensor_checksum
+        from raylhf.contracts.snapshot import tensor_checksum
 
         return {name: tensor_checksum(t) for name, t in self.read_back().items()}
 

@@ -10,8 +10,8 @@ import hashlib
 import math
 from typing import Sequence
 
-from configs.schema import GenerationConfig
-from contracts.protocols import GenerationRequest, SamplingSpec
+from raylhf.configs.schema import GenerationConfig
+from raylhf.contracts.protocols import GenerationRequest, SamplingSpec
 
 
 def sampling_spec(cfg: GenerationConfig, seed: int | None = None) -> SamplingSpec:

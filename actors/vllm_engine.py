@@ -17,13 +17,13 @@ from typing import Sequence
 
 import torch
 
-from actors.checkpoint import checkpoint_signature, eos_token_ids
-from actors.sampling import finish_reason, request_problem, request_seed
-from contracts.protocols import GenerationRequest, RequestError, SamplingSpec
-from contracts.records import Rollout
-from contracts.snapshot import WeightSnapshot, check_signature
+from raylhf.actors.checkpoint import checkpoint_signature, eos_token_ids
+from raylhf.actors.sampling import finish_reason, request_problem, request_seed
+from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
+from raylhf.contracts.records import Rollout
+from raylhf.contracts.snapshot import WeightSnapshot, check_signature
 
-WORKER_EXTENSION = "actors.worker_extension.WeightSyncExtension"
+WORKER_EXTENSION = "raylhf.actors.worker_extension.WeightSyncExtension"
 
 
 class VLLMEngine:

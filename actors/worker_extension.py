@@ -1,7 +1,7 @@
 """vLLM worker extension: apply a WeightSnapshot in place and read the engine's weights back.
 
 vLLM mixes this class into its worker when the engine is built with
-`LLM(worker_extension_cls="actors.worker_extension.WeightSyncExtension")`; the engine calls its
+`LLM(worker_extension_cls="raylhf.actors.worker_extension.WeightSyncExtension")`; the engine calls its
 methods with `llm.collective_rpc(name, args=...)`. With the in-process engine
 (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) the call is a plain function call, so a snapshot read zero-copy
 out of the object store reaches the worker without another copy.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from contracts.snapshot import WeightSnapshot
+    from raylhf.contracts.snapshot import WeightSnapshot
 
 # Rows of the identity pushed through a layer at once (bounds the probe's memory).
 _PROBE_ROWS = 1024
@@ -39,7 +39,7 @@ class WeightSyncExtension:
         The caller has checked names, shapes and dtypes against the model. vLLM's in-place reload
         maps HF names onto its fused parameters and redoes the post-load processing (repacking).
         """
-        from contracts.snapshot import snapshot_tensors
+        from raylhf.contracts.snapshot import snapshot_tensors
 
         self.reload_weights(weights_iterator=snapshot_tensors(snapshot))
         _refresh_tied_layers(self.model_runner.get_model())
@@ -86,7 +86,7 @@ class WeightSyncExtension:
 
     def weight_checksums(self) -> dict[str, str]:
         """`tensor_checksum` of every tensor of `read_back`, computed in the worker."""
-        from contracts.snapshot import tensor_checksum
+        from raylhf.contracts.snapshot import tensor_checksum
 
         return {name: tensor_checksum(t) for name, t in self.read_back().items()}
 

@@ -46,7 +46,7 @@ def write_checkpoint(preset: str, out_dir: Path, max_positions: int = 256, seed:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learners.models import PRESETS
+    from raylhf.learners.models import PRESETS
 
     arch = PRESETS[preset]
     config = LlamaConfig(
@@ -65,7 +65,7 @@ def write_checkpoint(preset: str, out_dir: Path, max_positions: int = 256, seed:
 def make_prompts(n: int, seed: int = 0):
     import random
 
-    from contracts.protocols import GenerationRequest
+    from raylhf.contracts.protocols import GenerationRequest
 
     rng = random.Random(seed)
     return [
@@ -77,11 +77,11 @@ def make_prompts(n: int, seed: int = 0):
 def bench_preset(preset: str, args, ray) -> dict:
     import torch
 
-    from actors.generator import start_generators, wait_all
-    from actors.hf_engine import HFEngine
-    from actors.vllm_engine import VLLMEngine
-    from configs.schema import GenerationConfig
-    from contracts.protocols import SamplingSpec
+    from raylhf.actors.generator import start_generators, wait_all
+    from raylhf.actors.hf_engine import HFEngine
+    from raylhf.actors.vllm_engine import VLLMEngine
+    from raylhf.configs.schema import GenerationConfig
+    from raylhf.contracts.protocols import SamplingSpec
 
     tmp = tempfile.TemporaryDirectory(prefix=f"bench-gen-{preset}-")
     ckpt = Path(tmp.name)

@@ -26,9 +26,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
     args = parser.parse_args()
 
-    from configs.loader import load_config
-    from orchestration.paths import RunPaths
-    from orchestration.ppo_stage import run_ppo
+    from raylhf.configs.loader import load_config
+    from raylhf.orchestration.paths import RunPaths
+    from raylhf.orchestration.ppo_stage import run_ppo
 
     paths = RunPaths(args.run)
     for stage in ("sft", "rm"):

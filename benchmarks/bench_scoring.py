@@ -48,7 +48,7 @@ def build_models(out: Path, vocab_size: int, preset: str) -> tuple[str, str]:
     import torch
     from transformers import AutoModelForTokenClassification
 
-    from learners.models import build_causal_lm
+    from raylhf.learners.models import build_causal_lm
 
     lm_dir, rm_dir = out / "sft", out / "rm"
     build_causal_lm(preset, _Vocab(vocab_size), max_position_embeddings=256, seed=0).save_pretrained(lm_dir)
@@ -59,7 +59,7 @@ def build_models(out: Path, vocab_size: int, preset: str) -> tuple[str, str]:
 
 
 def make_rollouts(n: int, vocab_size: int, seed: int, offset: int = 0):
-    from contracts.records import Rollout
+    from raylhf.contracts.records import Rollout
 
     rng = random.Random(seed)
     out = []
@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
-    from reward_service.actor import torch_threads_for
-    from reward_service.pool import RewardPool
-    from reward_service.scorer import RewardScorer
+    from raylhf.reward_service.actor import torch_threads_for
+    from raylhf.reward_service.pool import RewardPool
+    from raylhf.reward_service.scorer import RewardScorer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_scoring_"))
     lm_dir, rm_dir = build_models(tmp, args.vocab_size, args.preset)

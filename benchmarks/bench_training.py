@@ -38,11 +38,11 @@ def _time(step, steps: int) -> float:
 
 
 def bench(preset: str, bf16: bool, steps: int) -> dict[str, float]:
-    from learners.models import build_causal_lm
-    from learners.pretrain import causal_lm_loss
-    from learners.reward_model import ranking_batch_loss
-    from learners.sft import response_lm_loss
-    from learners.training import autocast, optimizer_step
+    from raylhf.learners.models import build_causal_lm
+    from raylhf.learners.pretrain import causal_lm_loss
+    from raylhf.learners.reward_model import ranking_batch_loss
+    from raylhf.learners.sft import response_lm_loss
+    from raylhf.learners.training import autocast, optimizer_step
 
     cpu = torch.device("cpu")
     rng = np.random.default_rng(0)

@@ -51,7 +51,7 @@ def write_checkpoint(size: str, out_dir: Path):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from contracts.snapshot import build_snapshot, named_checkpoint_tensors
+    from raylhf.contracts.snapshot import build_snapshot, named_checkpoint_tensors
 
     hidden, layers, heads, ffn, vocab = SIZES[size]
     config = LlamaConfig(
@@ -109,8 +109,8 @@ def wait_store_below(limit: int, timeout_s: float = 20.0) -> None:
 
 
 def bench_size(size: str, args, ray) -> dict:
-    from actors.generator import start_generators, wait_all
-    from configs.schema import GenerationConfig
+    from raylhf.actors.generator import start_generators, wait_all
+    from raylhf.configs.schema import GenerationConfig
 
     tmp = tempfile.TemporaryDirectory(prefix=f"bench-sync-{size}-")
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from configs.schema import RunConfig
+from raylhf.configs.schema import RunConfig
 
 PRESET_DIR = Path(__file__).resolve().parent
 DEFAULT_PRESET = "tiny"

@@ -40,7 +40,7 @@ class TaskConfig(Section):
     labeler_noise: float = Field(0.23, ge=0.0)
     """Std of the Gaussian noise the simulated labeler adds to the hidden utility of each response;
     0.23 makes two labelers agree on ~73 % of the demo's fixed reference pairs of SFT-quality responses
-    (InstructGPT: 72.6 ± 1.5 %). Recalibrate with `tasks.demo.calibrate_labeler_noise` if the world changes."""
+    (InstructGPT: 72.6 ± 1.5 %). Recalibrate with `raylhf.tasks.demo.calibrate_labeler_noise` if the world changes."""
     heldout_share: float = Field(0.2, gt=0.0, lt=1.0)
     """Share of each family's prompt texts (picked by a stable hash of the text) reserved for the held-out
     split, so held-out prompts are never trained on."""
@@ -295,7 +295,7 @@ class RewardConfig(Section):
     """Tokenizer used to decode text for `function` sources; unset: the reward model's, else the reference's."""
     sources: list[RewardSourceConfig] = [RewardSourceConfig()]
     """Reward sources and their weights, e.g. `[{kind: rm, weight: 1.0}, {kind: token_function,
-    path: "reward_service.rewards:length_penalty", weight: 1.0}]`."""
+    path: "raylhf.reward_service.rewards:length_penalty", weight: 1.0}]`."""
     normalize: Literal["none", "fixed", "running"] = "none"
     """Normalisation of the summed reward: `fixed` maps r to `(r - shift) * scale`; `running` whitens with the
     running mean/std of every reward scored so far (state saved with the pool); `none` leaves it raw."""

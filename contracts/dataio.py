@@ -18,7 +18,7 @@ from typing import Any, Literal, Sequence, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contracts.records import MAX_RESPONSES, MIN_RESPONSES, Comparison, Rollout, record_fields, to_row
+from raylhf.contracts.records import MAX_RESPONSES, MIN_RESPONSES, Comparison, Rollout, record_fields, to_row
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Protocol, Sequence, runtime_checkable
 
-from contracts.records import Comparison, Demonstration, Prompt, Rollout
-from contracts.snapshot import WeightSnapshot
+from raylhf.contracts.records import Comparison, Demonstration, Prompt, Rollout
+from raylhf.contracts.snapshot import WeightSnapshot
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ token is emitted. Per-token tensors are ``[B, T]`` over response tokens with a b
 Both models stay in eval mode: dropout would make π_θ differ from π_old at identical weights, so the
 PPO ratio would not start at 1.
 
-This module imports torch and transformers only; `learners.ppo_actor` wraps it in a Ray actor.
+This module imports torch and transformers only; `raylhf.learners.ppo_actor` wraps it in a Ray actor.
 
 References:
     [InstructGPT] Ouyang et al. 2022, arXiv:2203.02155.
@@ -52,9 +52,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contracts.records import Rollout
-from contracts.snapshot import WeightSnapshot, build_snapshot, named_checkpoint_tensors
-from learners.losses import (
+from raylhf.contracts.records import Rollout
+from raylhf.contracts.snapshot import WeightSnapshot, build_snapshot, named_checkpoint_tensors
+from raylhf.learners.losses import (
     AdaptiveKLController,
     FixedKLController,
     KL_ESTIMATORS,
@@ -67,13 +67,13 @@ from learners.losses import (
     token_logprobs,
     value_loss,
 )
-from learners.models import load_causal_lm, load_tokenizer, pick_device
-from learners.pretrain import causal_lm_loss, sample_windows
-from learners.reward_model import load_reward_model, per_token_values
-from learners.training import autocast, use_bf16
+from raylhf.learners.models import load_causal_lm, load_tokenizer, pick_device
+from raylhf.learners.pretrain import causal_lm_loss, sample_windows
+from raylhf.learners.reward_model import load_reward_model, per_token_values
+from raylhf.learners.training import autocast, use_bf16
 
 if TYPE_CHECKING:  # pragma: no cover
-    from configs.schema import RunConfig
+    from raylhf.configs.schema import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class PPOLearner:
         lr: policy learning rate (AdamW, no weight decay).
         value_lr: value-model learning rate.
         kl_coef: β, the per-token KL penalty weight (initial value when adaptive).
-        kl_estimator: "k1" | "k2" | "k3" (see `learners.losses.kl_penalty`).
+        kl_estimator: "k1" | "k2" | "k3" (see `raylhf.learners.losses.kl_penalty`).
         adaptive_kl, target_kl, kl_horizon: adapt β towards `target_kl` per sequence [Ziegler].
         gamma, lam: GAE discount and λ (γ = 1: one reward per episode, the bandit).
         clip_eps: PPO ratio clip ε.
@@ -229,7 +229,7 @@ class PPOLearner:
         ptx_coef: γ_ptx of PPO-ptx; 0 is plain PPO and draws no pretraining windows.
         ptx_per_rl: pretraining windows per RL rollout in each minibatch (InstructGPT: 8).
         ptx_seq_len: tokens per pretraining window.
-        pretrain_stream: the packed pretraining corpus (`learners.pretrain.pack_documents`); needed when
+        pretrain_stream: the packed pretraining corpus (`raylhf.learners.pretrain.pack_documents`); needed when
             ``ptx_coef > 0``.
         is_clip_c: truncation c of the importance weights ``min(π_old/π_behaviour, c)``.
         max_staleness: rollouts with ``version - policy_version`` above this are dropped.

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import ray
 
-from contracts.records import Rollout
+from raylhf.contracts.records import Rollout
 
 # Snapshot refs the actor keeps alive: the newest (generators are loading it) and the one before (a
 # generator may still be fetching it). Older snapshots live only as long as someone else holds their ref.
@@ -21,7 +21,7 @@ class PPOLearnerActor:
     """One learner; calls run one at a time, in submission order.
 
     Args:
-        learner_kwargs: keyword arguments of `learners.ppo.PPOLearner` (see `learners.ppo.learner_settings`);
+        learner_kwargs: keyword arguments of `raylhf.learners.ppo.PPOLearner` (see `raylhf.learners.ppo.learner_settings`);
             pass `torch_threads` matching the actor's `num_cpus` so it does not oversubscribe the cores.
         name: label used in errors and logs.
 
@@ -30,7 +30,7 @@ class PPOLearnerActor:
     """
 
     def __init__(self, learner_kwargs: dict[str, Any], name: str = "learner"):
-        from learners.ppo import PPOLearner
+        from raylhf.learners.ppo import PPOLearner
 
         self.name = name
         self.learner = PPOLearner(**learner_kwargs)

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from learners.losses import lm_loss
-from learners.training import autocast, cosine_lr, optimizer_step, set_lr
+from raylhf.learners.losses import lm_loss
+from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
 
 
 def pack_documents(docs: Sequence[Sequence[int]], bos_id: int, eos_id: int) -> np.ndarray:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from learners.batching import last_token_index, pad_right
-from learners.losses import ranking_loss
-from learners.models import pick_device
-from learners.training import autocast, cosine_lr, optimizer_step, set_lr
+from raylhf.learners.batching import last_token_index, pad_right
+from raylhf.learners.losses import ranking_loss
+from raylhf.learners.models import pick_device
+from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
 
 # A prompt's K responses as full token sequences (prompt + response + EOS), and the ranking of them
 # (indices best -> worst).

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from learners.batching import prompt_response_batch
-from learners.losses import lm_loss
-from learners.training import autocast, cosine_lr, optimizer_step, set_lr
+from raylhf.learners.batching import prompt_response_batch
+from raylhf.learners.losses import lm_loss
+from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
 
 Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
 
@@ -122,7 +122,7 @@ def train_sft(
 @torch.no_grad()
 def response_logprobs(model, examples: Sequence[Example], pad_id: int, device, batch_size: int = 64) -> np.ndarray:
     """log π(response | prompt) of each example (float64 [N]): the sum of its response tokens' logprobs."""
-    from learners.losses import token_logprobs
+    from raylhf.learners.losses import token_logprobs
 
     model.eval()
     out = np.zeros(len(examples), dtype=np.float64)

@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from configs.loader import DEFAULT_PRESET, ConfigError, explain, load_config, preset_names, save_config
-from contracts.dataio import DataError
-from orchestration.paths import RunPaths
+from raylhf.configs.loader import DEFAULT_PRESET, ConfigError, explain, load_config, preset_names, save_config
+from raylhf.contracts.dataio import DataError
+from raylhf.orchestration.paths import RunPaths
 
 EPILOG = """\
 overrides:
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from orchestration import stages
+    from raylhf.orchestration import stages
 
     if args.command == "config":
         cfg = load_config(args.config, args.overrides)
@@ -169,7 +169,7 @@ def _dispatch(args) -> int:
         return 0
 
     cfg, paths = _prepare(args)
-    from tasks import load_task
+    from raylhf.tasks import load_task
 
     if args.command == "data":
         summary = stages.stage_data(cfg, load_task(cfg.task), args.out or paths.data)
@@ -192,7 +192,7 @@ def _dispatch(args) -> int:
             seed_comparisons=paths.data / "demo_comparisons.jsonl" if cfg.collect.include_seed_comparisons else None)
         _report("collect", stages.save_summary(paths, "collect", summary))
     elif args.command == "ppo":
-        from orchestration.ppo_stage import run_ppo
+        from raylhf.orchestration.ppo_stage import run_ppo
 
         if args.address:
             cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": args.address})})
@@ -207,7 +207,7 @@ def _dispatch(args) -> int:
         rm = args.rm or (paths.model("rm") if (paths.model("rm") / "config.json").exists() else None)
         _report("eval", stages.save_summary(paths, "eval", stages.stage_eval(cfg, paths, policies, rm)))
     elif args.command == "run":
-        from orchestration.pipeline import run_pipeline
+        from raylhf.orchestration.pipeline import run_pipeline
 
         t0 = time.time()
         run_pipeline(cfg, paths, report=_report)

@@ -25,9 +25,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import ray
 
-from contracts.formatting import encode_prompt
-from contracts.protocols import GenerationRequest, RequestError, SamplingSpec
-from contracts.records import Prompt, Rollout
+from raylhf.contracts.formatting import encode_prompt
+from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
+from raylhf.contracts.records import Prompt, Rollout
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class PPODriver:
                 self._publish()
 
     def _publish(self) -> None:
-        from actors.generator import broadcast_weights
+        from raylhf.actors.generator import broadcast_weights
 
         self._check_weight_loads(block=False)
         version, snapshot_ref = _get(self.learner.publish.remote(), "publish", "learner", self.s.timeout_s)
@@ -249,8 +249,8 @@ class PPODriver:
 
     def generators_match_learner(self) -> bool:
         """Whether every generator computes with exactly the newest published weights (read back)."""
-        from actors.generator import wait_all
-        from contracts.snapshot import snapshot_checksums
+        from raylhf.actors.generator import wait_all
+        from raylhf.contracts.snapshot import snapshot_checksums
 
         if self.snapshot_ref is None:
             return True

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from configs.schema import GenerationConfig
-from contracts.protocols import GenerationRequest, RequestError, SamplingSpec
-from contracts.records import Rollout
+from raylhf.configs.schema import GenerationConfig
+from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
+from raylhf.contracts.records import Rollout
 
 
 class GeneratorFleet:
@@ -15,7 +15,7 @@ class GeneratorFleet:
 
     def __init__(self, cfg: GenerationConfig, checkpoint: str | os.PathLike, *, seed: int, trust_remote_code: bool,
                  name_prefix: str = "generator", timeout_s: float = 1800.0):
-        from actors.generator import start_generators
+        from raylhf.actors.generator import start_generators
 
         self.actors = start_generators(cfg, checkpoint, seed=seed, trust_remote_code=trust_remote_code,
                                        name_prefix=name_prefix)
@@ -24,7 +24,7 @@ class GeneratorFleet:
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSpec
                  ) -> list[list[Rollout] | RequestError]:
-        from actors.generator import wait_all
+        from raylhf.actors.generator import wait_all
 
         n = len(self.actors)
         chunks = [list(requests[i::n]) for i in range(n)]

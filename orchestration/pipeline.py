@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from configs.schema import RunConfig
-from learners.models import is_checkpoint
-from orchestration import stages
-from orchestration.paths import RunPaths
-from orchestration.ppo_stage import ppo_resumable, run_ppo
-from orchestration.report import write_report
-from tasks import load_task
+from raylhf.configs.schema import RunConfig
+from raylhf.learners.models import is_checkpoint
+from raylhf.orchestration import stages
+from raylhf.orchestration.paths import RunPaths
+from raylhf.orchestration.ppo_stage import ppo_resumable, run_ppo
+from raylhf.orchestration.report import write_report
+from raylhf.tasks import load_task
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Stage 3, PPO-ptx: build the actors from the config, run the driver, save the policy.
 
-Setup happens here; the loop itself is `orchestration.driver.PPODriver.run`.
+Setup happens here; the loop itself is `raylhf.orchestration.driver.PPODriver.run`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from configs.schema import RunConfig
-from contracts.formatting import decode_response
-from contracts.protocols import GenerationRequest, SamplingSpec
-from contracts.records import Document, Prompt, Rollout
-from orchestration.paths import RunPaths
+from raylhf.configs.schema import RunConfig
+from raylhf.contracts.formatting import decode_response
+from raylhf.contracts.protocols import GenerationRequest, SamplingSpec
+from raylhf.contracts.records import Document, Prompt, Rollout
+from raylhf.orchestration.paths import RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class InTrainingEval:
     """
 
     def __init__(self, task, labeler, tokenizer, prompts: list[Prompt], sampling: SamplingSpec, timeout_s: float):
-        from contracts.formatting import encode_prompt
+        from raylhf.contracts.formatting import encode_prompt
 
         self.task, self.labeler, self.tokenizer = task, labeler, tokenizer
         self.prompts, self.sampling, self.timeout_s = prompts, sampling, timeout_s
@@ -41,7 +41,7 @@ class InTrainingEval:
         self.reference: list[str] | None = None
 
     def _sample(self, generator, name: str) -> tuple[list[str], int]:
-        from orchestration.driver import _get
+        from raylhf.orchestration.driver import _get
 
         results = _get(generator.generate.remote(self.requests, self.sampling), "generate", name, self.timeout_s)
         texts, versions = [], []
@@ -68,8 +68,8 @@ class InTrainingEval:
 
 def pretrain_stream(cfg: RunConfig, paths: RunPaths, tokenizer) -> np.ndarray | None:
     """The packed pretraining corpus for the PPO-ptx term (None when `ppo.ptx_coef` is 0)."""
-    from contracts.dataio import read_records
-    from learners.pretrain import pack_documents
+    from raylhf.contracts.dataio import read_records
+    from raylhf.learners.pretrain import pack_documents
 
     if cfg.ppo.ptx_coef == 0:
         return None
@@ -84,7 +84,7 @@ DRIVER_STATE = "driver_state.json"
 def save_ppo_state(learner, cursor, step: int, state_dir: Path, timeout_s: float) -> None:
     """Checkpoint the learner and the prompt cursor into `state_dir`. It is written beside the previous
     checkpoint and swapped in only when complete, so a crash mid-save leaves a checkpoint to resume from."""
-    from orchestration.driver import _get
+    from raylhf.orchestration.driver import _get
 
     tmp, old = state_dir.with_name(state_dir.name + ".tmp"), state_dir.with_name(state_dir.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -122,18 +122,18 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
     """
     import ray
 
-    from actors.engines import threads_for
-    from actors.generator import start_generators
-    from actors.sampling import sampling_spec
-    from contracts.dataio import read_records
-    from learners.models import load_tokenizer
-    from learners.ppo import learner_settings
-    from learners.ppo_actor import PPOLearnerActor
-    from learners.training import MetricsLog
-    from orchestration.driver import DriverSettings, PPODriver, PromptCursor, _get
-    from orchestration.ray_runtime import init_ray
-    from reward_service.pool import RewardPool
-    from tasks import load_task
+    from raylhf.actors.engines import threads_for
+    from raylhf.actors.generator import start_generators
+    from raylhf.actors.sampling import sampling_spec
+    from raylhf.contracts.dataio import read_records
+    from raylhf.learners.models import load_tokenizer
+    from raylhf.learners.ppo import learner_settings
+    from raylhf.learners.ppo_actor import PPOLearnerActor
+    from raylhf.learners.training import MetricsLog
+    from raylhf.orchestration.driver import DriverSettings, PPODriver, PromptCursor, _get
+    from raylhf.orchestration.ray_runtime import init_ray
+    from raylhf.reward_service.pool import RewardPool
+    from raylhf.tasks import load_task
 
     t0 = time.time()
     init_ray(cfg.ray)
@@ -152,7 +152,7 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
         state = json.loads((checkpoint / DRIVER_STATE).read_text())
         start_step = int(state["steps"])
         if start_step >= p.total_steps:
-            from configs.loader import ConfigError
+            from raylhf.configs.loader import ConfigError
 
             raise ConfigError(f"ppo.total_steps: the checkpoint in {checkpoint} is at step {start_step} already; "
                               f"set ppo.total_steps above it to continue")
@@ -246,7 +246,7 @@ def _check_resources(cfg: RunConfig) -> None:
                 + cfg.ppo.num_gpus)
     have = ray.cluster_resources()
     if need_cpu > have.get("CPU", 0) + 1e-9 or need_gpu > have.get("GPU", 0) + 1e-9:
-        from configs.loader import ConfigError
+        from raylhf.configs.loader import ConfigError
 
         raise ConfigError(
             f"the PPO actors need {need_cpu:g} CPUs and {need_gpu:g} GPUs (generation.num_generators x "

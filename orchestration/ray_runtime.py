@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from configs.schema import RayConfig
+from raylhf.configs.schema import RayConfig
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from orchestration.paths import RunPaths
+from raylhf.orchestration.paths import RunPaths
 
 
 def _read_metrics(path: Path, stage: str) -> list[dict[str, Any]]:

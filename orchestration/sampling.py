@@ -1,6 +1,6 @@
 """Sampling responses through a generation engine, collecting rankings and judging policies.
 
-`engine` is anything with the `contracts.protocols.GenerationEngine.generate` signature: an
+`engine` is anything with the `raylhf.contracts.protocols.GenerationEngine.generate` signature: an
 in-process engine, or `actors` handles behind the same call.
 """
 
@@ -12,9 +12,9 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from contracts.formatting import decode_response, encode_prompt
-from contracts.protocols import GenerationRequest, Labeler, RequestError, SamplingSpec
-from contracts.records import Comparison, Prompt, Rollout
+from raylhf.contracts.formatting import decode_response, encode_prompt
+from raylhf.contracts.protocols import GenerationRequest, Labeler, RequestError, SamplingSpec
+from raylhf.contracts.records import Comparison, Prompt, Rollout
 
 log = logging.getLogger(__name__)
 

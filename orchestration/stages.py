@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from configs.schema import RunConfig
-from contracts.dataio import read_records, write_records
-from contracts.formatting import encode_prompt, encode_response
-from contracts.records import Comparison, Demonstration, Document, Prompt
-from orchestration.paths import RunPaths
+from raylhf.configs.schema import RunConfig
+from raylhf.contracts.dataio import read_records, write_records
+from raylhf.contracts.formatting import encode_prompt, encode_response
+from raylhf.contracts.records import Comparison, Demonstration, Document, Prompt
+from raylhf.orchestration.paths import RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ def _read(cfg: RunConfig, path: Path, record_type):
 def _setup_torch(cfg: RunConfig):
     import torch
 
-    from learners.models import pick_device
-    from learners.training import use_bf16
+    from raylhf.learners.models import pick_device
+    from raylhf.learners.training import use_bf16
 
     torch.set_num_threads(cfg.torch_threads)
     device = pick_device(cfg.device)
@@ -80,9 +80,9 @@ def stage_data(cfg: RunConfig, task, out_dir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- pretrain
 def stage_pretrain(cfg: RunConfig, paths: RunPaths, task) -> dict[str, Any]:
     """Train the BPE tokenizer and pretrain the demo base model on the task's corpus."""
-    from learners.models import build_causal_lm, count_parameters, train_tokenizer
-    from learners.pretrain import pack_documents, pretrain
-    from learners.training import MetricsLog
+    from raylhf.learners.models import build_causal_lm, count_parameters, train_tokenizer
+    from raylhf.learners.pretrain import pack_documents, pretrain
+    from raylhf.learners.training import MetricsLog
 
     t0 = time.time()
     device, bf16 = _setup_torch(cfg)
@@ -113,9 +113,9 @@ def demonstration_examples(tokenizer, demos) -> list[tuple[list[int], list[int]]
 
 def stage_sft(cfg: RunConfig, paths: RunPaths, model_path: Path, data_path: Path, out: Path) -> dict[str, Any]:
     """Fine-tune `model_path` on the demonstrations in `data_path`; save the best epoch to `out`."""
-    from learners.models import load_causal_lm, load_tokenizer
-    from learners.sft import train_sft
-    from learners.training import MetricsLog
+    from raylhf.learners.models import load_causal_lm, load_tokenizer
+    from raylhf.learners.sft import train_sft
+    from raylhf.learners.training import MetricsLog
 
     t0 = time.time()
     device, bf16 = _setup_torch(cfg)
@@ -151,9 +151,9 @@ def comparison_groups(tokenizer, comparisons) -> list[tuple[list[list[int]], lis
 def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path, out: Path,
              demos_path: Path | None = None) -> dict[str, Any]:
     """Train the reward model from the SFT checkpoint on ranked comparisons; normalise on demonstrations."""
-    from learners.models import load_tokenizer
-    from learners.reward_model import normalise_rewards, reward_model_from_policy, train_reward_model
-    from learners.training import MetricsLog
+    from raylhf.learners.models import load_tokenizer
+    from raylhf.learners.reward_model import normalise_rewards, reward_model_from_policy, train_reward_model
+    from raylhf.learners.training import MetricsLog
 
     t0 = time.time()
     device, bf16 = _setup_torch(cfg)
@@ -184,7 +184,7 @@ def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path, o
 # ---------------------------------------------------------------------------------------------- collect
 def resolve_policy(paths: RunPaths, policy: str) -> Path:
     """A stage name of this run (base, sft, ppo) or a checkpoint path."""
-    from learners.models import is_checkpoint
+    from raylhf.learners.models import is_checkpoint
 
     path = paths.model(policy) if policy in ("base", "sft", "ppo") else Path(policy)
     if not is_checkpoint(path):
@@ -194,7 +194,7 @@ def resolve_policy(paths: RunPaths, policy: str) -> Path:
 
 def eval_policies(paths: RunPaths, specs: list[str] | None) -> dict[str, Path]:
     """`NAME=PATH` or stage names; by default every stage model of the run that exists."""
-    from learners.models import is_checkpoint
+    from raylhf.learners.models import is_checkpoint
 
     if not specs:
         found = {s: paths.model(s) for s in ("base", "sft", "ppo") if is_checkpoint(paths.model(s))}
@@ -211,11 +211,11 @@ def eval_policies(paths: RunPaths, specs: list[str] | None) -> dict[str, Path]:
 def _sample_sources(cfg: RunConfig, policies: dict[str, Path], prompts, n_per_source: int, temperatures,
                     seed: int) -> list[list[str]]:
     """Responses per prompt pooled over every (policy, temperature) source, via generator actors."""
-    from actors.sampling import sampling_spec
-    from learners.models import load_tokenizer
-    from orchestration.fleet import GeneratorFleet
-    from orchestration.ray_runtime import init_ray
-    from orchestration.sampling import sample_texts
+    from raylhf.actors.sampling import sampling_spec
+    from raylhf.learners.models import load_tokenizer
+    from raylhf.orchestration.fleet import GeneratorFleet
+    from raylhf.orchestration.ray_runtime import init_ray
+    from raylhf.orchestration.sampling import sample_texts
 
     init_ray(cfg.ray)
     pooled: list[list[str]] = [[] for _ in prompts]
@@ -240,8 +240,8 @@ def interleave_sources(responses: list[str], n_sources: int) -> list[str]:
 def stage_collect(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], prompts_path: Path, out: Path,
                   n_prompts: int, labeler_seed: int, seed_comparisons: Path | None = None) -> dict[str, Any]:
     """Sample K responses per prompt from the policies and have the task's labeler rank them."""
-    from orchestration.sampling import rank_into_comparisons
-    from tasks import load_task
+    from raylhf.orchestration.sampling import rank_into_comparisons
+    from raylhf.tasks import load_task
 
     t0 = time.time()
     task = load_task(cfg.task)
@@ -264,12 +264,12 @@ def stage_collect(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], pr
 def stage_rm_eval(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path) -> dict[str, Any]:
     """RM pairwise accuracy on held-out prompts against the labeler, with its ceiling (the noiseless utility's
     accuracy against the same labels) and the baseline of scoring by the SFT model's own log-probability."""
-    from learners.models import load_causal_lm, load_tokenizer
-    from learners.reward_model import load_reward_model, score_sequences
-    from learners.sft import response_logprobs
-    from orchestration.evaluation import pairwise_agreement, split_by_group
-    from orchestration.sampling import rank_into_comparisons
-    from tasks import load_task
+    from raylhf.learners.models import load_causal_lm, load_tokenizer
+    from raylhf.learners.reward_model import load_reward_model, score_sequences
+    from raylhf.learners.sft import response_logprobs
+    from raylhf.orchestration.evaluation import pairwise_agreement, split_by_group
+    from raylhf.orchestration.sampling import rank_into_comparisons
+    from raylhf.tasks import load_task
 
     t0 = time.time()
     device, bf16 = _setup_torch(cfg)
@@ -312,12 +312,12 @@ def stage_eval(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_pa
                ) -> dict[str, Any]:
     """Sample every policy on the held-out splits and judge: win rates (labeler, ties half), per-family
     instruction following, mean true utility, mean RM score, LM loss on held-out pretraining text."""
-    from learners.models import load_causal_lm, load_tokenizer
-    from learners.pretrain import evaluate_lm, pack_documents
-    from learners.reward_model import load_reward_model, score_sequences
-    from orchestration.sampling import instruction_following, mean_utility, win_rate
-    from actors.sampling import sampling_spec
-    from tasks import load_task
+    from raylhf.learners.models import load_causal_lm, load_tokenizer
+    from raylhf.learners.pretrain import evaluate_lm, pack_documents
+    from raylhf.learners.reward_model import load_reward_model, score_sequences
+    from raylhf.orchestration.sampling import instruction_following, mean_utility, win_rate
+    from raylhf.actors.sampling import sampling_spec
+    from raylhf.tasks import load_task
 
     t0 = time.time()
     device, bf16 = _setup_torch(cfg)
@@ -361,10 +361,10 @@ def stage_eval(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_pa
 
 def _sample_splits(cfg: RunConfig, name: str, path: Path, by_split: dict[str, list], spec) -> dict[str, list[str]]:
     """One response per prompt of every split, from one set of generators for the policy."""
-    from learners.models import load_tokenizer
-    from orchestration.fleet import GeneratorFleet
-    from orchestration.ray_runtime import init_ray
-    from orchestration.sampling import sample_texts
+    from raylhf.learners.models import load_tokenizer
+    from raylhf.orchestration.fleet import GeneratorFleet
+    from raylhf.orchestration.ray_runtime import init_ray
+    from raylhf.orchestration.sampling import sample_texts
 
     init_ray(cfg.ray)
     tokenizer = load_tokenizer(path, cfg.trust_remote_code)

@@ -1,5 +1,5 @@
 import sys
 
-from orchestration.cli import main
+from raylhf.orchestration.cli import main
 
 sys.exit(main())

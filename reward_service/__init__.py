@@ -4,10 +4,10 @@
 dispatches batches over N actors with backpressure, timeouts and replacement of lost actors.
 """
 
-from reward_service.errors import PoolFullError, RewardConfigError, ScorerStartupError, ScoringError
-from reward_service.normalize import RewardTransform
-from reward_service.programmatic import RewardSource, load_reward_function, sources_from_config
-from reward_service.scorer import RewardScorer
+from raylhf.reward_service.errors import PoolFullError, RewardConfigError, ScorerStartupError, ScoringError
+from raylhf.reward_service.normalize import RewardTransform
+from raylhf.reward_service.programmatic import RewardSource, load_reward_function, sources_from_config
+from raylhf.reward_service.scorer import RewardScorer
 
 __all__ = [
     "PoolFullError",

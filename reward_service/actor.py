@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import ray
 
-from contracts.records import Rollout
+from raylhf.contracts.records import Rollout
 
 
 def torch_threads_for(num_cpus: float) -> int:
@@ -32,7 +32,7 @@ class ScorerActor:
         import torch
         from transformers.utils import logging as hf_logging
 
-        from reward_service.scorer import RewardScorer
+        from raylhf.reward_service.scorer import RewardScorer
 
         torch.set_num_threads(num_threads)
         hf_logging.disable_progress_bar()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from configs.loader import ConfigError
+from raylhf.configs.loader import ConfigError
 
 
 class RewardConfigError(ConfigError):

@@ -45,12 +45,12 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
-from contracts.records import Rollout
-from reward_service.actor import ScorerActor, torch_threads_for
-from reward_service.errors import PoolFullError, ScorerStartupError, ScoringError
-from reward_service.normalize import RewardTransform, transform_from_config
-from reward_service.programmatic import RewardSource, validate_sources
-from reward_service.scorer import scorer_settings
+from raylhf.contracts.records import Rollout
+from raylhf.reward_service.actor import ScorerActor, torch_threads_for
+from raylhf.reward_service.errors import PoolFullError, ScorerStartupError, ScoringError
+from raylhf.reward_service.normalize import RewardTransform, transform_from_config
+from raylhf.reward_service.programmatic import RewardSource, validate_sources
+from raylhf.reward_service.scorer import scorer_settings
 
 # Errors after which the actor is gone (or unusable) and its work must move elsewhere.
 _ACTOR_LOST = (RayActorError, WorkerCrashedError, ObjectLostError, OutOfMemoryError, GetTimeoutError)

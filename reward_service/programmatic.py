@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
-from reward_service.errors import RewardConfigError, ScoringError
+from raylhf.reward_service.errors import RewardConfigError, ScoringError
 
 SourceKind = Literal["rm", "function", "token_function"]
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")

@@ -3,7 +3,7 @@
     reward:
       sources:
         - {kind: rm, weight: 1.0}
-        - {kind: token_function, path: "reward_service.rewards:length_penalty", weight: 1.0,
+        - {kind: token_function, path: "raylhf.reward_service.rewards:length_penalty", weight: 1.0,
            kwargs: {target_tokens: 24, coef: 0.05}}
 
 Verifiable-reward runs plug a task's utility in the same way: a batched `function` source over

@@ -25,11 +25,11 @@ from typing import Any, Sequence
 
 import torch
 
-from contracts.formatting import decode_response
-from contracts.records import Rollout
-from reward_service.errors import ScoringError
-from reward_service.normalize import RewardTransform, transform_from_config
-from reward_service.programmatic import ProgrammaticReward, RewardSource, sources_from_config, validate_sources
+from raylhf.contracts.formatting import decode_response
+from raylhf.contracts.records import Rollout
+from raylhf.reward_service.errors import ScoringError
+from raylhf.reward_service.normalize import RewardTransform, transform_from_config
+from raylhf.reward_service.programmatic import ProgrammaticReward, RewardSource, sources_from_config, validate_sources
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

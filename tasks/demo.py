@@ -94,7 +94,7 @@ from functools import lru_cache
 from statistics import NormalDist
 from typing import Any, Iterator, Sequence
 
-from contracts.records import Comparison, Demonstration, Prompt
+from raylhf.contracts.records import Comparison, Demonstration, Prompt
 
 # --------------------------------------------------------------------------------------------
 # Vocabulary
@@ -994,7 +994,7 @@ def demo_comparisons(world: DemoWorld, n: int, k: int = 4, seed: int = 0) -> lis
 
 
 def build(cfg: Any) -> DemoWorld:
-    """The demo world of a `configs.schema.TaskConfig`."""
+    """The demo world of a `raylhf.configs.schema.TaskConfig`."""
     return DemoWorld(
         seed=cfg.seed,
         n_train_prompts=cfg.n_train_prompts,

@@ -25,7 +25,7 @@ CORPUS = [
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """Path of a randomly initialised `tiny` Llama + BPE tokenizer saved in HF format."""
-    from learners.models import build_causal_lm, train_tokenizer
+    from raylhf.learners.models import build_causal_lm, train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_ckpt")
     tokenizer = train_tokenizer(CORPUS, vocab_size=384, out_dir=out)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from actors.sampling import finish_reason, request_problem, request_seed, sampling_spec
-from configs.schema import GenerationConfig
-from contracts.protocols import GenerationRequest, SamplingSpec
-from contracts.snapshot import (
+from raylhf.actors.sampling import finish_reason, request_problem, request_seed, sampling_spec
+from raylhf.configs.schema import GenerationConfig
+from raylhf.contracts.protocols import GenerationRequest, SamplingSpec
+from raylhf.contracts.snapshot import (
     SnapshotMismatchError,
     build_snapshot,
     check_signature,
@@ -126,9 +126,9 @@ def test_named_checkpoint_tensors_lists_tied_weights_once():
 def test_engine_modules_import_without_ray_or_vllm():
     """The hf engine must run where vLLM is missing; no engine needs Ray."""
     code = (
-        "import sys, actors.hf_engine, actors.engines, actors.sampling, actors.checkpoint;"
+        "import sys, raylhf.actors.hf_engine, raylhf.actors.engines, raylhf.actors.sampling, raylhf.actors.checkpoint;"
         "assert 'vllm' not in sys.modules and 'ray' not in sys.modules, 'hf';"
-        "import actors.vllm_engine, actors.worker_extension;"
+        "import raylhf.actors.vllm_engine, raylhf.actors.worker_extension;"
         "assert 'ray' not in sys.modules, 'vllm'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

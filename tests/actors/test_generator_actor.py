@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from actors.generator import broadcast_weights, start_generators, wait_all
-from configs.schema import GenerationConfig
-from contracts.protocols import GenerationRequest, SamplingSpec
-from contracts.snapshot import SnapshotMismatchError, build_snapshot, snapshot_checksums, snapshot_tensors
+from raylhf.actors.generator import broadcast_weights, start_generators, wait_all
+from raylhf.configs.schema import GenerationConfig
+from raylhf.contracts.protocols import GenerationRequest, SamplingSpec
+from raylhf.contracts.snapshot import SnapshotMismatchError, build_snapshot, snapshot_checksums, snapshot_tensors
 
 GREEDY = SamplingSpec(n=1, temperature=0.0, max_new_tokens=12)
 PROMPTS = [GenerationRequest(f"p{i}", (1, 10 + i, 20 + 2 * i, 30)) for i in range(6)]

@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from actors.checkpoint import checkpoint_signature
-from contracts.protocols import GenerationEngine, GenerationRequest, RequestError, SamplingSpec
-from contracts.snapshot import SnapshotMismatchError, build_snapshot, snapshot_checksums, snapshot_tensors
+from raylhf.actors.checkpoint import checkpoint_signature
+from raylhf.contracts.protocols import GenerationEngine, GenerationRequest, RequestError, SamplingSpec
+from raylhf.contracts.snapshot import SnapshotMismatchError, build_snapshot, snapshot_checksums, snapshot_tensors
 
 GREEDY = SamplingSpec(n=1, temperature=0.0, max_new_tokens=16)
 # Behaviour logprobs vs a transformers forward pass: both fp32 on CPU with different kernels.

@@ -4,8 +4,8 @@ import sys
 import pytest
 import yaml
 
-from configs.loader import ConfigError, explain, load_config, preset_names, save_config
-from configs.schema import RunConfig
+from raylhf.configs.loader import ConfigError, explain, load_config, preset_names, save_config
+from raylhf.configs.schema import RunConfig
 
 
 def test_presets_load_and_tiny_is_default():

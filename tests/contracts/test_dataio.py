@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from contracts.dataio import DataError, read_records, write_records
-from contracts.records import Comparison, Demonstration, Prompt, Rollout
+from raylhf.contracts.dataio import DataError, read_records, write_records
+from raylhf.contracts.records import Comparison, Demonstration, Prompt, Rollout
 
 SAMPLES = {
     Prompt: [Prompt("p0", "Instruction: add 2 and 3.\nResponse:"), Prompt("p1", "héllo ✓")],

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from contracts.snapshot import build_snapshot, snapshot_tensors
+from raylhf.contracts.snapshot import build_snapshot, snapshot_tensors
 
 
 def test_snapshot_round_trip_mixed_dtypes():

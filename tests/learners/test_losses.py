@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from learners.losses import (
+from raylhf.learners.losses import (
     AdaptiveKLController,
     FixedKLController,
     entropy_from_logits,

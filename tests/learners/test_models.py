@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from learners.models import build_causal_lm, count_parameters, load_causal_lm, load_tokenizer
+from raylhf.learners.models import build_causal_lm, count_parameters, load_causal_lm, load_tokenizer
 
 
 class _Vocab:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from contracts.records import Rollout
-from contracts.snapshot import named_checkpoint_tensors, signature_mismatches, snapshot_tensors
-from learners.ppo import TIMING_METRICS, PPOLearner, truncated_importance_weights
-from learners.pretrain import pack_documents
-from learners.reward_model import reward_model_from_policy
+from raylhf.contracts.records import Rollout
+from raylhf.contracts.snapshot import named_checkpoint_tensors, signature_mismatches, snapshot_tensors
+from raylhf.learners.ppo import TIMING_METRICS, PPOLearner, truncated_importance_weights
+from raylhf.learners.pretrain import pack_documents
+from raylhf.learners.reward_model import reward_model_from_policy
 
 PROMPT = [1, 40, 41, 42]  # BOS + three prompt tokens (ids below the tiny vocabulary's size)
 GOOD = [50, 51, 2]  # two tokens + EOS
@@ -56,7 +56,7 @@ def value_const(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stream(tiny_checkpoint):
-    from learners.models import load_tokenizer
+    from raylhf.learners.models import load_tokenizer
 
     from tests.conftest import CORPUS
 
@@ -156,7 +156,7 @@ def test_nan_guard_skips_the_step_and_keeps_weights(tiny_checkpoint, value_zero,
     else:
         batch[5].ref_logprobs[0] = float("nan")
     policy_before, value_before = params_of(learner.policy), params_of(learner.value_model)
-    with caplog.at_level("WARNING", logger="learners.ppo"):
+    with caplog.at_level("WARNING", logger="raylhf.learners.ppo"):
         metrics = learner.train_step(batch)
     # One NaN poisons the whitened advantages (and returns) of the whole batch: both minibatches skip.
     assert metrics["skipped_steps"] == 2 and metrics["optimizer_steps"] == 0
@@ -259,7 +259,7 @@ def test_ptx_term(tiny_checkpoint, value_const, stream, monkeypatch):
     def no_windows(*args, **kwargs):
         raise AssertionError("plain PPO drew pretraining windows")
 
-    monkeypatch.setattr("learners.ppo.sample_windows", no_windows)
+    monkeypatch.setattr("raylhf.learners.ppo.sample_windows", no_windows)
     plain = make_learner(tiny_checkpoint, value_const, ptx_coef=0.0, pretrain_stream=stream, minibatch_size=2)
     before = params_of(plain.policy)
     metrics = plain.train_step(batch)
@@ -329,7 +329,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_checkpoint, value_zero, st
 
 
 def test_ray_actor_trains_and_publishes(ray_session, tiny_checkpoint, value_zero):
-    from learners.ppo_actor import PPOLearnerActor
+    from raylhf.learners.ppo_actor import PPOLearnerActor
 
     ray = ray_session
     kwargs = dict(policy_path=str(tiny_checkpoint), value_path=value_zero, lr=1e-3, minibatch_size=4, device="cpu",
@@ -348,7 +348,7 @@ def test_ray_actor_trains_and_publishes(ray_session, tiny_checkpoint, value_zero
         snapshot = ray.get(refs[-1], timeout=60)
         assert snapshot.version == 3 == ray.get(actor.version.remote(), timeout=60)
         # The published weights are the trained ones, not the checkpoint's.
-        from learners.models import load_causal_lm
+        from raylhf.learners.models import load_causal_lm
 
         initial = dict(named_checkpoint_tensors(load_causal_lm(tiny_checkpoint, device="cpu")))
         assert any(not torch.equal(t, initial[n]) for n, t in snapshot_tensors(snapshot))
@@ -361,8 +361,8 @@ def test_ray_actor_trains_and_publishes(ray_session, tiny_checkpoint, value_zero
 def test_learner_settings_cover_the_config():
     import inspect
 
-    from configs.schema import RunConfig
-    from learners.ppo import learner_settings
+    from raylhf.configs.schema import RunConfig
+    from raylhf.learners.ppo import learner_settings
 
     run = RunConfig()
     settings = learner_settings(run, "sft", "rm", pretrain_stream=np.zeros(100, dtype=np.int32), torch_threads=1)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from learners.batching import prompt_response_batch
-from learners.models import build_causal_lm, load_causal_lm, load_tokenizer
-from learners.pretrain import pack_documents, pretrain
-from learners.reward_model import (
+from raylhf.learners.batching import prompt_response_batch
+from raylhf.learners.models import build_causal_lm, load_causal_lm, load_tokenizer
+from raylhf.learners.pretrain import pack_documents, pretrain
+from raylhf.learners.reward_model import (
     evaluate_rankings,
     load_reward_model,
     normalise_rewards,
@@ -17,7 +17,7 @@ from learners.reward_model import (
     sequence_rewards,
     train_reward_model,
 )
-from learners.sft import ResidualDropout, response_lm_loss, train_sft
+from raylhf.learners.sft import ResidualDropout, response_lm_loss, train_sft
 
 CPU = torch.device("cpu")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import ray
 
-from contracts.protocols import RequestError, SamplingSpec
-from contracts.records import Prompt, Rollout
-from orchestration.driver import ActorFailure, DriverSettings, PPODriver, PromptCursor
-from orchestration.evaluation import pairwise_agreement
+from raylhf.contracts.protocols import RequestError, SamplingSpec
+from raylhf.contracts.records import Prompt, Rollout
+from raylhf.orchestration.driver import ActorFailure, DriverSettings, PPODriver, PromptCursor
+from raylhf.orchestration.evaluation import pairwise_agreement
 
 
 class _Tokenizer:
@@ -192,8 +192,8 @@ class CheckpointingLearner:
 
 
 def test_ppo_state_is_swapped_in_whole_and_survives_a_crash_mid_swap(ray_session, tmp_path):
-    from orchestration.paths import RunPaths
-    from orchestration.ppo_stage import DRIVER_STATE, ppo_checkpoint, ppo_resumable, save_ppo_state
+    from raylhf.orchestration.paths import RunPaths
+    from raylhf.orchestration.ppo_stage import DRIVER_STATE, ppo_checkpoint, ppo_resumable, save_ppo_state
 
     paths = RunPaths(tmp_path)
     state_dir = tmp_path / "checkpoints" / "ppo"
@@ -215,7 +215,7 @@ def test_ppo_state_is_swapped_in_whole_and_survives_a_crash_mid_swap(ray_session
 
 
 def test_resumed_metrics_drop_the_rows_logged_after_the_checkpoint(tmp_path):
-    from learners.training import MetricsLog
+    from raylhf.learners.training import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     ppo, rm = MetricsLog(path, "ppo"), MetricsLog(path, "rm")

@@ -52,7 +52,7 @@ def vocab(tiny_checkpoint):
 @pytest.fixture(scope="session")
 def make_rollouts(vocab):
     """make_rollouts(n, seed, prompt_len=(lo, hi), response_len=(lo, hi)) -> list[Rollout] with unique sample ids."""
-    from contracts.records import Rollout
+    from raylhf.contracts.records import Rollout
 
     bos, eos, n_vocab = vocab
     specials = {bos, eos}

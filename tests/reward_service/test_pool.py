@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from reward_service.errors import PoolFullError, ScorerStartupError, ScoringError
+from raylhf.reward_service.errors import PoolFullError, ScorerStartupError, ScoringError
 
 TIMEOUT_S = 4.0
 SHIFT, SCALE = 0.5, 2.0
@@ -18,8 +18,8 @@ PENALTY_WEIGHT, TARGET, COEF = 0.5, 10, 0.1
 
 @pytest.fixture(scope="module")
 def pool(ray_session, rm_checkpoint, tiny_checkpoint):
-    from configs.loader import load_config
-    from reward_service.pool import RewardPool
+    from raylhf.configs.loader import load_config
+    from raylhf.reward_service.pool import RewardPool
 
     cfg = load_config(
         "tiny",
@@ -34,7 +34,7 @@ def pool(ray_session, rm_checkpoint, tiny_checkpoint):
             f"reward.shift={SHIFT}",
             f"reward.scale={SCALE}",
             "reward.sources=[{kind: rm, weight: 1.0}, {kind: token_function, weight: %s, "
-            'path: "reward_service.rewards:length_penalty", kwargs: {target_tokens: %d, coef: %s}}]'
+            'path: "raylhf.reward_service.rewards:length_penalty", kwargs: {target_tokens: %d, coef: %s}}]'
             % (PENALTY_WEIGHT, TARGET, COEF),
         ],
     )
@@ -76,7 +76,7 @@ def collect(pool, request_ids, deadline_s=60.0):
 
 
 def test_scores_equal_a_direct_model_call_in_order_across_actors(pool, make_rollouts, want):
-    from contracts.protocols import Scorer
+    from raylhf.contracts.protocols import Scorer
 
     assert isinstance(pool, Scorer)
     before = {name: a["completed"] for name, a in pool.stats()["actors"].items()}
@@ -170,7 +170,7 @@ def test_scoring_failure_is_an_error_naming_actor_and_cause(pool, make_rollouts,
 
 
 def test_actor_that_cannot_load_its_model_is_a_startup_error(ray_session, tmp_path):
-    from reward_service.pool import RewardPool
+    from raylhf.reward_service.pool import RewardPool
 
     with pytest.raises(ScorerStartupError) as err:
         RewardPool(1, rm_path=str(tmp_path / "missing_rm"), num_cpus=0.5, startup_timeout_s=120.0)

@@ -9,13 +9,13 @@ import textwrap
 
 import pytest
 
-from reward_service.errors import RewardConfigError, ScoringError
-from reward_service.normalize import RewardTransform
-from reward_service.programmatic import RewardSource, load_reward_function
-from reward_service.rewards import length_penalty
-from reward_service.scorer import RewardScorer, pack_microbatches
+from raylhf.reward_service.errors import RewardConfigError, ScoringError
+from raylhf.reward_service.normalize import RewardTransform
+from raylhf.reward_service.programmatic import RewardSource, load_reward_function
+from raylhf.reward_service.rewards import length_penalty
+from raylhf.reward_service.scorer import RewardScorer, pack_microbatches
 
-LENGTH_PENALTY = "reward_service.rewards:length_penalty"
+LENGTH_PENALTY = "raylhf.reward_service.rewards:length_penalty"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def reward_module(tmp_path, monkeypatch):
 
 
 def test_scores_and_ref_logprobs_equal_a_direct_model_call(scorer, make_rollouts, expected):
-    from contracts.protocols import Scorer
+    from raylhf.contracts.protocols import Scorer
 
     assert isinstance(scorer, Scorer)
     rollouts = make_rollouts(12, seed=1)
@@ -142,8 +142,8 @@ def test_rm_plus_token_function_weighted_sum(rm_checkpoint, make_rollouts, expec
 def test_text_function_alone_sees_decoded_prompt_and_response(tiny_checkpoint, reward_module):
     from transformers import AutoTokenizer
 
-    from contracts.formatting import encode_prompt, encode_response
-    from contracts.records import Rollout
+    from raylhf.contracts.formatting import encode_prompt, encode_response
+    from raylhf.contracts.records import Rollout
 
     tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
     sources = [RewardSource("function", weight=1.0, path=f"{reward_module}:count_word", kwargs={"word": "cat"})]
@@ -168,8 +168,8 @@ def test_length_penalty_example():
     ("path", "needle"),
     [
         ("no_such_package.rewards:fn", "cannot import module 'no_such_package.rewards'"),
-        ("reward_service.rewards:no_such_fn", "has no attribute 'no_such_fn'"),
-        ("reward_service.rewards.length_penalty", "not an import path"),
+        ("raylhf.reward_service.rewards:no_such_fn", "has no attribute 'no_such_fn'"),
+        ("raylhf.reward_service.rewards.length_penalty", "not an import path"),
     ],
 )
 def test_bad_import_path_is_a_config_error_naming_key_and_path(path, needle, rm_checkpoint):
@@ -179,15 +179,15 @@ def test_bad_import_path_is_a_config_error_naming_key_and_path(path, needle, rm_
     assert "reward.sources[1].path" in str(err.value) and needle in str(err.value)
     with pytest.raises(RewardConfigError, match=r"reward\.sources\[1\]\.path"):
         # The pool checks in the driver, before any actor starts (no Ray needed to fail).
-        from reward_service.pool import RewardPool
+        from raylhf.reward_service.pool import RewardPool
 
         RewardPool(1, rm_path=str(rm_checkpoint), sources=sources)
 
 
 def test_bad_import_path_through_the_config(reward_module):
-    from configs.loader import ConfigError, load_config
-    from reward_service.pool import RewardPool
-    from reward_service.scorer import scorer_settings
+    from raylhf.configs.loader import ConfigError, load_config
+    from raylhf.reward_service.pool import RewardPool
+    from raylhf.reward_service.scorer import scorer_settings
 
     cfg = load_config("tiny", ['reward.sources=[{kind: rm}, {kind: function, path: "nowhere.mod:fn", weight: 0.5}]'])
     with pytest.raises(ConfigError, match=r"reward\.sources\[1\]\.path: cannot import module 'nowhere\.mod'"):
@@ -248,7 +248,7 @@ def test_transform_fixed_running_and_clip():
 
 
 def test_scorer_from_config_applies_normalisation(rm_checkpoint, tiny_checkpoint, make_rollouts, expected):
-    from configs.loader import load_config
+    from raylhf.configs.loader import load_config
 
     cfg = load_config("tiny", ["reward.normalize=fixed", "reward.shift=0.25", "reward.scale=2.0", "reward.clip=0.5"])
     scorer = RewardScorer.from_config(

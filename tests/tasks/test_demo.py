@@ -9,11 +9,11 @@ from collections import Counter
 
 import pytest
 
-from configs.loader import ConfigError, load_config
-from configs.schema import TaskConfig
-from contracts.protocols import Labeler, Task
-from tasks import demo
-from tasks.demo import CATEGORIES, DemoWorld, format_prompt
+from raylhf.configs.loader import ConfigError, load_config
+from raylhf.configs.schema import TaskConfig
+from raylhf.contracts.protocols import Labeler, Task
+from raylhf.tasks import demo
+from raylhf.tasks.demo import CATEGORIES, DemoWorld, format_prompt
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +197,8 @@ def test_judges_any_text():
 
 
 def test_judges_records_read_back_from_files(world, tmp_path):
-    from contracts.dataio import read_records, write_records
-    from contracts.records import Demonstration
+    from raylhf.contracts.dataio import read_records, write_records
+    from raylhf.contracts.records import Demonstration
 
     demos = world.demonstrations()[:200]
     for suffix in ("jsonl", "parquet"):
@@ -358,7 +358,7 @@ def test_tokenizer_corpus_covers_every_split(world):
 
 def test_build_via_config():
     cfg = load_config("tiny", ["task.seed=5", "task.n_train_prompts=100", "task.generalization_family=add"])
-    module = importlib.import_module(f"tasks.{cfg.task.name}")
+    module = importlib.import_module(f"raylhf.tasks.{cfg.task.name}")
     world = module.build(cfg.task)
     assert isinstance(world, Task) and world.name == "demo"
     assert world.seed == 5 and world.generalization_family == "add"
