@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install clean
+.PHONY: run test test-fast install clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Everything but the tests that start Ray or vLLM (marked `slow`): the math, the records, the config,
+# the trainers on tiny models. Under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,4 +1,4 @@
-"""GeneratorActor: one generation engine in a Ray actor, and helpers to start and update a pool.
+"""`GeneratorActor`: one generation engine in a Ray actor; `start_generators` and `broadcast_weights`.
 
 Weights travel through the object store: the learner `ray.put`s one WeightSnapshot per version
 and hands the same ObjectRef to every generator (`broadcast_weights`). Passed as a top-level
@@ -10,15 +10,16 @@ old version is freed as soon as its publisher drops its ref.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Sequence
 
 import ray
 
 from raylhf.actors.engines import create_engine, threads_for
 from raylhf.configs.schema import GenerationConfig
+from raylhf.contracts import remote
 from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
 from raylhf.contracts.records import Rollout
+from raylhf.contracts.remote import NamedActor
 from raylhf.contracts.snapshot import WeightSnapshot
 
 # Ray runs one method of this actor at a time (a synchronous actor with the default
@@ -101,24 +102,6 @@ def generator_options(cfg: GenerationConfig, name: str | None = None) -> dict[st
     return options
 
 
-def wait_all(refs: Sequence[ray.ObjectRef], names: Sequence[str], timeout_s: float, what: str) -> list[Any]:
-    """ray.get of one ref per actor, with a deadline; a failure names the actor and its cause."""
-    deadline = time.monotonic() + timeout_s
-    pending = dict(zip(refs, names))
-    results: dict[ray.ObjectRef, Any] = {}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise TimeoutError(f"{what}: no answer within {timeout_s:.0f} s from {', '.join(pending.values())}")
-        for ref in ready:
-            name = pending.pop(ref)
-            try:
-                results[ref] = ray.get(ref)
-            except Exception as e:
-                raise RuntimeError(f"{what} failed on {name}: {e}") from e
-    return [results[r] for r in refs]
-
-
 def start_generators(
     cfg: GenerationConfig,
     checkpoint: str | os.PathLike,
@@ -128,30 +111,29 @@ def start_generators(
     version: int = 0,
     name_prefix: str = "generator",
     ready_timeout_s: float = 600.0,
-) -> list[ray.actor.ActorHandle]:
+) -> list[NamedActor]:
     """Start `cfg.num_generators` GeneratorActors on `checkpoint` and wait until all can generate.
 
-    Generator i samples with engine seed `seed + i`. Raises (after killing the started actors)
-    if one fails to start or does not come up within `ready_timeout_s`.
+    Generator i is named `<name_prefix>-i` and samples with engine seed `seed + i`. Raises `ActorFailure`
+    (after killing the started actors) if one fails to start or does not come up within `ready_timeout_s`.
     """
     names = [f"{name_prefix}-{i}" for i in range(cfg.num_generators)]
     actors = [
-        GeneratorActor.options(**generator_options(cfg)).remote(
-            cfg, str(checkpoint), seed + i, trust_remote_code, version, names[i]
-        )
+        NamedActor(names[i], GeneratorActor.options(**generator_options(cfg)).remote(
+            cfg, str(checkpoint), seed + i, trust_remote_code, version, names[i]))
         for i in range(cfg.num_generators)
     ]
     try:
-        wait_all([a.ready.remote() for a in actors], names, ready_timeout_s, "generator start")
+        remote.get_all([a.handle.ready.remote() for a in actors], names, "start", ready_timeout_s)
     except BaseException:
         for a in actors:
-            ray.kill(a)
+            ray.kill(a.handle)
         raise
     return actors
 
 
 def broadcast_weights(
-    generators: Sequence[ray.actor.ActorHandle], snapshot: "ray.ObjectRef | WeightSnapshot"
+    generators: Sequence[NamedActor], snapshot: "ray.ObjectRef | WeightSnapshot"
 ) -> list[ray.ObjectRef]:
     """Ask every generator to apply one snapshot; returns the refs of the calls (each: new version).
 
@@ -160,4 +142,4 @@ def broadcast_weights(
     running generate call and run before any generate submitted after them.
     """
     ref = snapshot if isinstance(snapshot, ray.ObjectRef) else ray.put(snapshot)
-    return [g.load_weights.remote(ref) for g in generators]
+    return [g.handle.load_weights.remote(ref) for g in generators]

@@ -77,7 +77,8 @@ def make_prompts(n: int, seed: int = 0):
 def bench_preset(preset: str, args, ray) -> dict:
     import torch
 
-    from raylhf.actors.generator import start_generators, wait_all
+    from raylhf.actors.generator import start_generators
+    from raylhf.contracts.remote import get_all
     from raylhf.actors.hf_engine import HFEngine
     from raylhf.actors.vllm_engine import VLLMEngine
     from raylhf.configs.schema import GenerationConfig
@@ -92,7 +93,7 @@ def bench_preset(preset: str, args, ray) -> dict:
                            kv_cache_bytes=args.kv_cache_mb * 1024 * 1024)
 
     engine = VLLMEngine(ckpt, kv_cache_bytes=cfg.kv_cache_bytes, num_threads=args.threads, seed=0)
-    [actor] = start_generators(cfg, ckpt, seed=0, name_prefix=f"bench-{preset}")
+    actor = start_generators(cfg, ckpt, seed=0, name_prefix=f"bench-{preset}")[0].handle
     torch.set_num_threads(args.threads)
     hf = HFEngine(ckpt, num_threads=args.threads, max_batch_size=args.prompts)
 
@@ -112,7 +113,7 @@ def bench_preset(preset: str, args, ray) -> dict:
             if variant == "vllm-engine":
                 results = engine.generate(requests, spec)
             elif variant == "vllm-actor":
-                [results] = wait_all([actor.generate.remote(requests, spec)], ["actor"], 1800, "generate")
+                [results] = get_all([actor.generate.remote(requests, spec)], ["actor"], "generate", 1800)
             else:
                 results = hf.generate(requests, spec)
             tokens = sum(len(r.response_ids) for rs in results for r in rs)
@@ -141,7 +142,7 @@ def bench_preset(preset: str, args, ray) -> dict:
         engine.generate(probe, one)
         local.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        wait_all([actor.generate.remote(probe, one)], ["actor"], 600, "generate")
+        get_all([actor.generate.remote(probe, one)], ["actor"], "generate", 600)
         remote.append(time.perf_counter() - t0)
     call_overhead_s = statistics.median(remote) - statistics.median(local)
 

@@ -100,9 +100,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--vocab-size", type=int, default=1024)
     ap.add_argument("--no-ref", action="store_true", help="reward model only (no reference logprobs)")
-    ap.add_argument("--request-size", type=int, default=64)
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    ap.add_argument("--max-tokens-per-microbatch", type=int, default=4096)
+    ap.add_argument("--request-size", type=int, help="reward.request_size (default: the schema's)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="reward.dtype (default: the schema's)")
+    ap.add_argument(
+        "--max-tokens-per-microbatch", type=int, help="reward.max_tokens_per_microbatch (default: the schema's)"
+    )
     ap.add_argument(
         "--nice",
         type=int,
@@ -119,25 +121,34 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
+    from raylhf.configs.schema import RewardConfig
     from raylhf.reward_service.actor import torch_threads_for
     from raylhf.reward_service.pool import RewardPool
     from raylhf.reward_service.scorer import RewardScorer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_scoring_"))
     lm_dir, rm_dir = build_models(tmp, args.vocab_size, args.preset)
-    ref_dir = None if args.no_ref else lm_dir
+    overrides = dict(
+        dtype=args.dtype, request_size=args.request_size, max_tokens_per_microbatch=args.max_tokens_per_microbatch
+    )
+    reward = dict(
+        rm_path=rm_dir,
+        ref_path=lm_dir,
+        ref_logprobs=not args.no_ref,
+        num_cpus=args.num_cpus,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
+    cfg = RewardConfig(**reward)
 
     # In-process baseline: one model copy with the thread count of one actor.
-    torch.set_num_threads(torch_threads_for(args.num_cpus))
-    scorer = RewardScorer(
-        rm_path=rm_dir, ref_path=ref_dir, dtype=args.dtype, max_tokens_per_microbatch=args.max_tokens_per_microbatch
-    )
+    torch.set_num_threads(torch_threads_for(cfg.num_cpus))
+    scorer = RewardScorer(cfg, rm_path=None, ref_path=None)
     load_before = os.getloadavg()
 
     # Every pool is up at once (idle actors cost no CPU) so the cells can be measured interleaved:
     # round r times one batch of every cell, and the load of a shared machine hits all cells alike.
     ray.init(
-        num_cpus=max(args.ray_cpus, math.ceil(args.num_cpus * sum(args.pool_sizes))),
+        num_cpus=max(args.ray_cpus, math.ceil(cfg.num_cpus * sum(args.pool_sizes))),
         include_dashboard=False,
         configure_logging=False,
         log_to_driver=False,
@@ -146,15 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for n in args.pool_sizes:
             t0 = time.perf_counter()
-            pools[n] = RewardPool(
-                n,
-                rm_path=rm_dir,
-                ref_path=ref_dir,
-                num_cpus=args.num_cpus,
-                dtype=args.dtype,
-                request_size=args.request_size,
-                max_tokens_per_microbatch=args.max_tokens_per_microbatch,
-            )
+            pools[n] = RewardPool(RewardConfig(**reward, num_actors=n), rm_path=None, ref_path=None)
             print(f"pool of {n}: actors ready in {time.perf_counter() - t0:.1f} s", flush=True)
         cells = [("in-process", None, scorer.score)] + [("ray-pool", n, pools[n].score) for n in args.pool_sizes]
         times: dict[tuple, list[float]] = {(w, n, b): [] for w, n, _ in cells for b in args.batch_sizes}
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len(args.pool_sizes) > 1:
         header += f" | {'pool ' + str(args.pool_sizes[-1]) + '/' + str(args.pool_sizes[0]):>9}"
     print(
-        f"scored sequences/s, median of interleaved rounds, {args.dtype}, "
+        f"scored sequences/s, median of interleaved rounds, {cfg.dtype}, "
         f"{torch_threads_for(args.num_cpus)} thread(s) per model copy "
         + ("(RM only)" if args.no_ref else "(RM + reference logprobs)")
     )
@@ -212,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
         benchmark="scoring",
         command="benchmarks/bench_scoring.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         config=dict(vars(args), out=str(args.out)),
+        reward=cfg.model_dump(exclude={"rm_path", "ref_path", "num_actors"}),
         machine=dict(
             cpus=os.cpu_count(),
             niceness=os.nice(0),

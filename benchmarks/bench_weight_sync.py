@@ -109,7 +109,8 @@ def wait_store_below(limit: int, timeout_s: float = 20.0) -> None:
 
 
 def bench_size(size: str, args, ray) -> dict:
-    from raylhf.actors.generator import start_generators, wait_all
+    from raylhf.actors.generator import start_generators
+    from raylhf.contracts.remote import get_all
     from raylhf.configs.schema import GenerationConfig
 
     tmp = tempfile.TemporaryDirectory(prefix=f"bench-sync-{size}-")
@@ -125,7 +126,7 @@ def bench_size(size: str, args, ray) -> dict:
     n_gen = max(args.generators)
     cfg = GenerationConfig(engine="vllm", num_generators=n_gen, num_cpus=1.0, kv_cache_bytes=128 * 1024 * 1024)
     t0 = time.perf_counter()
-    generators = start_generators(cfg, tmp.name, name_prefix=f"bench-sync-{size}", ready_timeout_s=1800)
+    generators = [g.handle for g in start_generators(cfg, tmp.name, name_prefix=f"bench-sync-{size}", ready_timeout_s=1800)]
     start_s = time.perf_counter() - t0
     names = [f"generator-{i}" for i in range(n_gen)]
     baseline = object_store_used()
@@ -134,14 +135,14 @@ def bench_size(size: str, args, ray) -> dict:
     def sync(gens) -> dict:
         nonlocal version
         version += 1
-        before = wait_all([g.stats.remote() for g in gens], names, 600, "stats")
+        before = get_all([g.stats.remote() for g in gens], names, "stats", 600)
         t0 = time.perf_counter()
         ref = ray.put(dataclasses.replace(snapshot, version=version))
         t_put = time.perf_counter() - t0
-        versions = wait_all([g.load_weights.remote(ref) for g in gens], names, 1800, "load_weights")
+        versions = get_all([g.load_weights.remote(ref) for g in gens], names, "load_weights", 1800)
         total = time.perf_counter() - t0
         assert versions == [version] * len(gens), versions
-        after = wait_all([g.stats.remote() for g in gens], names, 600, "stats")
+        after = get_all([g.stats.remote() for g in gens], names, "stats", 600)
         apply = max(a["sync_s"] - b["sync_s"] for a, b in zip(after, before))
         del ref
         wait_store_below(baseline + snapshot.nbytes // 2)

@@ -2,8 +2,8 @@
 
 Every field has a docstring (shown by `raylhf config --explain`). Values are validated when the
 config is loaded: unknown keys, wrong types and out-of-range values are rejected with the key
-path. Components receive flat values from these sections in their constructors; nothing reads
-the config deep inside a class.
+path. Each component takes its own section whole (plus the few run-level values it needs); defaults
+and validation live here only.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, frozen=True)
+    # allow_inf_nan=False: a NaN or infinite number in any field is a config error, never a silent poison.
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, frozen=True,
+                              allow_inf_nan=False)
 
 
 class TaskConfig(Section):
@@ -54,6 +56,13 @@ class TaskConfig(Section):
     ] = "tool"
     """Item category whose words never appear in training prompts or demonstrations; generalization prompts
     ask about it or use its words (the pretraining corpus still contains them)."""
+
+    @model_validator(mode="after")
+    def _flaw_rates_are_shares(self) -> "TaskConfig":
+        if self.ramble_rate + self.verbose_rate + self.wrong_rate > 1.0:
+            raise ValueError("ramble_rate + verbose_rate + wrong_rate must be <= 1 (they are shares of the "
+                             f"demonstrations; got {self.ramble_rate} + {self.verbose_rate} + {self.wrong_rate})")
+        return self
 
 
 class DataConfig(Section):
@@ -320,7 +329,8 @@ class RewardConfig(Section):
     max_in_flight: int = Field(2, ge=1)
     """Requests queued per actor; with every actor full, `submit` blocks (backpressure)."""
     request_timeout_s: float = Field(120.0, gt=0.0)
-    """A request not answered this long after dispatch marks its actor hung: it is killed and replaced."""
+    """A request not answered this long after it reached the head of its actor's queue (actors serve requests in
+    order) marks the actor hung: it is killed and replaced."""
     startup_timeout_s: float = Field(300.0, gt=0.0)
     """Longest wait for a scorer actor to load its models."""
     max_attempts: int = Field(3, ge=1)

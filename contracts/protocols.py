@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 from raylhf.contracts.records import Comparison, Demonstration, Prompt, Rollout
 from raylhf.contracts.snapshot import WeightSnapshot
@@ -113,3 +113,74 @@ class Task(Protocol):
     def follows_instruction(self, prompt: str, response: str) -> bool:
         """Whether the response does what the prompt asks (correct and satisfies its constraint)."""
         ...
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The driver's seams. The driver holds generator and learner *actors* (it calls `.remote` on the methods
+# below and waits on the refs through `raylhf.contracts.remote`) and one in-process scoring pool. Test fakes
+# implement the same Protocols.
+
+
+@runtime_checkable
+class GeneratorService(Protocol):
+    """What a generator actor serves (`raylhf.actors.generator.GeneratorActor`). Calls run one at a time
+    in submission order, so a weight load never interleaves with a generate call."""
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingSpec
+    ) -> list[list[Rollout] | RequestError]: ...
+
+    def load_weights(self, snapshot: WeightSnapshot) -> int:
+        """Apply a snapshot (passed as its ObjectRef, resolved by Ray); returns the version afterwards."""
+        ...
+
+    def checksums(self) -> dict[str, str]:
+        """Per-tensor checksums of the weights the engine computes with (read back from it)."""
+        ...
+
+
+@runtime_checkable
+class LearnerService(Protocol):
+    """What the learner actor serves (`raylhf.learners.ppo_actor.PPOLearnerActor`)."""
+
+    def train_step(self, rollouts: Sequence[Rollout]) -> dict[str, float]:
+        """One PPO update on a batch of scored rollouts; returns its metrics."""
+        ...
+
+    def publish(self) -> tuple[int, Any]:
+        """Advance the version and `ray.put` the policy's `WeightSnapshot` once: ``(version, ObjectRef)``."""
+        ...
+
+    def save_checkpoint(self, path: str) -> None: ...
+
+    def load_checkpoint(self, path: str) -> int:
+        """Restore a checkpoint; returns the restored version."""
+        ...
+
+
+@runtime_checkable
+class ScoringPool(Protocol):
+    """Scores rollouts on a pool of scorer actors (`raylhf.reward_service.pool.RewardPool`), in process.
+
+    `submit`/`ready` overlap scoring with other work (the async driver); `score` blocks (the sync driver).
+    """
+
+    def has_capacity(self) -> bool: ...
+
+    def submit(self, rollouts: Sequence[Rollout], block: bool = True, timeout: float | None = None) -> int:
+        """Queue one request; returns its id."""
+        ...
+
+    def ready(self, timeout: float = 0.0) -> list[tuple[int, list[Rollout]]]:
+        """Completed requests as ``(request_id, scored rollouts in request order)``."""
+        ...
+
+    def score(self, rollouts: Sequence[Rollout]) -> list[Rollout]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def shutdown(self) -> None: ...

@@ -3,6 +3,7 @@
 Every remote wait in raylhf goes through here, so every wait has a deadline and every failure reads the
 same way: ``<actor>: <what> <failed|did not finish|died>: <cause>``.
 
+- `NamedActor` — a handle with the name every error about it uses.
 - `get(ref, actor=..., what=..., timeout_s=...)` — one result.
 - `get_all(refs, actors, what, timeout_s)` — one result per actor under one shared deadline, waiting on
   whichever answers first (never a blocking `ray.get` on one slow actor while another has failed).
@@ -17,9 +18,18 @@ Only this module of `contracts` imports Ray, and only when a function here is ca
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 FailureKind = Literal["timeout", "died", "error"]
+
+
+@dataclass(frozen=True)
+class NamedActor:
+    """A Ray actor handle and the name its failures are reported under."""
+
+    name: str
+    handle: Any
 
 
 class ActorFailure(RuntimeError):

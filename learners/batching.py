@@ -1,4 +1,5 @@
-"""Turning token-id sequences into padded tensors (right padding) for the trainers."""
+"""Turning token-id sequences into padded tensors (right padding) for the trainers: `pad_right`,
+`prompt_response_batch`, `last_token_index`. PPO rollouts are collated in `raylhf.learners.rollout_batch`."""
 
 from __future__ import annotations
 

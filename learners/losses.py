@@ -1,4 +1,12 @@
-"""Loss and advantage functions of the three InstructGPT stages, as pure functions over tensors.
+"""Loss, reward and advantage functions of the three InstructGPT stages, as pure functions over tensors.
+
+- masked reductions: `masked_mean`, `masked_var`, `masked_whiten`;
+- KL: `kl_penalty` and the β controllers `FixedKLController`, `AdaptiveKLController`;
+- PPO-ptx rewards and advantages: `kl_shaped_rewards` (InstructGPT Eq. 2 per token), `gae`;
+- PPO losses: `ppo_policy_loss`, `value_loss`; off-policy correction: `truncated_importance_weights`;
+  value diagnostic: `explained_variance`;
+- language-model terms: `token_logprobs`, `entropy_from_logits`, `lm_loss` (SFT and the ptx term);
+- reward model: `ranking_loss` (InstructGPT Eq. 1).
 
 Conventions shared by every function here:
 
@@ -24,6 +32,10 @@ References:
     [Ziegler] Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences",
         arXiv:1909.08593.
     [KL-approx] Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html.
+    [IMPALA] Espeholt et al. 2018, "IMPALA: Scalable Distributed Deep-RL with Importance Weighted
+        Actor-Learner Architectures", arXiv:1802.01561.
+    [baselines] Dhariwal et al. 2017, "OpenAI Baselines", https://github.com/openai/baselines
+        (`explained_variance`, the PPO2 value clipping).
 """
 
 from __future__ import annotations
@@ -201,6 +213,56 @@ class AdaptiveKLController:
 
 
 # --------------------------------------------------------------------------------------------------
+# per-token rewards
+
+
+@torch.no_grad()
+def kl_shaped_rewards(
+    scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, kl_coef: float, estimator: str = "k1"
+) -> tuple[Tensor, Tensor]:
+    """Per-token rewards of the PPO-ptx bandit: a KL penalty on every response token, the reward
+    model's score on the last one [InstructGPT, Eq. 2; Ziegler, Sec. 2.2].
+
+    Args:
+        scores: ``[B]`` reward-model score r_θ(x, y) of each response.
+        logprobs: ``[B, T]`` log π_RL of the sampled response tokens.
+        ref_logprobs: ``[B, T]`` log π_SFT (the reference policy) of the same tokens.
+        mask: ``[B, T]`` 0/1, valid response tokens.
+        kl_coef: β.
+        estimator: the per-token KL estimator of :func:`kl_penalty` (``"k1"`` is the paper's log-ratio).
+
+    With ``KL_t = kl_penalty(logprobs, ref_logprobs, estimator)_t`` and ``t_b`` the last valid token
+    of row b::
+
+        r_t = -β·KL_t + 1[t = t_b]·score_b
+
+    so a row's rewards sum to ``score - β·Σ_t KL_t``, which with k1 is the sampled value of Eq. 2's
+    ``r_θ(x, y) - β·log(π_RL(y|x) / π_SFT(y|x))``; spreading the penalty over the tokens gives each
+    token its own share of the KL (GAE then credits it).
+
+    ``t_b`` is the last valid position of the row wherever it sits (right padding puts it before the
+    trailing masked columns). A row with no valid token has nowhere to put its score: its rewards are
+    all 0.
+
+    Returns ``(rewards, kl)``, both ``[B, T]``, 0 at masked positions, detached (constants of the PPO
+    losses); ``kl`` is ``KL_t``, for logging and the KL controller.
+    """
+    _check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
+    if scores.shape != logprobs.shape[:1]:
+        raise ValueError(f"scores {tuple(scores.shape)} must be [B] for logprobs {tuple(logprobs.shape)}")
+    valid = _as_bool(mask)
+    kl = _zero_padding(
+        kl_penalty(_zero_padding(logprobs.detach(), valid), _zero_padding(ref_logprobs.detach(), valid), estimator),
+        valid,
+    )
+    valid_from_t = valid.flip(1).cumsum(dim=1).flip(1)  # [B, T] valid tokens at positions >= t
+    at_last = valid & (valid_from_t == 1)  # one True per row that has a valid token
+    score_at_last = _zero_padding(scores.detach()[:, None].expand_as(kl), at_last)
+    rewards = -kl_coef * kl + score_at_last
+    return rewards, kl
+
+
+# --------------------------------------------------------------------------------------------------
 # advantages
 
 
@@ -361,6 +423,67 @@ def value_loss(
             "value_mean": masked_mean(values.detach(), valid).item(),
         }
     return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# off-policy correction and value diagnostics
+
+
+@torch.no_grad()
+def truncated_importance_weights(
+    old_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor, c: float
+) -> tuple[Tensor, dict[str, float]]:
+    """Per-token truncated importance weights ``w_t = min(π_old/π_behaviour, c)`` [IMPALA, Sec. 4.1].
+
+    Args:
+        old_logprobs: ``[B, T]`` log π_old, the proximal policy the PPO ratio is clipped around.
+        behaviour_logprobs: ``[B, T]`` log π_behaviour, the (older) policy that sampled the tokens.
+        mask: ``[B, T]`` 0/1, valid response tokens.
+        c: truncation level ρ̄, > 0 (IMPALA uses 1).
+
+    ::
+
+        w_t = min(exp(old_logprobs_t - behaviour_logprobs_t), c)
+
+    Truncation bounds the variance a token the behaviour policy found unlikely would otherwise bring.
+    The weights multiply each token's PPO surrogate (``is_weights`` of :func:`ppo_policy_loss`).
+
+    Returns ``(weights, metrics)``: ``weights`` ``[B, T]``, 0 at masked positions, detached; metrics
+    ``is_weight_mean`` (masked mean of w) and ``is_truncated_frac`` (fraction of valid tokens with
+    ``π_old/π_behaviour > c``).
+    """
+    if c <= 0:
+        raise ValueError(f"importance-weight truncation c must be > 0, got {c}")
+    _check_same_shape(old_logprobs=old_logprobs, behaviour_logprobs=behaviour_logprobs, mask=mask)
+    valid = _as_bool(mask)
+    ratio = torch.exp(_zero_padding(old_logprobs.detach(), valid) - _zero_padding(behaviour_logprobs.detach(), valid))
+    weights = _zero_padding(ratio.clamp(max=c), valid)
+    metrics = {
+        "is_weight_mean": masked_mean(weights, valid).item(),
+        "is_truncated_frac": masked_mean((ratio > c).to(ratio.dtype), valid).item(),
+    }
+    return weights, metrics
+
+
+@torch.no_grad()
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    """How much of the returns' variance the value function explains [baselines]::
+
+        EV = 1 - Var[R - V] / Var[R]
+
+    over the valid tokens of ``values``, ``returns``, ``mask`` (all ``[B, T]``), pooled, unbiased
+    variances, computed in float64. 1 is a perfect value function, 0 one no better than a constant,
+    negative worse than a constant. nan with fewer than 2 valid tokens or returns that do not vary.
+    """
+    _check_same_shape(values=values, returns=returns, mask=mask)
+    valid = _as_bool(mask)
+    if int(valid.sum()) < 2:
+        return float("nan")
+    r, v = returns[valid].double(), values[valid].double()
+    var_r = r.var()
+    if float(var_r) == 0.0:
+        return float("nan")
+    return float(1.0 - (r - v).var() / var_r)
 
 
 # --------------------------------------------------------------------------------------------------

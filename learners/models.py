@@ -1,7 +1,12 @@
-"""Tiny demo models: a byte-level BPE tokenizer trained on a corpus and a Llama-architecture LM.
+"""Building and loading models.
 
-Both are saved with `save_pretrained`, so transformers and vLLM load them from a local path.
+The tiny demo models: `train_tokenizer` (a byte-level BPE tokenizer trained on a corpus) and
+`build_causal_lm` (a Llama-architecture LM of one of the `PRESETS` `Architecture`s; `count_parameters`
+sizes it). Both are saved with `save_pretrained`, so transformers and vLLM load them from a local path.
 head_dim is 64 because vLLM's CPU attention rejects 16.
+
+Loading any HF checkpoint: `load_tokenizer`, `load_tokenizer_if_present`, `load_causal_lm`,
+`is_checkpoint`; `pad_token_id` picks the id to pad batches with, `pick_device` resolves "auto".
 """
 
 from __future__ import annotations
@@ -87,6 +92,24 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_tokenizer_if_present(path: str | os.PathLike, trust_remote_code: bool = False):
+    """The tokenizer saved alongside a checkpoint, or None when the directory holds none."""
+    if not (Path(path) / "tokenizer_config.json").exists():
+        return None
+    return load_tokenizer(path, trust_remote_code=trust_remote_code)
+
+
+def pad_token_id(tokenizer, config) -> int:
+    """The id to pad batches with: the tokenizer's pad token, else the model config's pad or EOS token."""
+    for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(config, "pad_token_id", None),
+                      getattr(config, "eos_token_id", None)):
+        if isinstance(candidate, list):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return int(candidate)
+    return 0  # padding is masked everywhere; any valid id does
 
 
 def load_causal_lm(path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False, **kwargs):

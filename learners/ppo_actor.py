@@ -5,11 +5,14 @@ from __future__ import annotations
 import collections
 import os
 import socket
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import ray
 
 from raylhf.contracts.records import Rollout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from raylhf.configs.schema import PPOConfig
 
 # Snapshot refs the actor keeps alive: the newest (generators are loading it) and the one before (a
 # generator may still be fetching it). Older snapshots live only as long as someone else holds their ref.
@@ -21,19 +24,22 @@ class PPOLearnerActor:
     """One learner; calls run one at a time, in submission order.
 
     Args:
-        learner_kwargs: keyword arguments of `raylhf.learners.ppo.PPOLearner` (see `raylhf.learners.ppo.learner_settings`);
-            pass `torch_threads` matching the actor's `num_cpus` so it does not oversubscribe the cores.
+        cfg, policy_path, value_path: as for `raylhf.learners.ppo.PPOLearner`.
         name: label used in errors and logs.
+        run_values: the run-level keyword arguments of `PPOLearner` (pretrain_stream, seed, device, bf16,
+            snapshot_dtype, torch_threads, trust_remote_code); pass `torch_threads` matching the actor's
+            `num_cpus` so it does not oversubscribe the cores.
 
     Reserve resources with `.options(num_cpus=..., num_gpus=...)`. The actor does not restart itself:
     its weights live only here, so a crash surfaces in the driver (which resumes from a checkpoint).
     """
 
-    def __init__(self, learner_kwargs: dict[str, Any], name: str = "learner"):
+    def __init__(self, cfg: PPOConfig, policy_path: str, value_path: str, *, name: str = "learner",
+                 **run_values: Any):
         from raylhf.learners.ppo import PPOLearner
 
         self.name = name
-        self.learner = PPOLearner(**learner_kwargs)
+        self.learner = PPOLearner(cfg, policy_path, value_path, **run_values)
         self._published: collections.deque = collections.deque(maxlen=KEEP_SNAPSHOTS)
 
     def ready(self) -> dict[str, Any]:

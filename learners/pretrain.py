@@ -1,8 +1,13 @@
-"""Pretraining the demo base model: next-token prediction on packed documents."""
+"""Pretraining the demo base model: next-token prediction on packed documents.
+
+`pack_documents` builds the token stream, `sample_windows` draws training windows from it,
+`causal_lm_loss` is the loss on a batch of windows (also the ptx term of PPO-ptx), `evaluate_lm` the
+held-out loss and `pretrain` the training loop.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -10,6 +15,9 @@ from tqdm.auto import tqdm
 
 from raylhf.learners.losses import lm_loss
 from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from raylhf.configs.schema import PretrainConfig
 
 
 def pack_documents(docs: Sequence[Sequence[int]], bos_id: int, eos_id: int) -> np.ndarray:
@@ -50,39 +58,37 @@ def evaluate_lm(model, stream: np.ndarray, seq_len: int, device, bf16: bool, max
 
 
 def pretrain(
+    cfg: PretrainConfig,
     model: torch.nn.Module,
     train_stream: np.ndarray,
     heldout_stream: np.ndarray,
     *,
-    steps: int,
-    batch_size: int,
-    seq_len: int,
-    lr: float,
-    warmup_steps: int,
-    weight_decay: float,
     device: torch.device,
     bf16: bool,
     seed: int,
     log: Callable[[int, dict], None],
     eval_every: int = 250,
 ) -> dict[str, float]:
+    """Train `model` in place on random windows of `train_stream` with the `pretrain` section's steps,
+    batch size, window length, peak learning rate (warm-up, cosine decay) and AdamW weight decay; the
+    held-out loss is measured every `eval_every` steps and at the end. Returns the last step's metrics."""
     rng = np.random.default_rng(seed)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     metrics: dict[str, float] = {}
-    bar = tqdm(range(steps), desc="pretrain", unit="step", dynamic_ncols=True)
+    bar = tqdm(range(cfg.steps), desc="pretrain", unit="step", dynamic_ncols=True)
     for step in bar:
-        set_lr(optimizer, cosine_lr(step, steps, lr, warmup_steps))
-        windows = sample_windows(train_stream, batch_size, seq_len, rng).to(device)
+        set_lr(optimizer, cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps))
+        windows = sample_windows(train_stream, cfg.batch_size, cfg.seq_len, rng).to(device)
         with autocast(device, bf16):
             loss, m = causal_lm_loss(model, windows)
         metrics = {"loss": loss.item(), **optimizer_step(optimizer, params, loss, grad_clip=1.0)}
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            metrics["heldout_loss"] = evaluate_lm(model, heldout_stream, seq_len, device, bf16)
+        if (step + 1) % eval_every == 0 or step + 1 == cfg.steps:
+            metrics["heldout_loss"] = evaluate_lm(model, heldout_stream, cfg.seq_len, device, bf16)
             model.train()
         metrics["lr"] = optimizer.param_groups[0]["lr"]
-        metrics["tokens"] = (step + 1) * batch_size * seq_len
+        metrics["tokens"] = (step + 1) * cfg.batch_size * cfg.seq_len
         log(step, metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
     model.eval()

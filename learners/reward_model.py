@@ -5,13 +5,17 @@ its head gives a scalar at every position, so the same checkpoint serves as the 
 the last response token) and as the initial PPO value function (read at every response token), and,
 unlike the `*ForSequenceClassification` heads, it has a bias, which normalisation sets so that
 demonstrations score mean 0 (the paper normalises its RM before RL).
+
+Models: `reward_model_from_policy`, `load_reward_model`. Reading rewards: `per_token_values`,
+`sequence_rewards`, `score_sequences`. Training on rankings (InstructGPT Eq. 1): `group_batch`,
+`ranking_batch_loss`, `evaluate_rankings`, `train_reward_model`; `normalise_rewards` shifts the bias.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +25,9 @@ from raylhf.learners.batching import last_token_index, pad_right
 from raylhf.learners.losses import ranking_loss
 from raylhf.learners.models import pick_device
 from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from raylhf.configs.schema import RMConfig
 
 # A prompt's K responses as full token sequences (prompt + response + EOS), and the ranking of them
 # (indices best -> worst).
@@ -123,35 +130,36 @@ def evaluate_rankings(model, groups: Sequence[RankedGroup], pad_id: int, device,
 
 
 def train_reward_model(
+    cfg: RMConfig,
     model,
     train: Sequence[RankedGroup],
     val: Sequence[RankedGroup],
     *,
     pad_id: int,
-    epochs: int,
-    batch_prompts: int,
-    lr: float,
-    grad_clip: float,
     device: torch.device,
     bf16: bool,
     seed: int,
     log: Callable[[int, dict], None],
 ) -> dict[str, float]:
+    """Train in place on ranked groups with the `rm` section's epochs, prompts per step, peak learning
+    rate and gradient clip (`cfg.val_fraction` is the caller's split). Returns the last epoch's
+    held-out metrics (`val_accuracy`, `val_loss`, `val_pairs`)."""
     rng = np.random.default_rng(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    steps = epochs * math.ceil(len(train) / batch_prompts)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    batch_prompts = cfg.batch_prompts
+    steps = cfg.epochs * math.ceil(len(train) / batch_prompts)
     step = 0
     bar = tqdm(total=steps, desc="reward model", unit="step", dynamic_ncols=True)
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, cfg.epochs + 1):
         model.train()
         order = rng.permutation(len(train))
         for i in range(0, len(order), batch_prompts):
-            set_lr(optimizer, cosine_lr(step, steps, lr, warmup_steps=min(20, steps // 10)))
+            set_lr(optimizer, cosine_lr(step, steps, cfg.lr, warmup_steps=min(20, steps // 10)))
             batch = [train[j] for j in order[i : i + batch_prompts]]
             with autocast(device, bf16):
                 loss, m = ranking_batch_loss(model, batch, pad_id, device)
-            stats = optimizer_step(optimizer, params, loss, grad_clip)
+            stats = optimizer_step(optimizer, params, loss, cfg.grad_clip)
             step += 1
             log(step, {"loss": loss.item(), "accuracy": m["accuracy"], "epoch": epoch, **stats})
             bar.update(1)

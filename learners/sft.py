@@ -1,10 +1,15 @@
-"""Supervised fine-tuning on demonstrations (InstructGPT step 1): loss on response tokens only."""
+"""Supervised fine-tuning on demonstrations (InstructGPT step 1): loss on response tokens only.
+
+`response_lm_loss` is the loss of a batch of (prompt, response) examples, `ResidualDropout` the
+paper's residual dropout as forward hooks, `validation_loss` the held-out loss, `train_sft` the
+training loop (keeps the best epoch) and `response_logprobs` log π(response | prompt) per example.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +18,9 @@ from tqdm.auto import tqdm
 from raylhf.learners.batching import prompt_response_batch
 from raylhf.learners.losses import lm_loss
 from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from raylhf.configs.schema import SFTConfig
 
 Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
 
@@ -63,44 +71,43 @@ def validation_loss(model, examples: Sequence[Example], pad_id: int, device, bf1
 
 
 def train_sft(
+    cfg: SFTConfig,
     model: torch.nn.Module,
     train: Sequence[Example],
     val: Sequence[Example],
     *,
     pad_id: int,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    grad_clip: float,
-    residual_dropout: float,
     device: torch.device,
     bf16: bool,
     seed: int,
     log: Callable[[int, dict], None],
 ) -> dict[str, float]:
-    """Train in place; on return the model holds the weights of the epoch with the best validation loss."""
+    """Train in place with the `sft` section's epochs, batch size, peak learning rate, gradient clip and
+    residual dropout (`cfg.val_fraction` is the caller's split); on return the model holds the weights of
+    the epoch with the best validation loss."""
     rng = np.random.default_rng(seed)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    dropout = ResidualDropout(model.model.layers, residual_dropout) if hasattr(model, "model") else None
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    dropout = ResidualDropout(model.model.layers, cfg.residual_dropout) if hasattr(model, "model") else None
+    batch_size = cfg.batch_size
     steps_per_epoch = math.ceil(len(train) / batch_size)
-    total = epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
     best = {"val_loss": validation_loss(model, val, pad_id, device, bf16, batch_size), "epoch": 0}
     best_state = copy.deepcopy(model.state_dict())
     log(0, {"val_loss": best["val_loss"], "epoch": 0})
     step = 0
     bar = tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True)
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(1, cfg.epochs + 1):
             model.train()
             order = rng.permutation(len(train))
             for i in range(0, len(order), batch_size):
                 batch = [train[j] for j in order[i : i + batch_size]]
-                set_lr(optimizer, cosine_lr(step, total, lr, warmup_steps=min(20, total // 10)))
+                set_lr(optimizer, cosine_lr(step, total, cfg.lr, warmup_steps=min(20, total // 10)))
                 with autocast(device, bf16):
                     loss, m = response_lm_loss(model, batch, pad_id, device)
-                stats = optimizer_step(optimizer, params, loss, grad_clip)
+                stats = optimizer_step(optimizer, params, loss, cfg.grad_clip)
                 step += 1
                 log(step, {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, **stats})
                 bar.update(1)

@@ -1,4 +1,5 @@
-"""Pieces every trainer shares: device/precision, LR schedule, one optimiser step, metrics log."""
+"""Pieces every trainer shares: precision (`bf16_supported`, `use_bf16`, `autocast`), LR schedule
+(`cosine_lr`, `set_lr`), one guarded optimiser step (`optimizer_step`) and the metrics log (`MetricsLog`)."""
 
 from __future__ import annotations
 

@@ -1,70 +1,46 @@
 """The PPO driver: prompts -> generators -> reward pool -> bounded buffer -> learner -> weights back.
 
-`AsyncDriver.run` is the one top-level loop; each pass through it moves work one hop along the
-dataflow, with a timer per phase. Generators keep `generation.in_flight` requests queued, finished
-rollouts go to the reward pool, scored rollouts wait in a bounded buffer, and the learner trains on a
-batch as soon as it is idle and a batch is ready. Every `ppo.sync_every` learner steps the learner
-publishes a snapshot that each generator applies before its next generate call. When the rollouts in
-the system reach `ppo.buffer_size`, no new generation starts (backpressure), which bounds both
-memory and staleness.
+`PPODriver.run` holds the one top-level loop. In `ppo.mode: async` each pass through it moves work one
+hop along the dataflow, a timer per phase::
+
+    dispatch_generate -> wait -> collect_generate -> score -> train -> check_weights
+
+Generators keep `generation.in_flight` requests queued, finished rollouts go to the reward pool, scored
+rollouts wait in a bounded buffer, and the learner trains on a batch as soon as it is idle and a batch
+is ready. Every `ppo.sync_every` learner steps the learner publishes a snapshot that each generator
+applies before its next generate call. When the rollouts in the system reach `ppo.buffer_size`, no new
+generation starts (backpressure), which bounds both memory and staleness. `Pipeline` holds what is in
+flight between the hops.
 
 `mode: sync` runs the same components strictly in sequence (generate -> score -> train -> publish ->
 apply); it is the baseline of every throughput claim.
 
-Every remote wait has a timeout; a failure in any actor surfaces here with the actor's name and cause.
+Every remote wait has a deadline (`raylhf.contracts.remote`); a failure in any actor surfaces here as an
+`ActorFailure` naming the actor and the cause.
+
+Also here: `PhaseTimer`, `RunStats` (what the loop measured) and `StepObserver` (the per-step hook).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
-import numpy as np
 import ray
 
+from raylhf.configs.schema import PPOConfig
+from raylhf.contracts import remote
 from raylhf.contracts.formatting import encode_prompt
-from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
-from raylhf.contracts.records import Prompt, Rollout
+from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec, ScoringPool
+from raylhf.contracts.records import Rollout
+from raylhf.contracts.remote import ActorFailure, NamedActor
+from raylhf.orchestration.cursor import PromptCursor
 
 log = logging.getLogger(__name__)
-
-
-class ActorFailure(RuntimeError):
-    """An actor of the pipeline failed; the message names it and the cause."""
-
-
-class PromptCursor:
-    """Cycles through the prompts in a fresh seeded order each epoch; its state is two integers."""
-
-    def __init__(self, prompts: Sequence[Prompt], seed: int):
-        if not prompts:
-            raise ValueError("no prompts to train on")
-        self.prompts, self.seed = list(prompts), seed
-        self.epoch, self.position = 0, 0
-        self._order = self._permutation()
-
-    def _permutation(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.prompts))
-
-    def take(self, n: int) -> list[Prompt]:
-        out = []
-        while len(out) < n:
-            if self.position == len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._permutation()
-            out.append(self.prompts[self._order[self.position]])
-            self.position += 1
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._permutation()
 
 
 class PhaseTimer:
@@ -73,29 +49,31 @@ class PhaseTimer:
     def __init__(self):
         self.seconds: dict[str, float] = collections.defaultdict(float)
 
-    def __call__(self, phase: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[phase] += time.perf_counter() - self.t0
-
-        return _Span()
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t0
 
 
-@dataclass
-class DriverSettings:
-    total_steps: int  # learner steps
-    rollouts_per_step: int  # rollouts in one learner batch
-    prompts_per_request: int  # prompts in one generate call
-    in_flight: int  # generate calls queued per generator (async)
-    sync_every: int  # learner steps between published snapshots
-    buffer_size: int  # most rollouts in the system (generating + scoring + buffered) before backpressure
-    timeout_s: float  # longest wait for any single remote call
-    mode: str = "async"
+class StepObserver(Protocol):
+    """What the driver reports after each learner step (the stage's progress bar, metrics log, checkpoints)."""
+
+    def on_rollouts(self, batch: list[Rollout]) -> None:
+        """The batch the learner just trained on."""
+        ...
+
+    def on_step(self, step: int, metrics: dict[str, Any]) -> None: ...
+
+
+class _SilentObserver:
+    def on_rollouts(self, batch: list[Rollout]) -> None:
+        pass
+
+    def on_step(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
 
 
 @dataclass
@@ -132,47 +110,172 @@ class RunStats:
         }
 
 
-def _get(ref, what: str, who: str, timeout_s: float):
-    """ray.get with a deadline; failures name the actor."""
-    try:
-        return ray.get(ref, timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError as e:
-        raise ActorFailure(f"{who}: {what} did not finish within {timeout_s:.0f} s") from e
-    except ray.exceptions.RayError as e:
-        raise ActorFailure(f"{who}: {what} failed: {_cause(e)}") from e
+@dataclass
+class Pipeline:
+    """What is in flight between the hops of the async loop."""
 
+    n_generators: int
+    generating: dict[Any, tuple[int, float]] = field(default_factory=dict)  # generate ref -> (generator, submitted)
+    to_score: collections.deque[list[Rollout]] = field(default_factory=collections.deque)  # generated, not yet sent
+    scoring: int = 0  # rollouts inside the reward pool
+    buffer: collections.deque[Rollout] = field(default_factory=collections.deque)  # scored, waiting for the learner
+    train_ref: Any = None  # the learner's running train_step
+    train_batch: list[Rollout] = field(default_factory=list)
+    train_t0: float = 0.0
 
-def _cause(e: Exception) -> str:
-    """The original exception of a remote failure in one line (the full trace stays chained)."""
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}"
-    first = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {first[0] if first else ''}"
+    def __post_init__(self):
+        self.queued = [0] * self.n_generators  # generate calls queued per generator
+        self.busy_until = [0.0] * self.n_generators  # for busy-time accounting of back-to-back calls
+
+    def rollouts_in_system(self, rollouts_per_call: int) -> int:
+        return (rollouts_per_call * len(self.generating) + sum(map(len, self.to_score)) + self.scoring
+                + len(self.buffer))
 
 
 class PPODriver:
-    """Owns the actors' handles, the prompt cursor and the loop. Components are built by the caller."""
+    """Owns the actors' handles, the prompt cursor and the loop; the caller builds the components.
 
-    def __init__(self, *, generators: Sequence[Any], generator_names: Sequence[str], pool, learner, tokenizer,
-                 cursor: PromptCursor, sampling: SamplingSpec, settings: DriverSettings,
-                 on_step: Callable[[int, dict[str, Any]], None] = lambda step, metrics: None,
-                 on_rollouts: Callable[[list[Rollout]], None] = lambda rollouts: None,
-                 start_step: int = 0, start_version: int = 0):
-        self.generators, self.names = list(generators), list(generator_names)
-        self.pool, self.learner, self.tokenizer = pool, learner, tokenizer
-        self.cursor, self.sampling, self.s = cursor, sampling, settings
-        self.on_step, self.on_rollouts = on_step, on_rollouts
+    Args:
+        cfg: the `ppo` section (steps, batch and request sizes, buffer, sync cadence, deadline, mode).
+        generators: generator actors serving `GeneratorService`.
+        learner: the learner actor serving `LearnerService`.
+        pool: the scoring pool.
+        tokenizer: encodes prompts (`encode_prompt`).
+        cursor: where the prompts come from.
+        sampling: how generators sample.
+        in_flight: generate calls each generator keeps queued (`generation.in_flight`).
+        observer: told about every learner step.
+        start_step, start_version: a resumed run's step and policy version.
+    """
+
+    def __init__(self, cfg: PPOConfig, *, generators: Sequence[NamedActor], learner: NamedActor, pool: ScoringPool,
+                 tokenizer, cursor: PromptCursor, sampling: SamplingSpec, in_flight: int,
+                 observer: StepObserver | None = None, start_step: int = 0, start_version: int = 0):
+        self.cfg, self.generators, self.learner, self.pool = cfg, list(generators), learner, pool
+        self.tokenizer, self.cursor, self.sampling, self.in_flight = tokenizer, cursor, sampling, in_flight
+        self.observer = observer or _SilentObserver()
         self.timer = PhaseTimer()
         self.stats = RunStats()
-        self.stats.steps = start_step  # > 0 when resuming: the loop runs on to settings.total_steps
+        self.stats.steps = start_step  # > 0 when resuming: the loop runs on to cfg.total_steps
         self.version = start_version
         self.snapshot_ref = None  # newest published snapshot (kept for the final weight check)
-        self._weight_refs: list[tuple[Any, str]] = []  # pending load_weights calls
+        self._weight_refs: list[tuple[Any, str]] = []  # pending load_weights calls, with the generator's name
 
-    # -- shared steps ---------------------------------------------------------------------------------
+    def run(self) -> RunStats:
+        self._t0 = time.perf_counter()
+        if self.version > 0:
+            # Resumed learner: the generators start from the initial policy, so hand them its weights first
+            # (and a version they share with the learner, or every rollout would look stale).
+            with self.timer("publish"):
+                self._publish()
+        try:
+            (self._run_sync if self.cfg.mode == "sync" else self._run_async)()
+        finally:
+            self.stats.wall_s = time.perf_counter() - self._t0
+            self.stats.phases = dict(self.timer.seconds)
+            self.stats.final_version = self.version
+        if self.stats.steps % self.cfg.sync_every:
+            self._publish()  # the generators end on the final weights
+        self._check_weight_loads(block=True)
+        return self.stats
+
+    # -- sync: the baseline ---------------------------------------------------------------------------
+    def _run_sync(self) -> None:
+        calls = max(1, self.cfg.batch_size // (self.sampling.n * len(self.generators) * self.cfg.prompts_per_request))
+        while self.stats.steps < self.cfg.total_steps:
+            with self.timer("generate"):
+                t0 = time.perf_counter()
+                refs = [g.handle.generate.remote(self._requests(), self.sampling)
+                        for g in self.generators for _ in range(calls)]
+                names = [g.name for g in self.generators for _ in range(calls)]
+                rollouts = [r for result in remote.get_all(refs, names, "generate", self.cfg.timeout_s)
+                            for r in self._unpack(result)]
+                self.stats.generator_busy_s += (time.perf_counter() - t0) * len(self.generators)
+            with self.timer("score"):
+                scored = self.pool.score(rollouts)
+            with self.timer("train"):
+                t0 = time.perf_counter()
+                metrics = self._get(self.learner, self.learner.handle.train_step.remote(scored), "train_step")
+                learner_s = time.perf_counter() - t0
+            self._after_step(scored, metrics, learner_s)
+            with self.timer("apply_weights"):
+                self._check_weight_loads(block=True)
+
+    # -- async: the actor/learner pipeline ------------------------------------------------------------
+    def _run_async(self) -> None:
+        work = Pipeline(len(self.generators))
+        while self.stats.steps < self.cfg.total_steps:
+            with self.timer("dispatch_generate"):
+                self._dispatch_generate(work)
+            with self.timer("wait"):
+                done = self._wait(work)
+            with self.timer("collect_generate"):
+                self._collect_generated(work, done)
+            with self.timer("score"):
+                self._score(work)
+            with self.timer("train"):
+                self._train(work, done)
+            with self.timer("check_weights"):
+                self._check_weight_loads(block=False)
+        self._drain(work)
+
+    def _dispatch_generate(self, work: Pipeline) -> None:
+        """Top up every generator's queue, unless the system already holds `buffer_size` rollouts."""
+        per_call = self.cfg.prompts_per_request * self.sampling.n
+        in_system = work.rollouts_in_system(per_call)
+        for i, g in enumerate(self.generators):
+            while work.queued[i] < self.in_flight and in_system + per_call <= self.cfg.buffer_size:
+                work.generating[g.handle.generate.remote(self._requests(), self.sampling)] = (i, time.perf_counter())
+                work.queued[i] += 1
+                in_system += per_call
+
+    def _wait(self, work: Pipeline) -> set:
+        """Wait briefly for a generate call or the train step to finish (the pool is polled separately)."""
+        watch = list(work.generating) + ([work.train_ref] if work.train_ref is not None else [])
+        if not watch:
+            return set()
+        done, _ = ray.wait(watch, num_returns=1, timeout=0.02)
+        return set(done)
+
+    def _collect_generated(self, work: Pipeline, done: set) -> None:
+        for ref in [r for r in work.generating if r in done]:
+            i, submitted = work.generating.pop(ref)
+            work.queued[i] -= 1
+            now = time.perf_counter()
+            self.stats.generator_busy_s += now - max(submitted, work.busy_until[i])
+            work.busy_until[i] = now
+            work.to_score.append(self._unpack(self._get(self.generators[i], ref, "generate")))
+
+    def _score(self, work: Pipeline) -> None:
+        while work.to_score and self.pool.has_capacity():
+            batch = work.to_score.popleft()
+            self.pool.submit(batch, block=False)
+            work.scoring += len(batch)
+        for _, scored in self.pool.ready(timeout=0.0):
+            work.scoring -= len(scored)
+            work.buffer.extend(scored)
+
+    def _train(self, work: Pipeline, done: set) -> None:
+        """Finish the learner's step if it is done; start the next one as soon as a batch is buffered."""
+        if work.train_ref is not None and work.train_ref in done:
+            metrics = self._get(self.learner, work.train_ref, "train_step")
+            self._after_step(work.train_batch, metrics, time.perf_counter() - work.train_t0)
+            work.train_ref = None
+        if work.train_ref is None and len(work.buffer) >= self.cfg.batch_size and self.stats.steps < self.cfg.total_steps:
+            work.train_batch = [work.buffer.popleft() for _ in range(self.cfg.batch_size)]
+            work.train_ref, work.train_t0 = self.learner.handle.train_step.remote(work.train_batch), time.perf_counter()
+
+    def _drain(self, work: Pipeline) -> None:
+        """Let queued generate calls finish so the actors are idle and consistent."""
+        for ref, (i, _) in list(work.generating.items()):
+            self._get(self.generators[i], ref, "generate")
+
+    # -- steps shared by both modes -------------------------------------------------------------------
+    def _get(self, actor: NamedActor, ref, what: str):
+        return remote.get(ref, actor=actor.name, what=what, timeout_s=self.cfg.timeout_s)
+
     def _requests(self) -> list[GenerationRequest]:
-        prompts = self.cursor.take(self.s.prompts_per_request)
+        prompts = self.cursor.take(self.cfg.prompts_per_request)
         return [GenerationRequest(p.prompt_id, tuple(encode_prompt(self.tokenizer, p.prompt))) for p in prompts]
 
     def _unpack(self, results) -> list[Rollout]:
@@ -185,9 +288,6 @@ class PPODriver:
                 rollouts.extend(r)
         return rollouts
 
-    def _train(self, batch: list[Rollout]) -> dict[str, Any]:
-        return _get(self.learner.train_step.remote(batch), "train_step", "learner", self.s.timeout_s)
-
     def _after_step(self, batch: list[Rollout], metrics: dict[str, Any], learner_s: float) -> None:
         self.stats.steps += 1
         self.stats.learner_busy_s += learner_s
@@ -195,11 +295,11 @@ class PPODriver:
         self.stats.response_tokens += sum(len(r.response_ids) for r in batch)
         for r in batch:
             self.stats.staleness[self.version - r.policy_version] += 1
-        self.on_rollouts(batch)
+        self.observer.on_rollouts(batch)
         metrics = dict(metrics, version=self.version, wall_s=time.perf_counter() - self._t0)
         self.stats.metrics.append(metrics)
-        self.on_step(self.stats.steps, metrics)
-        if self.stats.steps % self.s.sync_every == 0:
+        self.observer.on_step(self.stats.steps, metrics)
+        if self.stats.steps % self.cfg.sync_every == 0:
             with self.timer("publish"):
                 self._publish()
 
@@ -207,135 +307,34 @@ class PPODriver:
         from raylhf.actors.generator import broadcast_weights
 
         self._check_weight_loads(block=False)
-        version, snapshot_ref = _get(self.learner.publish.remote(), "publish", "learner", self.s.timeout_s)
-        self.version, self.snapshot_ref = version, snapshot_ref
-        refs = broadcast_weights(self.generators, snapshot_ref)
-        self._weight_refs.extend(zip(refs, self.names))
+        self.version, self.snapshot_ref = self._get(self.learner, self.learner.handle.publish.remote(), "publish")
+        refs = broadcast_weights(self.generators, self.snapshot_ref)
+        self._weight_refs.extend(zip(refs, [g.name for g in self.generators]))
 
     def _check_weight_loads(self, block: bool) -> None:
         """Surface failed weight loads; with block=True wait until every generator applied the newest."""
         if not self._weight_refs:
             return
         refs = [r for r, _ in self._weight_refs]
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=self.s.timeout_s if block else 0)
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=self.cfg.timeout_s if block else 0)
         finished = set(done)
         remaining = []
         for ref, name in self._weight_refs:
             if ref in finished:
-                _get(ref, "load_weights", name, self.s.timeout_s)
+                remote.get(ref, actor=name, what="load_weights", timeout_s=self.cfg.timeout_s)
             else:
                 remaining.append((ref, name))
         if block and remaining:
-            raise ActorFailure(f"{remaining[0][1]}: load_weights did not finish within {self.s.timeout_s:.0f} s")
+            raise ActorFailure(remaining[0][1], "load_weights", f"no answer within {self.cfg.timeout_s:g} s", "timeout")
         self._weight_refs = remaining
-
-    def run(self) -> RunStats:
-        self._t0 = time.perf_counter()
-        if self.version > 0:
-            # Resumed learner: the generators start from the initial policy, so hand them its weights first
-            # (and a version they share with the learner, or every rollout would look stale).
-            with self.timer("publish"):
-                self._publish()
-        try:
-            (self._run_sync if self.s.mode == "sync" else self._run_async)()
-        finally:
-            self.stats.wall_s = time.perf_counter() - self._t0
-            self.stats.phases = dict(self.timer.seconds)
-            self.stats.final_version = self.version
-        if self.stats.steps % self.s.sync_every:
-            self._publish()  # the generators end on the final weights
-        self._check_weight_loads(block=True)
-        return self.stats
 
     def generators_match_learner(self) -> bool:
         """Whether every generator computes with exactly the newest published weights (read back)."""
-        from raylhf.actors.generator import wait_all
         from raylhf.contracts.snapshot import snapshot_checksums
 
         if self.snapshot_ref is None:
             return True
-        expected = snapshot_checksums(_get(self.snapshot_ref, "snapshot", "learner", self.s.timeout_s))
-        got = wait_all([g.checksums.remote() for g in self.generators], self.names, self.s.timeout_s, "checksums")
+        expected = snapshot_checksums(self._get(self.learner, self.snapshot_ref, "snapshot"))
+        got = remote.get_all([g.handle.checksums.remote() for g in self.generators],
+                             [g.name for g in self.generators], "checksums", self.cfg.timeout_s)
         return all({k: g.get(k) for k in expected} == expected for g in got)
-
-    # -- sync: the baseline ---------------------------------------------------------------------------
-    def _run_sync(self) -> None:
-        per_call = max(1, self.s.rollouts_per_step // (self.sampling.n * len(self.generators) * self.s.prompts_per_request))
-        while self.stats.steps < self.s.total_steps:
-            with self.timer("generate"):
-                t0 = time.perf_counter()
-                refs = [(g.generate.remote(self._requests(), self.sampling), name)
-                        for g, name in zip(self.generators, self.names) for _ in range(per_call)]
-                rollouts = []
-                for ref, name in refs:
-                    rollouts.extend(self._unpack(_get(ref, "generate", name, self.s.timeout_s)))
-                self.stats.generator_busy_s += (time.perf_counter() - t0) * len(self.generators)
-            with self.timer("score"):
-                scored = self.pool.score(rollouts)
-            with self.timer("train"):
-                t0 = time.perf_counter()
-                metrics = self._train(scored)
-                learner_s = time.perf_counter() - t0
-            self._after_step(scored, metrics, learner_s)
-            with self.timer("apply_weights"):
-                self._check_weight_loads(block=True)
-
-    # -- async: the actor/learner pipeline ------------------------------------------------------------
-    def _run_async(self) -> None:
-        s = self.s
-        generating: dict[Any, tuple[int, float]] = {}  # generate ref -> (generator index, submit time)
-        queued = [0] * len(self.generators)
-        busy_until = [0.0] * len(self.generators)  # for busy-time accounting of back-to-back calls
-        to_score: collections.deque[list[Rollout]] = collections.deque()
-        buffer: collections.deque[Rollout] = collections.deque()
-        scoring = 0  # rollouts inside the reward pool
-        train_ref, train_batch, train_t0 = None, None, 0.0
-        rollouts_per_call = s.prompts_per_request * self.sampling.n
-
-        while self.stats.steps < s.total_steps:
-            with self.timer("dispatch_generate"):
-                in_system = rollouts_per_call * len(generating) + sum(map(len, to_score)) + scoring + len(buffer)
-                for i, g in enumerate(self.generators):
-                    while queued[i] < s.in_flight and in_system + rollouts_per_call <= s.buffer_size:
-                        generating[g.generate.remote(self._requests(), self.sampling)] = (i, time.perf_counter())
-                        queued[i] += 1
-                        in_system += rollouts_per_call
-
-            with self.timer("wait"):
-                watch = list(generating) + ([train_ref] if train_ref is not None else [])
-                done, _ = ray.wait(watch, num_returns=1, timeout=0.02) if watch else ([], [])
-                done = set(done)
-
-            with self.timer("collect_generate"):
-                for ref in [r for r in generating if r in done]:
-                    i, submitted = generating.pop(ref)
-                    queued[i] -= 1
-                    now = time.perf_counter()
-                    self.stats.generator_busy_s += now - max(submitted, busy_until[i])
-                    busy_until[i] = now
-                    to_score.append(self._unpack(_get(ref, "generate", self.names[i], s.timeout_s)))
-
-            with self.timer("score"):
-                while to_score and self.pool.has_capacity():
-                    batch = to_score.popleft()
-                    self.pool.submit(batch, block=False)
-                    scoring += len(batch)
-                for _, scored in self.pool.ready(timeout=0.0):
-                    scoring -= len(scored)
-                    buffer.extend(scored)
-
-            with self.timer("train"):
-                if train_ref is not None and train_ref in done:
-                    metrics = _get(train_ref, "train_step", "learner", s.timeout_s)
-                    self._after_step(train_batch, metrics, time.perf_counter() - train_t0)
-                    train_ref = None
-                if train_ref is None and len(buffer) >= s.rollouts_per_step and self.stats.steps < s.total_steps:
-                    train_batch = [buffer.popleft() for _ in range(s.rollouts_per_step)]
-                    train_ref, train_t0 = self.learner.train_step.remote(train_batch), time.perf_counter()
-
-            with self.timer("check_weights"):
-                self._check_weight_loads(block=False)
-
-        # Drain: let queued generate calls finish so the actors are idle and consistent.
-        for ref, (i, _) in list(generating.items()):
-            _get(ref, "generate", self.names[i], s.timeout_s)

@@ -1,4 +1,4 @@
-"""A set of generator actors behind one blocking `generate` call (for collection and evaluation)."""
+"""`GeneratorFleet`: a set of generator actors behind one blocking `generate` call (collection, evaluation)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from typing import Sequence
 
 from raylhf.configs.schema import GenerationConfig
+from raylhf.contracts import remote
 from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
 from raylhf.contracts.records import Rollout
 
@@ -19,20 +20,17 @@ class GeneratorFleet:
 
         self.actors = start_generators(cfg, checkpoint, seed=seed, trust_remote_code=trust_remote_code,
                                        name_prefix=name_prefix)
-        self.names = [f"{name_prefix}-{i}" for i in range(len(self.actors))]
         self.timeout_s = timeout_s
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSpec
                  ) -> list[list[Rollout] | RequestError]:
-        from raylhf.actors.generator import wait_all
-
         n = len(self.actors)
         chunks = [list(requests[i::n]) for i in range(n)]
-        live = [(a, name, c) for a, name, c in zip(self.actors, self.names, chunks) if c]
-        parts = wait_all([a.generate.remote(c, sampling) for a, _, c in live], [name for _, name, _ in live],
-                         self.timeout_s, "generate")
+        live = [(i, a, c) for i, (a, c) in enumerate(zip(self.actors, chunks)) if c]
+        parts = remote.get_all([a.handle.generate.remote(c, sampling) for _, a, c in live],
+                               [a.name for _, a, _ in live], "generate", self.timeout_s)
         results: list = [None] * len(requests)
-        for (i, _), part in zip([(i, c) for i, c in enumerate(chunks) if c], parts):
+        for (i, _, _), part in zip(live, parts):
             results[i::n] = part
         return results
 
@@ -40,7 +38,7 @@ class GeneratorFleet:
         import ray
 
         for a in self.actors:
-            ray.kill(a)
+            ray.kill(a.handle)
         self.actors = []
 
     def __enter__(self) -> "GeneratorFleet":

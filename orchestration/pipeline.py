@@ -9,7 +9,8 @@ from raylhf.configs.schema import RunConfig
 from raylhf.learners.models import is_checkpoint
 from raylhf.orchestration import stages
 from raylhf.orchestration.paths import RunPaths
-from raylhf.orchestration.ppo_stage import ppo_resumable, run_ppo
+from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
+from raylhf.orchestration.ppo_stage import run_ppo
 from raylhf.orchestration.report import write_report
 from raylhf.tasks import load_task
 
@@ -45,7 +46,7 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     stage("ppo", is_checkpoint(paths.model("ppo")),
           # An interrupted PPO stage continues from its last checkpoint.
           lambda: run_ppo(cfg, paths, paths.model("sft"), paths.model("rm"), paths.model("ppo"),
-                          resume=ppo_resumable(paths, cfg.ppo.total_steps)))
+                          resume=PPOCheckpoint(paths.root).resumable(cfg.ppo.total_steps)))
     stage("eval", False, lambda: stages.stage_eval(cfg, paths, stages.eval_policies(paths, None), paths.model("rm")))
     write_report(paths, summaries)
     return summaries

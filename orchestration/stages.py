@@ -95,11 +95,9 @@ def stage_pretrain(cfg: RunConfig, paths: RunPaths, task) -> dict[str, Any]:
         ids = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
         return pack_documents(ids, tokenizer.bos_token_id, tokenizer.eos_token_id)
 
-    p = cfg.pretrain
     metrics = pretrain(
-        model, stream("train"), stream("heldout"), steps=p.steps, batch_size=p.batch_size, seq_len=p.seq_len,
-        lr=p.lr, warmup_steps=p.warmup_steps, weight_decay=p.weight_decay, device=device, bf16=bf16,
-        seed=cfg.seed, log=MetricsLog(paths.metrics, "pretrain"),
+        cfg.pretrain, model, stream("train"), stream("heldout"), device=device, bf16=bf16, seed=cfg.seed,
+        log=MetricsLog(paths.metrics, "pretrain"),
     )
     model.save_pretrained(out)
     return {"parameters": count_parameters(model), "heldout_loss": metrics["heldout_loss"],
@@ -128,10 +126,8 @@ def stage_sft(cfg: RunConfig, paths: RunPaths, model_path: Path, data_path: Path
     if len(examples) - n_val < 1:
         raise ValueError(f"{data_path}: {len(examples)} demonstrations are too few to hold out a validation split")
     val, train = [examples[i] for i in idx[:n_val]], [examples[i] for i in idx[n_val:]]
-    s = cfg.sft
     metrics = train_sft(
-        model, train, val, pad_id=tokenizer.pad_token_id, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
-        grad_clip=s.grad_clip, residual_dropout=s.residual_dropout, device=device, bf16=bf16, seed=cfg.seed,
+        cfg.sft, model, train, val, pad_id=tokenizer.pad_token_id, device=device, bf16=bf16, seed=cfg.seed,
         log=MetricsLog(paths.metrics, "sft"),
     )
     model.save_pretrained(out)
@@ -165,10 +161,9 @@ def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path, o
     idx = rng.permutation(len(groups))
     n_val = max(1, int(round(cfg.rm.val_fraction * len(groups))))
     val, train = [groups[i] for i in idx[:n_val]], [groups[i] for i in idx[n_val:]]
-    r = cfg.rm
     metrics = train_reward_model(
-        model, train, val, pad_id=tokenizer.pad_token_id, epochs=r.epochs, batch_prompts=r.batch_prompts, lr=r.lr,
-        grad_clip=r.grad_clip, device=device, bf16=bf16, seed=cfg.seed, log=MetricsLog(paths.metrics, "rm"),
+        cfg.rm, model, train, val, pad_id=tokenizer.pad_token_id, device=device, bf16=bf16, seed=cfg.seed,
+        log=MetricsLog(paths.metrics, "rm"),
     )
     shift = None
     if demos_path is not None and demos_path.exists():

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import ray
 
+from raylhf.configs.schema import RewardConfig
 from raylhf.contracts.records import Rollout
 
 
@@ -23,21 +24,33 @@ class ScorerActor:
 
     Args:
         name: label used in errors and logs.
-        num_threads: torch intra-op threads (the pool passes its `num_cpus`, rounded, at least 1).
-        scorer_kwargs: keyword arguments of `RewardScorer` (paths, sources, dtype, device, ...).
+        cfg: the reward section; `num_cpus` sets the torch thread count (rounded, at least 1) and
+            `num_gpus > 0` puts the models on CUDA.
+        rm_path, ref_path, trust_remote_code: as for `RewardScorer` (checkpoints used where `cfg`
+            leaves them unset).
+    The scores are raw: normalisation and clipping are the pool's, applied once in the driver.
     The actor does not restart itself: `RewardPool` replaces a dead or hung one and resubmits its work.
     """
 
-    def __init__(self, name: str, num_threads: int, scorer_kwargs: dict[str, Any]):
+    def __init__(
+        self, name: str, cfg: RewardConfig, *, rm_path: str | None, ref_path: str | None, trust_remote_code: bool
+    ):
         import torch
         from transformers.utils import logging as hf_logging
 
         from raylhf.reward_service.scorer import RewardScorer
 
-        torch.set_num_threads(num_threads)
+        torch.set_num_threads(torch_threads_for(cfg.num_cpus))
         hf_logging.disable_progress_bar()
         self.name = name
-        self.scorer = RewardScorer(**scorer_kwargs)
+        self.scorer = RewardScorer(
+            cfg,
+            rm_path=rm_path,
+            ref_path=ref_path,
+            trust_remote_code=trust_remote_code,
+            device="cuda" if cfg.num_gpus > 0 else "cpu",
+            apply_transform=False,
+        )
         self.requests = 0
 
     def ready(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Reward normalisation and clipping, applied to the weighted sum of the sources.
+"""`RewardTransform`: reward normalisation and clipping, applied to the weighted sum of the sources.
 
 Order: `r -> normalise(r) -> clip(r, -c, c)`. Normalisation is
   - `none`: r unchanged,
@@ -12,26 +12,22 @@ In a `RewardPool` one transform lives in the driver, so all actors share one set
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Sequence
+from typing import Sequence
 
-Normalize = Literal["none", "fixed", "running"]
+from raylhf.configs.schema import RewardConfig
 
 
 class RewardTransform:
-    def __init__(
-        self,
-        normalize: Normalize = "none",
-        shift: float = 0.0,
-        scale: float = 1.0,
-        clip: float | None = None,
-        eps: float = 1e-8,
-    ):
-        if normalize not in ("none", "fixed", "running"):
-            raise ValueError(f"normalize: unknown mode {normalize!r}; expected none, fixed or running")
-        if clip is not None and clip <= 0:
-            raise ValueError(f"clip: must be > 0 (got {clip})")
-        self.normalize = normalize
-        self.shift, self.scale, self.clip, self.eps = float(shift), float(scale), clip, eps
+    """The normalisation and clipping `cfg` asks for (`normalize`, `shift`, `scale`, `clip`).
+
+    Args:
+        cfg: the reward section; the other fields are not read.
+        eps: added to the running variance before the square root (`running` only).
+    """
+
+    def __init__(self, cfg: RewardConfig, *, eps: float = 1e-8):
+        self.normalize = cfg.normalize
+        self.shift, self.scale, self.clip, self.eps = cfg.shift, cfg.scale, cfg.clip, eps
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
 
     @property
@@ -72,7 +68,3 @@ class RewardTransform:
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
 
-
-def transform_from_config(cfg: Any) -> RewardTransform:
-    """The transform a `RewardConfig` asks for (normalize, shift, scale, clip)."""
-    return RewardTransform(cfg.normalize, cfg.shift, cfg.scale, cfg.clip)

@@ -9,20 +9,25 @@ Semantics
   - Timeout: an actor runs its requests one at a time in submission order, so the clock of a request
     starts when it reaches the head of its actor's queue. A head request unanswered after
     `request_timeout_s` marks the actor hung: it is killed, replaced, and all its requests resubmitted.
-  - Death: an actor that dies (`RayActorError` / `ActorDiedError`, crashed worker, OOM kill) is replaced
-    and all its in-flight requests resubmitted. A request is dispatched at most `max_attempts` times;
-    beyond that it fails with `ScoringError`.
+  - Death: an actor that dies (any of `raylhf.contracts.remote.actor_lost_errors()`: `RayActorError` /
+    `ActorDiedError`, crashed worker, lost object, OOM kill) is replaced and all its in-flight requests
+    resubmitted. A request is dispatched at most `max_attempts` times; beyond that it fails with
+    `ScoringError`.
   - Exactly once: every request has one live object ref at a time; refs of a replaced actor are
     forgotten, so a late answer can never be delivered, and each request id is delivered once.
     Nothing is dropped: a request leaves the pool only as a result or as a `ScoringError`.
   - Failures: an exception inside the scorer (bad token id, NaN score, a reward function raising)
     raises `ScoringError` naming the actor, the request and the cause, from `ready()` / `score()`.
     It is never turned into a reward.
-  - Every remote wait has a timeout (`ray.wait(..., timeout=...)`); no blocking `ray.get` on one actor.
+  - Every remote wait has a deadline: answers are collected with `ray.wait(..., timeout=...)` up to the
+    next head request's deadline, and a result is read only once it is ready; actor start-up waits go
+    through `raylhf.contracts.remote.get_all`. No blocking `ray.get` on one actor.
   - Normalisation/clipping runs here, in the driver, once per delivered request, so all actors share
     one set of running statistics (`state_dict()` saves them).
 Replacing an actor blocks the calling thread while the new actor loads its models
 (bounded by `startup_timeout_s`). The pool is not thread-safe: drive it from one thread.
+All limits above (`max_in_flight`, `request_size`, `request_timeout_s`, `startup_timeout_s`,
+`max_attempts`) are fields of the `RewardConfig` the pool is built from.
 """
 
 from __future__ import annotations
@@ -36,24 +41,19 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import ray
-from ray.exceptions import (
-    GetTimeoutError,
-    ObjectLostError,
-    OutOfMemoryError,
-    RayActorError,
-    RayTaskError,
-    WorkerCrashedError,
-)
+from ray.exceptions import GetTimeoutError, RayTaskError
 
+from raylhf.configs.schema import RewardConfig
 from raylhf.contracts.records import Rollout
-from raylhf.reward_service.actor import ScorerActor, torch_threads_for
+from raylhf.contracts.remote import ActorFailure, actor_lost_errors, cause, get_all
+from raylhf.reward_service.actor import ScorerActor
 from raylhf.reward_service.errors import PoolFullError, ScorerStartupError, ScoringError
-from raylhf.reward_service.normalize import RewardTransform, transform_from_config
-from raylhf.reward_service.programmatic import RewardSource, validate_sources
-from raylhf.reward_service.scorer import scorer_settings
+from raylhf.reward_service.normalize import RewardTransform
+from raylhf.reward_service.programmatic import validate_sources
 
-# Errors after which the actor is gone (or unusable) and its work must move elsewhere.
-_ACTOR_LOST = (RayActorError, WorkerCrashedError, ObjectLostError, OutOfMemoryError, GetTimeoutError)
+# A ready result that still cannot be read within the deadline counts as lost, like a dead actor:
+# the request moves to a fresh actor.
+_LOST = (*actor_lost_errors(), GetTimeoutError)
 
 
 @dataclass
@@ -90,61 +90,35 @@ class RewardPool:
     """N scorer actors; `score(rollouts)` blocks, `submit()` / `ready()` overlap scoring with other work.
 
     Args:
-        num_actors: scorer actors.
-        rm_path, ref_path, sources, tokenizer_path, dtype, max_tokens_per_microbatch, trust_remote_code:
-            passed to each actor's `RewardScorer` (`ref_path=None`: no reference logprobs).
-        num_cpus: CPUs reserved per actor; its torch thread count is this rounded, at least 1.
-        num_gpus: GPUs per actor (> 0 puts the models on CUDA).
-        max_in_flight: requests queued per actor (backpressure bound).
-        request_size: largest request `score()` sends to one actor (big batches are split over actors).
-        request_timeout_s: a running request unanswered this long marks its actor hung.
-        startup_timeout_s: longest wait for an actor to load its models.
-        max_attempts: dispatches per request before an actor loss fails it.
-        transform: normalisation/clipping applied to every delivered score (None: raw).
+        cfg: the reward section: actor count and resources, request limits and timeouts, and what each
+            actor's `RewardScorer` computes (sources, checkpoints, dtype, normalisation).
+        rm_path: reward-model checkpoint used when `cfg.rm_path` is unset (the run's own RM stage output);
+            `cfg.rm_path` wins when set. Loaded only when a source is `rm`, which then needs one of the two.
+        ref_path: reference (SFT) policy checkpoint used when `cfg.ref_path` is unset (the run's SFT
+            checkpoint); `cfg.ref_path` wins when set. Loaded only when `cfg.ref_logprobs`; with neither
+            set, the actors return no reference logprobs.
+        trust_remote_code: let the checkpoints run their own code (only if the run config says so).
         name: prefix of the actors' labels ("scorer-0", "scorer-1", ...).
+    The paths are resolved inside each actor, where the checkpoints must be readable.
     """
 
     def __init__(
         self,
-        num_actors: int,
+        cfg: RewardConfig,
         *,
-        rm_path: str | None = None,
-        ref_path: str | None = None,
-        sources: Sequence[RewardSource] = (RewardSource("rm"),),
-        tokenizer_path: str | None = None,
-        dtype: str = "float32",
-        max_tokens_per_microbatch: int = 4096,
+        rm_path: str | None,
+        ref_path: str | None,
         trust_remote_code: bool = False,
-        num_cpus: float = 1.0,
-        num_gpus: float = 0.0,
-        max_in_flight: int = 2,
-        request_size: int = 64,
-        request_timeout_s: float = 120.0,
-        startup_timeout_s: float = 300.0,
-        max_attempts: int = 3,
-        transform: RewardTransform | None = None,
         name: str = "scorer",
     ):
-        if num_actors < 1 or max_in_flight < 1 or request_size < 1 or max_attempts < 1:
-            raise ValueError("num_actors, max_in_flight, request_size and max_attempts must be >= 1")
-        validate_sources(sources)  # a bad import path fails here, in the driver, before any actor starts
-        self._scorer_kwargs = dict(
+        validate_sources(cfg.sources)  # a bad import path fails here, in the driver, before any actor starts
+        self.cfg = cfg
+        self._actor_args = dict(
             rm_path=None if rm_path is None else str(rm_path),
             ref_path=None if ref_path is None else str(ref_path),
-            sources=list(sources),
-            tokenizer_path=None if tokenizer_path is None else str(tokenizer_path),
-            dtype=dtype,
-            device="cuda" if num_gpus > 0 else "cpu",
-            max_tokens_per_microbatch=max_tokens_per_microbatch,
             trust_remote_code=trust_remote_code,
         )
-        self.num_cpus, self.num_gpus = num_cpus, num_gpus
-        self.max_in_flight = max_in_flight
-        self.request_size = request_size
-        self.request_timeout_s = request_timeout_s
-        self.startup_timeout_s = startup_timeout_s
-        self.max_attempts = max_attempts
-        self.transform = transform if transform is not None else RewardTransform()
+        self.transform = RewardTransform(cfg)
         self._ids = itertools.count()
         self._by_ref: dict[Any, _Request] = {}
         self._completed: dict[int, list[Rollout]] = {}
@@ -155,29 +129,16 @@ class RewardPool:
         )
         self._slots: list[_Slot] = []
         self._closed = False
-        handles = [self._spawn(f"{name}-{i}") for i in range(num_actors)]
+        labels = [f"{name}-{i}" for i in range(cfg.num_actors)]
+        handles = [self._spawn(label) for label in labels]
         try:
-            infos = self._await_ready([(f"{name}-{i}", h) for i, h in enumerate(handles)])
+            infos = self._await_ready(labels, handles)
         except BaseException:
             for h in handles:
                 ray.kill(h, no_restart=True)
             raise
-        self._slots = [_Slot(i, f"{name}-{i}", h) for i, h in enumerate(handles)]
+        self._slots = [_Slot(i, label, h) for i, (label, h) in enumerate(zip(labels, handles))]
         self.actor_info = infos
-
-    @classmethod
-    def from_config(
-        cls,
-        cfg: Any,
-        *,
-        default_rm_path: str | None = None,
-        default_ref_path: str | None = None,
-        trust_remote_code: bool = False,
-    ) -> "RewardPool":
-        """Build from a `RewardConfig` section. `default_*_path` fill the paths the config leaves unset
-        (the run's own RM and SFT checkpoints); `trust_remote_code` comes from the run config."""
-        scorer = scorer_settings(cfg, default_rm_path, default_ref_path, trust_remote_code)
-        return cls(cfg.num_actors, **scorer, **pool_settings(cfg))
 
     # -- public API ----------------------------------------------------------------------------------
 
@@ -187,14 +148,14 @@ class RewardPool:
 
     @property
     def capacity(self) -> int:
-        return len(self._slots) * self.max_in_flight
+        return len(self._slots) * self.cfg.max_in_flight
 
     @property
     def num_in_flight(self) -> int:
         return len(self._by_ref)
 
     def has_capacity(self) -> bool:
-        return any(len(s.in_flight) < self.max_in_flight for s in self._slots)
+        return any(len(s.in_flight) < self.cfg.max_in_flight for s in self._slots)
 
     @property
     def actors(self) -> dict[str, Any]:
@@ -214,7 +175,7 @@ class RewardPool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.has_capacity():
             if not block:
-                raise PoolFullError(f"all {self.num_actors} scorer actors hold {self.max_in_flight} requests")
+                raise PoolFullError(f"all {self.num_actors} scorer actors hold {self.cfg.max_in_flight} requests")
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise PoolFullError(f"no free scorer slot within {timeout} s")
@@ -248,7 +209,7 @@ class RewardPool:
         rollouts = list(rollouts)
         if not rollouts:
             return []
-        size = min(self.request_size, math.ceil(len(rollouts) / self.num_actors))
+        size = min(self.cfg.request_size, math.ceil(len(rollouts) / self.num_actors))
         chunks = [rollouts[i : i + size] for i in range(0, len(rollouts), size)]
         mine: list[int] = []
         try:
@@ -307,27 +268,16 @@ class RewardPool:
             raise RuntimeError("RewardPool is shut down")
 
     def _spawn(self, label: str) -> Any:
-        return ScorerActor.options(num_cpus=self.num_cpus, num_gpus=self.num_gpus).remote(
-            label, torch_threads_for(self.num_cpus), self._scorer_kwargs
+        return ScorerActor.options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus).remote(
+            label, self.cfg, **self._actor_args
         )
 
-    def _await_ready(self, actors: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-        refs = [h.ready.remote() for _, h in actors]
-        done, pending = ray.wait(refs, num_returns=len(refs), timeout=self.startup_timeout_s)
-        if pending:
-            late = [label for (label, _), r in zip(actors, refs) if r in pending]
-            raise ScorerStartupError(
-                f"scorer actors {late} not ready within {self.startup_timeout_s} s", actor=late[0], cause="timeout"
-            )
-        infos = []
-        for (label, _), ref in zip(actors, refs):
-            try:
-                infos.append(ray.get(ref, timeout=self.startup_timeout_s))
-            except Exception as e:
-                cause = _cause(e)
-                message = f"scorer actor {label} failed to start: {cause}"
-                raise ScorerStartupError(message, actor=label, cause=cause) from e
-        return infos
+    def _await_ready(self, labels: list[str], handles: list[Any]) -> list[dict[str, Any]]:
+        """Each actor's `ready()` info once its models are loaded; `ScorerStartupError` otherwise."""
+        try:
+            return get_all([h.ready.remote() for h in handles], labels, "model loading", self.cfg.startup_timeout_s)
+        except ActorFailure as e:
+            raise ScorerStartupError(f"scorer actor {e}", actor=e.actor, cause=e.cause) from e
 
     def _least_loaded(self) -> _Slot:
         return min(self._slots, key=lambda s: (len(s.in_flight), s.t_last_done, s.index))
@@ -347,7 +297,7 @@ class RewardPool:
             return
         now = time.monotonic()
         busy = [s for s in self._slots if s.in_flight]
-        next_deadline = min(s.head_started() + self.request_timeout_s for s in busy)
+        next_deadline = min(s.head_started() + self.cfg.request_timeout_s for s in busy)
         wait_s = max(0.0, min(timeout, next_deadline - now))
         refs = list(self._by_ref)
         done, _ = ray.wait(refs, num_returns=1, timeout=wait_s)
@@ -360,21 +310,21 @@ class RewardPool:
                 continue
             slot = request.slot
             try:
-                result = ray.get(ref, timeout=self.request_timeout_s)  # ready: returns at once
-            except _ACTOR_LOST as e:  # stays in `slot.in_flight`; the replacement resubmits it
-                lost.setdefault(slot.index, (slot, f"died: {_cause(e)}"))
+                result = ray.get(ref, timeout=self.cfg.request_timeout_s)  # ready: returns at once
+            except _LOST as e:  # stays in `slot.in_flight`; the replacement resubmits it
+                lost.setdefault(slot.index, (slot, f"died: {cause(e)}"))
                 continue
             except RayTaskError as e:
                 self._forget(request)
-                self._fail(request, f"scorer actor {slot.label} failed on request {request.request_id}", _cause(e), e)
+                self._fail(request, f"scorer actor {slot.label} failed on request {request.request_id}", cause(e), e)
                 continue
             self._forget(request)
             self._deliver(request, result)
         now = time.monotonic()
         for slot in self._slots:
-            if slot.index not in lost and slot.in_flight and now - slot.head_started() > self.request_timeout_s:
+            if slot.index not in lost and slot.in_flight and now - slot.head_started() > self.cfg.request_timeout_s:
                 self._counters["timeouts"] += 1
-                lost[slot.index] = (slot, f"hung: no answer within {self.request_timeout_s} s")
+                lost[slot.index] = (slot, f"hung: no answer within {self.cfg.request_timeout_s} s")
         for slot, reason in lost.values():
             self._replace(slot, reason)
 
@@ -435,7 +385,7 @@ class RewardPool:
         slot.restarts += 1
         self._counters["actor_restarts"] += 1
         try:
-            self.actor_info[slot.index] = self._await_ready([(slot.label, slot.handle)])[0]
+            self.actor_info[slot.index] = self._await_ready([slot.label], [slot.handle])[0]
         except ScorerStartupError as e:
             ray.kill(slot.handle, no_restart=True)
             for request in orphans:
@@ -446,7 +396,7 @@ class RewardPool:
             if request.request_id in self._abandoned:
                 self._abandoned.discard(request.request_id)
                 continue
-            if request.attempts >= self.max_attempts:
+            if request.attempts >= self.cfg.max_attempts:
                 self._fail(
                     request,
                     f"request {request.request_id} lost {request.attempts} times (max_attempts)",
@@ -460,25 +410,3 @@ class RewardPool:
 def _with_score(rollout: Rollout, score: float) -> Rollout:
     return dataclasses.replace(rollout, score=score)
 
-
-def _cause(e: BaseException) -> str:
-    """The original exception of a Ray error, as `Type: message` (without Ray's traceback banner)."""
-    inner = getattr(e, "cause", None)
-    if isinstance(e, RayTaskError) and inner is not None:
-        return f"{type(inner).__name__}: {inner}"
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"
-
-
-def pool_settings(cfg: Any) -> dict[str, Any]:
-    """`RewardPool` arguments (besides the scorer's) from a `RewardConfig`."""
-    return dict(
-        num_cpus=cfg.num_cpus,
-        num_gpus=cfg.num_gpus,
-        max_in_flight=cfg.max_in_flight,
-        request_size=cfg.request_size,
-        request_timeout_s=cfg.request_timeout_s,
-        startup_timeout_s=cfg.startup_timeout_s,
-        max_attempts=cfg.max_attempts,
-        transform=transform_from_config(cfg),
-    )

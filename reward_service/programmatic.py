@@ -1,6 +1,6 @@
 """Programmatic reward sources, loaded by import path, and their weighted sum with the reward model.
 
-A source is one of
+A source (`reward.sources[i]`, a `RewardSourceConfig`) is one of
   - `rm`: the reward model's scalar (computed by `RewardScorer`),
   - `function`: `fn(prompts: list[str], responses: list[str], **kwargs) -> list[float]`, on text decoded
     with the tokenizer (special tokens dropped: no BOS, no EOS),
@@ -8,7 +8,8 @@ A source is one of
     on the raw token ids (prompt with BOS, response with EOS when the response ended on it).
 Functions are batched: one call per micro-batch of rollouts, one float per rollout, in order.
 They are named `package.module:function` (a dotted attribute after the colon is allowed) and must be
-importable where the scorer runs (installed, or on the Ray workers' PYTHONPATH).
+importable where the scorer runs (installed, or on the Ray workers' PYTHONPATH). `ProgrammaticReward`
+is one resolved function source.
 """
 
 from __future__ import annotations
@@ -17,34 +18,17 @@ import functools
 import importlib
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
+from raylhf.configs.schema import RewardSourceConfig
 from raylhf.reward_service.errors import RewardConfigError, ScoringError
 
-SourceKind = Literal["rm", "function", "token_function"]
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
-@dataclass(frozen=True)
-class RewardSource:
-    """One term of the reward: `weight * r` where r comes from the RM or a function."""
-
-    kind: SourceKind = "rm"
-    weight: float = 1.0
-    path: str | None = None  # "package.module:function" for function / token_function
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    key: str = "reward.sources"  # config key named in errors
-
-
-def sources_from_config(sources: Sequence[Any]) -> list[RewardSource]:
-    """`RewardSourceConfig` sections (or any objects with kind/weight/path/kwargs) -> `RewardSource`s."""
-    return [
-        RewardSource(
-            kind=s.kind, weight=float(s.weight), path=s.path, kwargs=dict(s.kwargs), key=f"reward.sources[{i}]"
-        )
-        for i, s in enumerate(sources)
-    ]
+def source_key(index: int) -> str:
+    """The config key of `reward.sources[index]`, as errors name it."""
+    return f"reward.sources[{index}]"
 
 
 def load_reward_function(path: str, key: str = "reward.sources") -> Callable[..., Any]:
@@ -67,34 +51,27 @@ def load_reward_function(path: str, key: str = "reward.sources") -> Callable[...
     return obj
 
 
-def validate_sources(sources: Sequence[RewardSource]) -> None:
-    """Check kinds, weights and import paths up front, so a bad config fails at construction."""
-    if not sources:
-        raise RewardConfigError("reward.sources: at least one reward source is needed")
-    if sum(s.kind == "rm" for s in sources) > 1:
-        raise RewardConfigError("reward.sources: at most one `rm` source")
-    for s in sources:
-        if s.kind not in ("rm", "function", "token_function"):
-            raise RewardConfigError(f"{s.key}.kind: unknown kind {s.kind!r}; expected rm, function or token_function")
-        if not math.isfinite(s.weight):
-            raise RewardConfigError(f"{s.key}.weight: must be finite (got {s.weight!r})")
-        if s.kind == "rm":
-            if s.path is not None:
-                raise RewardConfigError(f"{s.key}.path: an `rm` source takes no path (got {s.path!r})")
-        else:
-            load_reward_function(s.path, s.key)  # type: ignore[arg-type]
+def validate_sources(sources: Sequence[RewardSourceConfig]) -> None:
+    """Resolve every function source's import path up front, so a config naming a function that does not
+    import fails at construction, before any scoring."""
+    for i, s in enumerate(sources):
+        if s.kind != "rm":
+            load_reward_function(s.path, source_key(i))  # type: ignore[arg-type]
 
 
 class ProgrammaticReward:
-    """A resolved `function` / `token_function` source with its kwargs bound; checks what it returns."""
+    """A resolved `function` / `token_function` source with its kwargs bound; checks what it returns.
 
-    def __init__(self, source: RewardSource):
-        if source.kind not in ("function", "token_function") or source.path is None:
-            raise RewardConfigError(f"{source.key}: not a function source ({source.kind})")
+    Args:
+        source: the source's config section.
+        key: its config key, named in errors (e.g. ``reward.sources[1]``).
+    """
+
+    def __init__(self, source: RewardSourceConfig, key: str):
         self.source = source
         self.kind = source.kind
-        self.path = source.path
-        self._fn = functools.partial(load_reward_function(source.path, source.key), **source.kwargs)
+        self.path = source.path  # set: the schema requires a path of every function source
+        self._fn = functools.partial(load_reward_function(source.path, key), **source.kwargs)
 
     def __call__(self, prompts: Sequence[Any], responses: Sequence[Any], sample_ids: Sequence[str]) -> list[float]:
         n = len(responses)

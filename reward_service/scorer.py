@@ -8,11 +8,11 @@ it ended on one), P and T tokens long:
                    for the pad id, which may also occur inside content),
   - ref_logprobs = [log π_ref(response_ids[t] | prompt_ids, response_ids[:t]) for t < T], from the
                    reference policy's logits at positions P - 1 .. P + T - 2,
-  - score        = sum over sources of `weight * r_source`, then the optional normalise/clip transform.
+  - score        = sum over sources of `weight * r_source`, then the configured normalise/clip transform.
 Rollouts are sorted by length and packed into right-padded micro-batches of at most
 `max_tokens_per_microbatch` padded tokens. Right padding under a causal mask leaves every real
 position's output independent of what follows it, so a rollout gets the same numbers whatever it is
-batched with.
+batched with, up to float rounding (other batch shapes run other matmul kernels).
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from typing import Any, Sequence
 
 import torch
 
+from raylhf.configs.schema import RewardConfig
 from raylhf.contracts.formatting import decode_response
 from raylhf.contracts.records import Rollout
 from raylhf.reward_service.errors import ScoringError
-from raylhf.reward_service.normalize import RewardTransform, transform_from_config
-from raylhf.reward_service.programmatic import ProgrammaticReward, RewardSource, sources_from_config, validate_sources
+from raylhf.reward_service.normalize import RewardTransform
+from raylhf.reward_service.programmatic import ProgrammaticReward, source_key, validate_sources
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -49,6 +50,10 @@ def pack_microbatches(lengths: Sequence[int], max_tokens: int) -> list[list[int]
     if current:
         batches.append(current)
     return batches
+
+
+def _as_str(path: Any) -> str | None:
+    return None if path is None else str(path)
 
 
 def _check_local_path(path: str | None, key: str) -> None:
@@ -83,84 +88,66 @@ def _load_reward_model(path: str, load_kwargs: dict[str, Any]):
     return model
 
 
-def scorer_settings(
-    cfg: Any, default_rm_path: str | None = None, default_ref_path: str | None = None, trust_remote_code: bool = False
-) -> dict[str, Any]:
-    """`RewardScorer` arguments from a `RewardConfig`; `default_*_path` fill the paths it leaves unset
-    (the run's own RM and SFT checkpoints). The RM is loaded only if a source needs it."""
-    sources = sources_from_config(cfg.sources)
-    needs_rm = any(s.kind == "rm" for s in sources)
-    return dict(
-        rm_path=(cfg.rm_path or default_rm_path) if needs_rm else None,
-        ref_path=(cfg.ref_path or default_ref_path) if cfg.ref_logprobs else None,
-        sources=sources,
-        tokenizer_path=cfg.tokenizer_path,
-        dtype=cfg.dtype,
-        max_tokens_per_microbatch=cfg.max_tokens_per_microbatch,
-        trust_remote_code=trust_remote_code,
-    )
-
-
 class RewardScorer:
     """Scores rollouts with the frozen reward model, reference policy and programmatic sources.
 
     Args:
-        rm_path: reward-model checkpoint (a one-label `*ForTokenClassification` or
-            `*ForSequenceClassification`); needed when a source is `rm`.
-        ref_path: reference (SFT) policy checkpoint; unset: `ref_logprobs` are left as they are.
-        sources: reward sources with weights (default: the RM alone).
-        tokenizer_path: tokenizer for `function` sources (default: `rm_path`, else `ref_path`).
-        dtype: "float32" or "bfloat16" for the frozen models.
-        device: torch device ("cpu", "cuda", "cuda:1", ...).
-        max_tokens_per_microbatch: padded tokens per forward pass.
-        trust_remote_code: let the checkpoints run their own code (only if the config says so).
-        transform: normalisation/clipping of the summed reward; None leaves it raw.
+        cfg: the reward section (sources, checkpoints, dtype, micro-batch budget, normalisation).
+        rm_path: reward-model checkpoint used when `cfg.rm_path` is unset (the run's own RM stage output);
+            `cfg.rm_path` wins when set. Loaded only when a source is `rm`, which then needs one of the two.
+        ref_path: reference (SFT) policy checkpoint used when `cfg.ref_path` is unset (the run's SFT
+            checkpoint); `cfg.ref_path` wins when set. Loaded only when `cfg.ref_logprobs`; with neither
+            set, `ref_logprobs` are left as they are.
+        trust_remote_code: let the checkpoints run their own code (only if the run config says so).
+        device: torch device of the frozen models ("cpu", "cuda", "cuda:1", ...).
+        apply_transform: apply `cfg`'s normalisation and clipping to the summed reward. A `RewardPool`
+            turns it off in its actors and applies it once in the driver, so that all actors share one
+            set of running statistics.
+    The tokenizer that `function` sources decode with is `cfg.tokenizer_path`, else the reward model's,
+    else the reference policy's.
     """
 
     def __init__(
         self,
-        rm_path: str | None = None,
-        ref_path: str | None = None,
-        sources: Sequence[RewardSource] = (RewardSource("rm"),),
-        tokenizer_path: str | None = None,
-        dtype: str = "float32",
-        device: str = "cpu",
-        max_tokens_per_microbatch: int = 4096,
+        cfg: RewardConfig,
+        *,
+        rm_path: str | None,
+        ref_path: str | None,
         trust_remote_code: bool = False,
-        transform: RewardTransform | None = None,
+        device: str = "cpu",
+        apply_transform: bool = True,
     ):
         from transformers import AutoModelForCausalLM
 
-        validate_sources(sources)
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype: expected one of {sorted(_DTYPES)} (got {dtype!r})")
-        if max_tokens_per_microbatch < 1:
-            raise ValueError(f"max_tokens_per_microbatch: must be >= 1 (got {max_tokens_per_microbatch})")
-        self.sources = list(sources)
+        validate_sources(cfg.sources)
+        self.cfg = cfg
         self.device = torch.device(device)
-        self.max_tokens_per_microbatch = max_tokens_per_microbatch
-        self.transform = transform
+        self.transform = RewardTransform(cfg) if apply_transform else None
+        rm_index = next((i for i, s in enumerate(cfg.sources) if s.kind == "rm"), None)
+        rm_path = _as_str(cfg.rm_path or rm_path) if rm_index is not None else None
+        ref_path = _as_str(cfg.ref_path or ref_path) if cfg.ref_logprobs else None
+        tokenizer_path = cfg.tokenizer_path
         _check_local_path(rm_path, "reward.rm_path")
         _check_local_path(ref_path, "reward.ref_path")
         _check_local_path(tokenizer_path, "reward.tokenizer_path")
-        load_kwargs = dict(use_safetensors=True, trust_remote_code=trust_remote_code, dtype=_DTYPES[dtype])
+        load_kwargs = dict(use_safetensors=True, trust_remote_code=trust_remote_code, dtype=_DTYPES[cfg.dtype])
 
         self.rm = None
         self.rm_weight = 0.0
-        rm_source = next((s for s in self.sources if s.kind == "rm"), None)
-        if rm_source is not None:
+        if rm_index is not None:
             if rm_path is None:
-                raise ValueError(f"{rm_source.key}: an `rm` source needs a reward-model checkpoint (reward.rm_path)")
-            self.rm = _load_reward_model(str(rm_path), load_kwargs)
+                key = source_key(rm_index)
+                raise ValueError(f"{key}: an `rm` source needs a reward-model checkpoint (reward.rm_path)")
+            self.rm = _load_reward_model(rm_path, load_kwargs)
             self.rm.to(self.device).eval().requires_grad_(False)
-            self.rm_weight = rm_source.weight
+            self.rm_weight = cfg.sources[rm_index].weight
 
         self.ref = None
         if ref_path is not None:
-            self.ref = AutoModelForCausalLM.from_pretrained(str(ref_path), **load_kwargs)
+            self.ref = AutoModelForCausalLM.from_pretrained(ref_path, **load_kwargs)
             self.ref.to(self.device).eval().requires_grad_(False)
 
-        self.functions = [ProgrammaticReward(s) for s in self.sources if s.kind != "rm"]
+        self.functions = [ProgrammaticReward(s, source_key(i)) for i, s in enumerate(cfg.sources) if s.kind != "rm"]
         self.tokenizer = None
         if any(f.kind == "function" for f in self.functions):
             from transformers import AutoTokenizer
@@ -168,7 +155,7 @@ class RewardScorer:
             tok_path = tokenizer_path or rm_path or ref_path
             if tok_path is None:
                 raise ValueError("reward.tokenizer_path: a `function` source needs a tokenizer to decode text")
-            self.tokenizer = AutoTokenizer.from_pretrained(str(tok_path), trust_remote_code=trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code)
 
         models = [m for m in (self.rm, self.ref) if m is not None]
         self._vocab_limit = min((m.get_input_embeddings().num_embeddings for m in models), default=None)
@@ -178,20 +165,6 @@ class RewardScorer:
         pad = next((m.config.pad_token_id for m in models if m.config.pad_token_id is not None), None)
         # Any in-vocabulary id works as filler: padded positions are masked out and never read.
         self._pad_id = int(pad) if pad is not None else 0
-
-    @classmethod
-    def from_config(
-        cls,
-        cfg: Any,
-        *,
-        default_rm_path: str | None = None,
-        default_ref_path: str | None = None,
-        trust_remote_code: bool = False,
-        device: str = "cpu",
-    ) -> "RewardScorer":
-        """In-process scorer from a `RewardConfig` (e.g. for `mode: sync`), normalisation included."""
-        settings = scorer_settings(cfg, default_rm_path, default_ref_path, trust_remote_code)
-        return cls(**settings, device=device, transform=transform_from_config(cfg))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -267,7 +240,7 @@ class RewardScorer:
         lengths = [len(r.prompt_ids) + len(r.response_ids) for r in rollouts]
         rm_scores = [0.0] * len(rollouts)
         ref_logprobs: list[list[float] | None] = [None] * len(rollouts)
-        for batch in pack_microbatches(lengths, self.max_tokens_per_microbatch):
+        for batch in pack_microbatches(lengths, self.cfg.max_tokens_per_microbatch):
             width = max(lengths[i] for i in batch)
             input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -43,3 +43,10 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    # Every test that starts Ray is slow (seconds to start, actors to spawn); `make test-fast` skips them.
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -4,7 +4,10 @@ builds for another torch, which break `from transformers import LlamaConfig`).""
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_stack_imports_together():
     code = (
         "import torch, transformers, vllm, ray, pyarrow\n"
@@ -31,6 +34,7 @@ def test_light_modules_do_not_import_heavy_stack():
     assert out.stdout.strip() == "", f"heavy imports pulled in: {out.stdout.strip()}"
 
 
+@pytest.mark.slow
 def test_install_exposes_one_top_level_name(tmp_path):
     # `pip install .` must put exactly one name into site-packages: generic names such as `configs` or
     # `tasks` would collide with other projects'. The wheel is what pip installs; read its top level.
@@ -47,7 +51,7 @@ def test_install_exposes_one_top_level_name(tmp_path):
     assert top_level == {"raylhf"}, top_level
     for component in ("actors", "configs", "contracts", "learners", "orchestration", "reward_service", "tasks"):
         assert f"raylhf/{component}/__init__.py" in names, component
-    assert "raylhf/configs/tiny.yaml" in names
+    assert "raylhf/configs/tiny.yaml" in names and "raylhf/tasks/demo/world.py" in names
 
 
 def test_installed_names_resolve_outside_the_checkout(tmp_path):

@@ -123,6 +123,7 @@ def test_named_checkpoint_tensors_lists_tied_weights_once():
     assert len(model.state_dict()) == 2
 
 
+@pytest.mark.slow
 def test_engine_modules_import_without_ray_or_vllm():
     """The hf engine must run where vLLM is missing; no engine needs Ray."""
     code = (

@@ -9,10 +9,13 @@ import time
 
 import pytest
 
-from raylhf.actors.generator import broadcast_weights, start_generators, wait_all
+from raylhf.actors.generator import broadcast_weights, start_generators
+from raylhf.contracts.remote import ActorFailure, NamedActor, get_all
 from raylhf.configs.schema import GenerationConfig
 from raylhf.contracts.protocols import GenerationRequest, SamplingSpec
 from raylhf.contracts.snapshot import SnapshotMismatchError, build_snapshot, snapshot_checksums, snapshot_tensors
+
+pytestmark = pytest.mark.slow  # Ray actors hosting vLLM engines
 
 GREEDY = SamplingSpec(n=1, temperature=0.0, max_new_tokens=12)
 PROMPTS = [GenerationRequest(f"p{i}", (1, 10 + i, 20 + 2 * i, 30)) for i in range(6)]
@@ -32,12 +35,12 @@ def object_store_bytes_used() -> int:
 @pytest.fixture(scope="module")
 def generator(ray_session, tiny_checkpoint):
     [actor] = start_generators(CFG, tiny_checkpoint, seed=0, name_prefix="test-generator")
-    yield actor
-    ray_session.kill(actor)
+    yield actor.handle
+    ray_session.kill(actor.handle)
 
 
 def responses(ray, actor, timeout=120):
-    [results] = wait_all([actor.generate.remote(PROMPTS, GREEDY)], ["generator"], timeout, "generate")
+    [results] = get_all([actor.generate.remote(PROMPTS, GREEDY)], ["generator"], "generate", timeout)
     return results
 
 
@@ -51,7 +54,7 @@ def test_actor_starts_from_config_and_generates(ray_session, generator):
 def test_sync_through_object_store(ray_session, generator, base_snapshot, other_snapshot):
     before = responses(ray_session, generator)
     ref = ray_session.put(dataclasses.replace(other_snapshot, version=3))
-    assert wait_all(broadcast_weights([generator], ref), ["generator"], 60, "sync") == [3]
+    assert get_all(broadcast_weights([NamedActor("generator", generator)], ref), ["generator"], "sync", 60) == [3]
     del ref
     sums = ray_session.get(generator.checksums.remote(), timeout=60)
     expected = snapshot_checksums(other_snapshot)
@@ -61,8 +64,8 @@ def test_sync_through_object_store(ray_session, generator, base_snapshot, other_
     assert [r[0].response_ids for r in after] != [r[0].response_ids for r in before]
 
     # a snapshot handed over directly is put once by broadcast_weights
-    assert wait_all(broadcast_weights([generator], dataclasses.replace(base_snapshot, version=4)),
-                    ["generator"], 60, "sync") == [4]
+    assert get_all(broadcast_weights([NamedActor("generator", generator)], dataclasses.replace(base_snapshot, version=4)),
+                   ["generator"], "sync", 60) == [4]
     back = responses(ray_session, generator)
     assert {r[0].policy_version for r in back} == {4}
     assert [r[0].response_ids for r in back] == [r[0].response_ids for r in before]
@@ -145,8 +148,9 @@ def test_object_store_stays_flat_over_1000_syncs(ray_session, generator, base_sn
 def test_hf_engine_actor_matches_vllm_actor(ray_session, generator, tiny_checkpoint, base_snapshot):
     """The engine is chosen in the config; both engines serve the same protocol and greedy outputs."""
     ray_session.get(generator.load_weights.remote(dataclasses.replace(base_snapshot, version=40)), timeout=60)
-    [hf] = start_generators(CFG.model_copy(update={"engine": "hf", "num_cpus": 0.5}), tiny_checkpoint,
-                            name_prefix="test-hf-generator")
+    [named] = start_generators(CFG.model_copy(update={"engine": "hf", "num_cpus": 0.5}), tiny_checkpoint,
+                               name_prefix="test-hf-generator")
+    hf = named.handle
     try:
         info = ray_session.get(hf.ready.remote(), timeout=60)
         assert info["engine"] == "HFEngine"
@@ -161,6 +165,6 @@ def test_hf_engine_actor_matches_vllm_actor(ray_session, generator, tiny_checkpo
 
 def test_failed_start_names_the_actor(ray_session, tmp_path):
     (tmp_path / "config.json").write_text("{}")  # not a loadable model
-    with pytest.raises(RuntimeError, match="generator start failed on test-broken-0"):
+    with pytest.raises(ActorFailure, match="test-broken-0 died during start: .*Unrecognized model"):
         start_generators(CFG.model_copy(update={"engine": "hf", "num_cpus": 0.5}), tmp_path,
                          name_prefix="test-broken", ready_timeout_s=120)

@@ -13,6 +13,8 @@ from raylhf.actors.checkpoint import checkpoint_signature
 from raylhf.contracts.protocols import GenerationEngine, GenerationRequest, RequestError, SamplingSpec
 from raylhf.contracts.snapshot import SnapshotMismatchError, build_snapshot, snapshot_checksums, snapshot_tensors
 
+pytestmark = pytest.mark.slow  # starts vLLM engines
+
 GREEDY = SamplingSpec(n=1, temperature=0.0, max_new_tokens=16)
 # Behaviour logprobs vs a transformers forward pass: both fp32 on CPU with different kernels.
 # Observed differences are ~1e-6; the temperature / top-p effects tested against are > 1e-2.

@@ -33,6 +33,10 @@ def test_dotted_overrides_are_typed():
         ("collect.k=10", "collect.k: Input should be less than or equal to 9"),
         ("data.on_bad_rows=ignore", "data.on_bad_rows: Input should be 'error' or 'skip'"),
         ("noequals", "expected key.path=value"),
+        ("ppo.kl_coef=.nan", "ppo.kl_coef: Input should be a finite number"),
+        ("ppo.timeout_s=.inf", "ppo.timeout_s: Input should be a finite number"),
+        ("reward.sources=[{kind: rm, weight: .nan}]", "reward.sources.0.weight: Input should be a finite number"),
+        ("task.ramble_rate=0.9", "task: Value error, ramble_rate + verbose_rate + wrong_rate must be <= 1"),
     ],
 )
 def test_bad_overrides_name_the_key(override, needle):

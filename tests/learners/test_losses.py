@@ -17,8 +17,10 @@ from raylhf.learners.losses import (
     AdaptiveKLController,
     FixedKLController,
     entropy_from_logits,
+    explained_variance,
     gae,
     kl_penalty,
+    kl_shaped_rewards,
     lm_loss,
     masked_mean,
     masked_var,
@@ -26,11 +28,13 @@ from raylhf.learners.losses import (
     ppo_policy_loss,
     ranking_loss,
     token_logprobs,
+    truncated_importance_weights,
     value_loss,
 )
 
 TOL = 1e-6
 NAN = float("nan")
+INF = float("inf")
 
 
 def t(rows, dtype=torch.float64):
@@ -144,6 +148,73 @@ def test_kl_unknown_estimator():
     x = t([[0.0]])
     with pytest.raises(ValueError, match="k1, k2, k3"):
         kl_penalty(x, x, "k4")
+
+
+# ------------------------------------------------------------------------------------------------
+# per-token rewards (InstructGPT Eq. 2)
+
+# beta = 0.1; four rows of T = 4 with garbage at masked positions:
+#   row 0: 3 valid tokens, so the last valid token (t=2) is not the last column
+#   row 1: 2 valid tokens
+#   row 2: a hole at t=1 (the last valid token is still t=2)
+#   row 3: no valid token at all
+REWARD_SCORES = [1.0, -0.5, 0.3, 2.0]
+REWARD_LOGPROBS = [[-1.0, -2.0, -0.5, NAN], [-0.3, -1.2, NAN, INF], [-0.4, 5.0, -0.9, 0.0], [NAN, NAN, NAN, NAN]]
+REWARD_REF = [[-1.5, -1.0, -0.5, 1.0], [-0.1, -1.7, 7.0, 0.0], [-0.2, 0.0, -1.0, 3.0], [0.0, 0.0, 0.0, -INF]]
+REWARD_MASK = [[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+
+
+def test_kl_shaped_rewards_by_hand_k1():
+    logprobs = t(REWARD_LOGPROBS).requires_grad_(True)
+    rewards, kl = kl_shaped_rewards(t(REWARD_SCORES), logprobs, t(REWARD_REF), t(REWARD_MASK), 0.1, "k1")
+    # k1 = logprobs - ref_logprobs at valid tokens, 0 elsewhere:
+    #   row 0: [-1.0+1.5, -2.0+1.0, -0.5+0.5] = [0.5, -1.0, 0.0]
+    #   row 1: [-0.3+0.1, -1.2+1.7]           = [-0.2, 0.5]
+    #   row 2: [-0.4+0.2, (hole), -0.9+1.0]   = [-0.2, 0, 0.1]
+    #   row 3: nothing valid                  = 0
+    assert close(kl, [[0.5, -1.0, 0.0, 0.0], [-0.2, 0.5, 0.0, 0.0], [-0.2, 0.0, 0.1, 0.0], [0.0] * 4])
+    # r_t = -0.1 * KL_t, plus the score at the last valid token:
+    #   row 0: [-0.05, 0.1, 0.0 + 1.0]         (score at t=2, the fourth column stays 0)
+    #   row 1: [0.02, -0.05 - 0.5 = -0.55]     (score at t=1)
+    #   row 2: [0.02, 0, -0.01 + 0.3 = 0.29]   (score at t=2, after the hole)
+    #   row 3: all 0 (no token to carry the score 2.0)
+    expected = [[-0.05, 0.1, 1.0, 0.0], [0.02, -0.55, 0.0, 0.0], [0.02, 0.0, 0.29, 0.0], [0.0] * 4]
+    assert close(rewards, expected)
+    # Each row sums to score - beta * sum_t KL_t: 1.0 - 0.1*(-0.5) = 1.05 ; -0.5 - 0.1*0.3 = -0.53 ;
+    # 0.3 - 0.1*(-0.1) = 0.31
+    assert close(rewards.sum(dim=1)[:3], [1.05, -0.53, 0.31])
+    assert not rewards.requires_grad and not kl.requires_grad  # constants of the PPO losses
+
+
+def test_kl_shaped_rewards_k3_and_zero_beta():
+    lp, ref, mask, scores = t(REWARD_LOGPROBS), t(REWARD_REF), t(REWARD_MASK), t(REWARD_SCORES)
+    rewards, kl = kl_shaped_rewards(scores, lp, ref, mask, 0.1, "k3")
+    # k3 = e^-x - 1 + x of the log-ratio x, row 0: x = 0.5, -1.0, 0.0
+    #   e^-0.5 - 0.5 = 0.606531 - 0.5 = 0.106531 ; e^1 - 2 = 0.718282 ; 0
+    k3 = [math.exp(-0.5) - 0.5, math.exp(1.0) - 2.0, 0.0]
+    assert close(kl[0, :3], k3)
+    # rewards row 0: [-0.0106531, -0.0718282, 0 + 1.0, 0]
+    assert close(rewards[0], [-0.1 * k3[0], -0.1 * k3[1], 1.0, 0.0])
+    # beta = 0: the score alone, at the last valid token of each row
+    rewards0, _ = kl_shaped_rewards(scores, lp, ref, mask, 0.0)
+    assert close(rewards0, [[0.0, 0.0, 1.0, 0.0], [0.0, -0.5, 0.0, 0.0], [0.0, 0.0, 0.3, 0.0], [0.0] * 4])
+
+
+def test_kl_shaped_rewards_invariant_to_appended_padding():
+    lp, ref, mask, scores = t(REWARD_LOGPROBS), t(REWARD_REF), t(REWARD_MASK), t(REWARD_SCORES)
+    base = kl_shaped_rewards(scores, lp, ref, mask, 0.1)
+    padded = kl_shaped_rewards(scores, pad(lp, 3, NAN), pad(ref, 3, 1e6), pad_mask(mask, 3), 0.1)
+    for a, b in zip(padded, base):
+        assert close(a[:, :4], b.tolist(), 1e-12)
+        assert bool((a[:, 4:] == 0).all())
+
+
+def test_kl_shaped_rewards_rejects_bad_shapes():
+    x = t([[0.0, 1.0]])
+    with pytest.raises(ValueError, match="scores"):
+        kl_shaped_rewards(t([1.0, 2.0]), x, x, t([[1, 1]]), 0.1)
+    with pytest.raises(ValueError, match="shape"):
+        kl_shaped_rewards(t([1.0]), x, t([[0.0]]), t([[1, 1]]), 0.1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -498,6 +569,46 @@ def test_ranking_loss_rejects_bad_shapes():
         ranking_loss(t([[0.1, 0.2]]), torch.tensor([[0, 1, 2]]))
     with pytest.raises(ValueError, match="integer"):
         ranking_loss(t([[0.1, 0.2]]), t([[0, 1]]))
+
+
+# ------------------------------------------------------------------------------------------------
+# off-policy correction and value diagnostics
+
+
+def test_truncated_importance_weights_by_hand():
+    old = t([[-1.0, -2.0, -0.5, -3.0, NAN]])
+    behaviour = t([[-1.5, -1.0, -3.5, -3.0, 1e6]])
+    mask = t([[1, 1, 1, 1, 0]])
+    # delta = old - behaviour = [0.5, -1.0, 3.0, 0.0] at the valid tokens; with c = 2:
+    #   min(e^0.5, 2) = 1.648721, min(e^-1, 2) = 0.367879, min(e^3 = 20.09, 2) = 2, min(e^0, 2) = 1; padding 0
+    weights, metrics = truncated_importance_weights(old, behaviour, mask, 2.0)
+    assert close(weights, [[math.exp(0.5), math.exp(-1.0), 2.0, 1.0, 0.0]])
+    # mean (1.648721 + 0.367879 + 2 + 1) / 4 = 5.016600 / 4 = 1.254150 ; one of four tokens truncated
+    assert close(metrics["is_weight_mean"], (math.exp(0.5) + math.exp(-1.0) + 3.0) / 4)
+    assert close(metrics["is_truncated_frac"], 0.25)
+    # c = 1 (IMPALA's choice): [1, 0.367879, 1, 1]; ratios above 1: e^0.5 and e^3 (e^0 = 1 is not) -> 2/4
+    weights, metrics = truncated_importance_weights(old, behaviour, mask, 1.0)
+    assert close(weights, [[1.0, math.exp(-1.0), 1.0, 1.0, 0.0]])
+    assert close(metrics["is_weight_mean"], (3.0 + math.exp(-1.0)) / 4)  # 0.841970
+    assert close(metrics["is_truncated_frac"], 0.5)
+    with pytest.raises(ValueError, match="> 0"):
+        truncated_importance_weights(old, behaviour, mask, 0.0)
+
+
+def test_explained_variance_by_hand():
+    mask = t([[1, 1, 1], [1, 0, 0]])
+    returns = t([[1.0, 2.0, 3.0], [4.0, NAN, 1e9]])
+    # valid returns R = [1, 2, 3, 4]: mean 2.5, squared deviations 2.25 + 0.25 + 0.25 + 2.25 = 5, Var[R] = 5/3
+    # V = [1.5, 2, 2.5, 4]: R - V = [-0.5, 0, 0.5, 0], mean 0, Var = 0.5/3 ; EV = 1 - (0.5/3)/(5/3) = 0.9
+    assert close(explained_variance(t([[1.5, 2.0, 2.5], [4.0, NAN, -1e9]]), returns, mask), 0.9)
+    # V = R: 1 ; constant V = 2.5: R - V varies as R does, 0
+    assert close(explained_variance(returns, returns, mask), 1.0)
+    assert close(explained_variance(torch.full((2, 3), 2.5, dtype=torch.float64), returns, mask), 0.0)
+    # V = [4, 3, 2, 1]: R - V = [-3, -1, 1, 3], Var = 20/3 ; EV = 1 - (20/3)/(5/3) = -3 (worse than a constant)
+    assert close(explained_variance(t([[4.0, 3.0, 2.0], [1.0, 0.0, 0.0]]), returns, mask), -3.0)
+    # returns that do not vary, or a single valid token: nan
+    assert math.isnan(explained_variance(returns, torch.ones(2, 3, dtype=torch.float64), mask))
+    assert math.isnan(explained_variance(returns, returns, t([[1, 0, 0], [0, 0, 0]])))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ print("RESULT", json.dumps(list(out[0].outputs[0].token_ids)))
 """
 
 
+@pytest.mark.slow  # starts a vLLM engine
 def test_vllm_loads_the_checkpoint_and_matches_transformers_greedy(tiny_checkpoint):
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
     out = subprocess.run([sys.executable, "-c", VLLM_SCRIPT, str(tiny_checkpoint)],

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from raylhf.configs.schema import PPOConfig
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.snapshot import named_checkpoint_tensors, signature_mismatches, snapshot_tensors
-from raylhf.learners.ppo import TIMING_METRICS, PPOLearner, truncated_importance_weights
+from raylhf.learners.ppo import TIMING_METRICS, PPOLearner
 from raylhf.learners.pretrain import pack_documents
 from raylhf.learners.reward_model import reward_model_from_policy
 
@@ -66,9 +67,12 @@ def stream(tiny_checkpoint):
 
 
 def make_learner(policy, value, **overrides) -> PPOLearner:
-    kwargs = dict(lr=1e-3, value_lr=1e-3, kl_coef=0.0, minibatch_size=4, ptx_coef=0.0, device="cpu", seed=0)
-    kwargs.update(overrides)
-    return PPOLearner(policy, value, **kwargs)
+    """A learner on CPU, seed 0; `overrides` are `PPOConfig` fields or `PPOLearner` run-level keywords."""
+    settings = dict(lr=1e-3, value_lr=1e-3, kl_coef=0.0, minibatch_size=4, ptx_coef=0.0)
+    run = dict(device="cpu", seed=0)
+    for key, setting in overrides.items():
+        (settings if key in PPOConfig.model_fields else run)[key] = setting
+    return PPOLearner(PPOConfig(**settings), policy, value, **run)
 
 
 def rollout(response, score=0.0, logprobs=None, ref_logprobs=None, version=0, prompt=PROMPT, i=0) -> Rollout:
@@ -172,15 +176,6 @@ def test_nan_guard_skips_the_step_and_keeps_weights(tiny_checkpoint, value_zero,
     clean = learner.train_step(mixed_batch(8, seed=3))
     assert clean["skipped_steps"] == 0 and clean["optimizer_steps"] == 2
     assert changed(policy_before, learner.policy)
-
-
-def test_truncated_importance_weights_by_hand():
-    old = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
-    behaviour = torch.tensor([[-1.5, -1.0, -3.5, -3.0]])
-    # Δ = old - behaviour = [0.5, -1.0, 3.0, 0.0]; with c = 2:
-    #   min(e^0.5, 2) = 1.64872, min(e^-1, 2) = 0.36788, min(e^3 = 20.09, 2) = 2, min(e^0, 2) = 1
-    expected = torch.tensor([[math.exp(0.5), math.exp(-1.0), 2.0, 1.0]])
-    assert torch.allclose(truncated_importance_weights(old, behaviour, 2.0), expected, atol=1e-6)
 
 
 def test_off_policy_weights_on_a_stale_batch(tiny_checkpoint, value_zero):
@@ -332,9 +327,9 @@ def test_ray_actor_trains_and_publishes(ray_session, tiny_checkpoint, value_zero
     from raylhf.learners.ppo_actor import PPOLearnerActor
 
     ray = ray_session
-    kwargs = dict(policy_path=str(tiny_checkpoint), value_path=value_zero, lr=1e-3, minibatch_size=4, device="cpu",
-                  torch_threads=1)
-    actor = PPOLearnerActor.options(num_cpus=0.5).remote(kwargs, name="learner-test")
+    cfg = PPOConfig(lr=1e-3, minibatch_size=4, ptx_coef=0.0)
+    actor = PPOLearnerActor.options(num_cpus=0.5).remote(cfg, str(tiny_checkpoint), value_zero, name="learner-test",
+                                                         device="cpu", torch_threads=1)
     try:
         info = ray.get(actor.ready.remote(), timeout=120)
         assert info["name"] == "learner-test" and info["version"] == 0
@@ -358,13 +353,25 @@ def test_ray_actor_trains_and_publishes(ray_session, tiny_checkpoint, value_zero
         ray.kill(actor)
 
 
-def test_learner_settings_cover_the_config():
+def test_hyperparameters_come_from_the_config_section_only():
     import inspect
 
-    from raylhf.configs.schema import RunConfig
-    from raylhf.learners.ppo import learner_settings
+    # Every PPO hyperparameter is a field of the schema's section, whose defaults and validation are the
+    # only ones: the learner takes no keyword that could restate (and drift from) one of them.
+    keywords = set(inspect.signature(PPOLearner).parameters)
+    assert keywords & set(PPOConfig.model_fields) == set()
+    assert {"cfg", "pretrain_stream", "seed", "device", "bf16", "snapshot_dtype"} <= keywords
 
-    run = RunConfig()
-    settings = learner_settings(run, "sft", "rm", pretrain_stream=np.zeros(100, dtype=np.int32), torch_threads=1)
-    assert set(settings) <= set(inspect.signature(PPOLearner).parameters)
-    assert settings["ptx_coef"] == run.ppo.ptx_coef and settings["snapshot_dtype"] == run.generation.dtype
+
+def test_learner_reads_its_section(tiny_checkpoint, value_zero, stream):
+    cfg = PPOConfig().model_copy(update={"lr": 3e-4, "value_lr": 2e-4, "kl_coef": 0.05, "adaptive_kl": True})
+    learner = PPOLearner(cfg, tiny_checkpoint, value_zero, pretrain_stream=stream, device="cpu")
+    assert learner.kl_coef == 0.05 and type(learner.kl_controller).__name__ == "AdaptiveKLController"
+    assert learner.policy_optimizer.param_groups[0]["lr"] == 3e-4
+    assert learner.value_optimizer.param_groups[0]["lr"] == 2e-4
+    assert learner.describe()["ptx"] is (PPOConfig().ptx_coef > 0)
+    with pytest.raises(ValueError, match="snapshot_dtype"):
+        PPOLearner(cfg, tiny_checkpoint, value_zero, pretrain_stream=stream, device="cpu", snapshot_dtype="int8")
+    with pytest.raises(ValueError, match="fewer than one window"):
+        PPOLearner(cfg.model_copy(update={"ptx_seq_len": 64}), tiny_checkpoint, value_zero,
+                   pretrain_stream=stream[:40], device="cpu")

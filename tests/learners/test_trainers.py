@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from raylhf.configs.schema import PretrainConfig, RMConfig, SFTConfig
 from raylhf.learners.batching import prompt_response_batch
 from raylhf.learners.models import build_causal_lm, load_causal_lm, load_tokenizer
 from raylhf.learners.pretrain import pack_documents, pretrain
@@ -35,8 +36,8 @@ def test_pretrain_lowers_heldout_loss(tiny_checkpoint):
     stream = pack_documents(docs, tok.bos_token_id, tok.eos_token_id)
     assert stream[0] == tok.bos_token_id and stream[len(docs[0]) + 1] == tok.eos_token_id
     rows = []
-    metrics = pretrain(model, stream, stream, steps=40, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5,
-                       weight_decay=0.0, device=CPU, bf16=False, seed=0, log=lambda s, m: rows.append(m),
+    cfg = PretrainConfig(steps=40, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5, weight_decay=0.0)
+    metrics = pretrain(cfg, model, stream, stream, device=CPU, bf16=False, seed=0, log=lambda s, m: rows.append(m),
                        eval_every=20)
     assert rows[0]["loss"] > 5.0  # ~ln(vocab) at random init
     assert metrics["heldout_loss"] < 0.5 * rows[0]["loss"]
@@ -84,8 +85,8 @@ def test_sft_learns_and_keeps_best_epoch(tiny_checkpoint):
     model = load_causal_lm(tiny_checkpoint, device="cpu")
     examples = [([1, 10 + i % 5, 11], [20 + i % 5, 2]) for i in range(40)]  # response determined by prompt
     rows = []
-    metrics = train_sft(model, examples[:32], examples[32:], pad_id=0, epochs=3, batch_size=8, lr=3e-3,
-                        grad_clip=1.0, residual_dropout=0.1, device=CPU, bf16=False, seed=0,
+    cfg = SFTConfig(epochs=3, batch_size=8, lr=3e-3, grad_clip=1.0, residual_dropout=0.1)
+    metrics = train_sft(cfg, model, examples[:32], examples[32:], pad_id=0, device=CPU, bf16=False, seed=0,
                         log=lambda s, m: rows.append(m))
     val = [r["val_loss"] for r in rows if "val_loss" in r]
     assert val[-1] < 0.5 * val[0]
@@ -112,8 +113,8 @@ def test_reward_model_learns_rankings_and_normalises(tiny_checkpoint, tmp_path):
     model = reward_model_from_policy(tiny_checkpoint, device="cpu")
     before = evaluate_rankings(model, val, 0, CPU, False)
     assert before["accuracy"] == 0.0  # zero-initialised head: every pair is a tie, none ordered correctly
-    metrics = train_reward_model(model, train, val, pad_id=0, epochs=3, batch_prompts=8, lr=1e-3, grad_clip=1.0,
-                                 device=CPU, bf16=False, seed=0, log=_noop)
+    cfg = RMConfig(epochs=3, batch_prompts=8, lr=1e-3, grad_clip=1.0)
+    metrics = train_reward_model(cfg, model, train, val, pad_id=0, device=CPU, bf16=False, seed=0, log=_noop)
     assert metrics["val_accuracy"] > 0.8
     demos = [[1, 12, 45, 2], [1, 15, 33, 2], [1, 11, 58, 2]]
     normalise_rewards(model, demos, pad_id=0, device=CPU)

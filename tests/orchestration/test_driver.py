@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import ray
 
-from raylhf.contracts.protocols import RequestError, SamplingSpec
+from raylhf.configs.schema import PPOConfig
+from raylhf.contracts.protocols import GeneratorService, LearnerService, RequestError, SamplingSpec, ScoringPool
 from raylhf.contracts.records import Prompt, Rollout
-from raylhf.orchestration.driver import ActorFailure, DriverSettings, PPODriver, PromptCursor
+from raylhf.contracts.remote import ActorFailure, NamedActor
+from raylhf.orchestration.cursor import PromptCursor
+from raylhf.orchestration.driver import PPODriver
 from raylhf.orchestration.evaluation import pairwise_agreement
 
 
@@ -21,7 +24,6 @@ class _Tokenizer:
         return [len(text) % 50 + 3]
 
 
-@ray.remote
 class FakeGenerator:
     def __init__(self, fail_after=None, delay=0.01):
         self.version, self.calls, self.fail_after, self.delay = 0, 0, fail_after, delay
@@ -43,11 +45,13 @@ class FakeGenerator:
         self.version = snapshot["version"]
         return self.version
 
+    def checksums(self):
+        return {"version": str(self.version)}
+
     def get_version(self):
         return self.version
 
 
-@ray.remote
 class FakeLearner:
     def __init__(self, delay=0.02, version=0):
         self.version, self.delay, self.seen = version, delay, []
@@ -64,6 +68,13 @@ class FakeLearner:
         self._refs = (self._refs + [ref])[-2:]
         return self.version, ref
 
+    def save_checkpoint(self, path):
+        Path(path).mkdir(parents=True)
+        (Path(path) / "learner_state.json").write_text("{}")
+
+    def load_checkpoint(self, path):
+        return self.version
+
     def staleness(self):
         return self.seen
 
@@ -77,7 +88,7 @@ class FakePool:
     def has_capacity(self):
         return True
 
-    def submit(self, rollouts, block=True):
+    def submit(self, rollouts, block=True, timeout=None):
         self.done.append((self.next_id, self.score(rollouts)))
         self.next_id += 1
         return self.next_id - 1
@@ -91,54 +102,87 @@ class FakePool:
 
         return [dataclasses.replace(r, score=1.0, ref_logprobs=[0.0] * len(r.response_ids)) for r in rollouts]
 
+    def stats(self):
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def shutdown(self):
+        pass
+
+
+def test_fakes_implement_the_driver_seams():
+    # The driver is written against these Protocols; the real actors implement them too.
+    from raylhf.actors.generator import GeneratorActor
+    from raylhf.learners.ppo_actor import PPOLearnerActor
+    from raylhf.reward_service.pool import RewardPool
+
+    assert isinstance(FakeGenerator(), GeneratorService) and isinstance(FakeLearner(), LearnerService)
+    assert isinstance(FakePool(), ScoringPool)
+    for actor_class, protocol in ((GeneratorActor, GeneratorService), (PPOLearnerActor, LearnerService)):
+        assert issubclass(actor_class.__ray_metadata__.modified_class, protocol), actor_class
+    assert issubclass(RewardPool, ScoringPool)
+
+
+RemoteGenerator, RemoteLearner = ray.remote(FakeGenerator), ray.remote(FakeLearner)
+
+
+def _gen(i, **kwargs):
+    return NamedActor(f"generator-{i}", RemoteGenerator.remote(**kwargs))
+
+
+def _learner(**kwargs):
+    return NamedActor("learner", RemoteLearner.remote(**kwargs))
+
 
 def _prompts(n=20):
     return [Prompt(f"p{i}", f"prompt number {i}") for i in range(n)]
 
 
 def _driver(generators, learner, mode="async", steps=6, buffer_size=32, **resume):
-    return PPODriver(
-        generators=generators, generator_names=[f"generator-{i}" for i in range(len(generators))], pool=FakePool(),
-        learner=learner, tokenizer=_Tokenizer(), cursor=PromptCursor(_prompts(), seed=0), sampling=SamplingSpec(),
-        settings=DriverSettings(total_steps=steps, rollouts_per_step=8, prompts_per_request=4, in_flight=2,
-                                sync_every=1, buffer_size=buffer_size, timeout_s=30, mode=mode),
-        **resume,
-    )
+    cfg = PPOConfig(total_steps=steps, batch_size=8, prompts_per_request=4, sync_every=1, buffer_size=buffer_size,
+                    timeout_s=30.0, mode=mode)
+    return PPODriver(cfg, generators=generators, learner=learner, pool=FakePool(), tokenizer=_Tokenizer(),
+                     cursor=PromptCursor(_prompts(), seed=0), sampling=SamplingSpec(), in_flight=2, **resume)
 
 
 def test_async_loop_trains_publishes_and_bounds_staleness(ray_session):
-    gens = [FakeGenerator.remote(), FakeGenerator.remote()]
-    learner = FakeLearner.remote()
+    gens = [_gen(0), _gen(1)]
+    learner = _learner()
     stats = _driver(gens, learner, "async", steps=6, buffer_size=16).run()
     assert stats.steps == 6 and stats.rollouts == 48 and stats.final_version == 6
-    assert ray.get([g.get_version.remote() for g in gens]) == [6, 6]  # every generator applied the newest
+    assert ray.get([g.handle.get_version.remote() for g in gens]) == [6, 6]  # every generator applied the newest
     # A bounded system (16 rollouts = 2 batches) keeps rollouts at most a few versions old.
-    seen = [s for batch in ray.get(learner.staleness.remote()) for s in batch]
+    seen = [s for batch in ray.get(learner.handle.staleness.remote()) for s in batch]
     assert max(seen) <= 3 and sum(stats.staleness.values()) == 48
 
 
 def test_sync_loop_is_on_policy(ray_session):
-    gens = [FakeGenerator.remote()]
-    learner = FakeLearner.remote()
+    gens = [_gen(0)]
+    learner = _learner()
     stats = _driver(gens, learner, "sync", steps=3).run()
     assert stats.steps == 3 and set(stats.staleness) == {0}
-    assert all(s == 0 for batch in ray.get(learner.staleness.remote()) for s in batch)
+    assert all(s == 0 for batch in ray.get(learner.handle.staleness.remote()) for s in batch)
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_generator_failure_names_the_actor(ray_session, mode):
-    gens = [FakeGenerator.remote(), FakeGenerator.remote(fail_after=1)]
+    gens = [_gen(0), _gen(1, fail_after=1)]
     with pytest.raises(ActorFailure, match=r"generator-1: generate failed: .*engine exploded"):
-        _driver(gens, FakeLearner.remote(), mode, steps=50).run()
+        _driver(gens, _learner(), mode, steps=50).run()
 
 
 def test_dead_learner_surfaces_with_its_name(ray_session):
-    gens = [FakeGenerator.remote()]
-    learner = FakeLearner.remote(delay=0.5)
+    gens = [_gen(0)]
+    learner = _learner(delay=0.5)
     driver = _driver(gens, learner, "async", steps=50)
     import threading
 
-    threading.Timer(1.0, lambda: ray.kill(learner)).start()
+    threading.Timer(1.0, lambda: ray.kill(learner.handle)).start()
     with pytest.raises(ActorFailure, match="learner"):
         driver.run()
 
@@ -173,45 +217,40 @@ def test_pairwise_agreement_on_equal_length_pairs_only():
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_resumed_driver_runs_on_from_its_step_with_the_learners_weights(ray_session, mode):
     # A learner restored at version 4 next to generators freshly started from the initial policy (version 0).
-    gens = [FakeGenerator.remote(), FakeGenerator.remote()]
-    learner = FakeLearner.remote(version=4)
+    gens = [_gen(0), _gen(1)]
+    learner = _learner(version=4)
     stats = _driver(gens, learner, mode, steps=6, buffer_size=16, start_step=4, start_version=4).run()
     assert stats.steps == 6 and stats.rollouts == 16  # two more steps of 8 rollouts
     # The restored weights went out before the first generate call: no rollout of the initial policy
     # (4 versions behind) was trained on.
-    seen = [s for batch in ray.get(learner.staleness.remote()) for s in batch]
+    seen = [s for batch in ray.get(learner.handle.staleness.remote()) for s in batch]
     assert max(seen) <= (0 if mode == "sync" else 3), seen
-    assert ray.get([g.get_version.remote() for g in gens]) == [stats.final_version] * 2
+    assert ray.get([g.handle.get_version.remote() for g in gens]) == [stats.final_version] * 2
 
 
-@ray.remote
-class CheckpointingLearner:
-    def save_checkpoint(self, path):
-        Path(path).mkdir(parents=True)
-        (Path(path) / "learner_state.json").write_text("{}")
+def test_ppo_checkpoint_is_swapped_in_whole_and_survives_a_crash_mid_swap(ray_session, tmp_path):
+    from raylhf.orchestration.ppo_checkpoint import DRIVER_STATE, PPOCheckpoint
 
-
-def test_ppo_state_is_swapped_in_whole_and_survives_a_crash_mid_swap(ray_session, tmp_path):
-    from raylhf.orchestration.paths import RunPaths
-    from raylhf.orchestration.ppo_stage import DRIVER_STATE, ppo_checkpoint, ppo_resumable, save_ppo_state
-
-    paths = RunPaths(tmp_path)
+    checkpoint = PPOCheckpoint(tmp_path)
     state_dir = tmp_path / "checkpoints" / "ppo"
-    learner, cursor = CheckpointingLearner.remote(), PromptCursor(_prompts(), seed=0)
-    assert ppo_checkpoint(paths) is None and not ppo_resumable(paths, 10)
-    save_ppo_state(learner, cursor, 3, state_dir, timeout_s=30)
+    learner, cursor = _learner(), PromptCursor(_prompts(), seed=0)
+    assert checkpoint.latest() is None and not checkpoint.resumable(10)
+    checkpoint.save(learner, cursor, 3, timeout_s=30)
     cursor.take(5)
-    save_ppo_state(learner, cursor, 6, state_dir, timeout_s=30)
+    checkpoint.save(learner, cursor, 6, timeout_s=30)
     assert sorted(p.name for p in state_dir.parent.iterdir()) == ["ppo"]  # no temporary left behind
     state = json.loads((state_dir / DRIVER_STATE).read_text())
     assert state["steps"] == 6 and state["cursor"] == cursor.state_dict()
-    assert ppo_resumable(paths, 10) and not ppo_resumable(paths, 6)
+    assert checkpoint.resumable(10) and not checkpoint.resumable(6)
+    restored = PromptCursor(_prompts(), seed=0)
+    assert checkpoint.restore(learner, restored, timeout_s=30) == (6, 0)
+    assert restored.state_dict() == cursor.state_dict()
     # A crash after the old checkpoint was moved aside and before the new one was moved in.
     state_dir.rename(state_dir.with_name("ppo.old"))
-    assert ppo_checkpoint(paths) == state_dir.with_name("ppo.old")
+    assert checkpoint.latest() == state_dir.with_name("ppo.old")
     # A crash while the new checkpoint was being written: the incomplete one (no driver state) is not used.
     (state_dir.with_name("ppo.tmp") / "policy").mkdir(parents=True)
-    assert ppo_checkpoint(paths) == state_dir.with_name("ppo.old")
+    assert checkpoint.latest() == state_dir.with_name("ppo.old")
 
 
 def test_resumed_metrics_drop_the_rows_logged_after_the_checkpoint(tmp_path):

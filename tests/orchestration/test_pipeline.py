@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole pipeline, end to end
+
 SMALL = [
     "task.n_train_prompts=300", "task.n_heldout_prompts=40", "task.n_generalization_prompts=40",
     "task.n_pretrain_docs=2000",

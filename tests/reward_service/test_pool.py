@@ -38,7 +38,7 @@ def pool(ray_session, rm_checkpoint, tiny_checkpoint):
             % (PENALTY_WEIGHT, TARGET, COEF),
         ],
     )
-    p = RewardPool.from_config(cfg.reward, default_rm_path=str(rm_checkpoint), default_ref_path=str(tiny_checkpoint))
+    p = RewardPool(cfg.reward, rm_path=str(rm_checkpoint), ref_path=str(tiny_checkpoint))
     yield p
     p.shutdown()
 
@@ -55,13 +55,19 @@ def want(expected):
     return compute
 
 
-def check(results, rollouts, want):
-    assert [r.sample_id for r in results] == [r.sample_id for r in rollouts]
-    for r, s in zip(rollouts, results):
-        score, ref_lp = want(r)
-        assert s.score == pytest.approx(score, abs=1e-5)
-        assert s.ref_logprobs == pytest.approx(ref_lp, abs=1e-5)
-        assert s.t_scored >= s.t_generated
+@pytest.fixture(scope="module")
+def check(want, close):
+    """check(results, rollouts): the same rollouts, in order, each scored as a direct model call scores it."""
+
+    def compare(results, rollouts):
+        assert [r.sample_id for r in results] == [r.sample_id for r in rollouts]
+        for r, s in zip(rollouts, results):
+            score, ref_lp = want(r)
+            assert s.score == close(score)
+            assert s.ref_logprobs == close(ref_lp)
+            assert s.t_scored >= s.t_generated
+
+    return compare
 
 
 def collect(pool, request_ids, deadline_s=60.0):
@@ -75,30 +81,30 @@ def collect(pool, request_ids, deadline_s=60.0):
     return got
 
 
-def test_scores_equal_a_direct_model_call_in_order_across_actors(pool, make_rollouts, want):
-    from raylhf.contracts.protocols import Scorer
+def test_scores_equal_a_direct_model_call_in_order_across_actors(pool, make_rollouts, check):
+    from raylhf.contracts.protocols import Scorer, ScoringPool
 
-    assert isinstance(pool, Scorer)
+    assert isinstance(pool, Scorer) and isinstance(pool, ScoringPool)
     before = {name: a["completed"] for name, a in pool.stats()["actors"].items()}
     rollouts = make_rollouts(40, seed=10)
-    check(pool.score(rollouts), rollouts, want)  # 5 requests of 8 over 2 actors
+    check(pool.score(rollouts), rollouts)  # 5 requests of 8 over 2 actors
     after = pool.stats()["actors"]
     assert all(after[name]["completed"] > before[name] for name in before), "both actors took part"
     assert pool.actor_info[0]["threads"] == 1 and pool.actor_info[0]["ref"] == "LlamaForCausalLM"
 
 
-def test_submit_ready_matches_results_to_requests_and_applies_backpressure(pool, make_rollouts, want):
+def test_submit_ready_matches_results_to_requests_and_applies_backpressure(pool, make_rollouts, check):
     batches = [make_rollouts(3, seed=20 + i, prefix=f"b{i}-") for i in range(pool.capacity)]
     ids = [pool.submit(b, block=False) for b in batches]
     with pytest.raises(PoolFullError):
         pool.submit(make_rollouts(1, seed=30), block=False)
     got = collect(pool, ids)
     for rid, batch in zip(ids, batches):
-        check(got[rid], batch, want)
+        check(got[rid], batch)
     assert pool.ready(timeout=0.0) == [] and pool.num_in_flight == 0
 
 
-def test_killed_actor_loses_and_duplicates_nothing(ray_session, pool, make_rollouts, want):
+def test_killed_actor_loses_and_duplicates_nothing(ray_session, pool, make_rollouts, check):
     stats0 = pool.stats()
     victim = pool.actors["scorer-0"]
     victim.debug_sleep.remote(2.0)  # keeps its queue in flight until the kill
@@ -111,7 +117,7 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_session, pool, make_rollo
     seen = [r.sample_id for rid in ids for r in got[rid]]
     assert sorted(seen) == sorted(r.sample_id for b in batches for r in b)  # all there, none twice
     for rid, batch in zip(ids, batches):
-        check(got[rid], batch, want)
+        check(got[rid], batch)
     stats = pool.stats()
     assert stats["deaths"] == stats0["deaths"] + 1
     assert stats["actors"]["scorer-0"]["restarts"] == stats0["actors"]["scorer-0"]["restarts"] + 1
@@ -119,11 +125,12 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_session, pool, make_rollo
     assert pool.actors["scorer-0"] != victim
 
 
-def test_request_lost_more_than_max_attempts_is_an_error_not_dropped(ray_session, pool, make_rollouts, want):
+def test_request_lost_more_than_max_attempts_is_an_error_not_dropped(ray_session, pool, make_rollouts, check):
     victim = pool.actors["scorer-0"]
     victim.debug_sleep.remote(2.0)
     batches = {}
-    pool.max_attempts = 1
+    cfg = pool.cfg
+    pool.cfg = cfg.model_copy(update={"max_attempts": 1})
     try:
         for seed in (45, 46):  # one request per actor
             rollouts = make_rollouts(4, seed=seed, prefix=f"m{seed}-")
@@ -138,20 +145,20 @@ def test_request_lost_more_than_max_attempts_is_an_error_not_dropped(ray_session
             except ScoringError as e:
                 errors.append(e)
     finally:
-        pool.max_attempts = 3
+        pool.cfg = cfg
     assert len(errors) == 1 and len(got) == 1
     assert errors[0].request_id in batches and errors[0].request_id not in got
     assert re.search(r"lost 1 times \(max_attempts\): scorer actor scorer-0 .*died: ActorDiedError", str(errors[0]))
     (rid, results), = got.items()
-    check(results, batches[rid], want)
+    check(results, batches[rid])
 
 
-def test_hung_actor_hits_the_timeout_and_is_replaced(pool, make_rollouts, want):
+def test_hung_actor_hits_the_timeout_and_is_replaced(pool, make_rollouts, check):
     stats0 = pool.stats()
     pool.actors["scorer-1"].debug_sleep.remote(600.0)
     rollouts = make_rollouts(16, seed=50)
     t0 = time.monotonic()
-    check(pool.score(rollouts), rollouts, want)  # one request per actor; scorer-1's is resubmitted
+    check(pool.score(rollouts), rollouts)  # one request per actor; scorer-1's is resubmitted
     elapsed = time.monotonic() - t0
     stats = pool.stats()
     assert stats["timeouts"] == stats0["timeouts"] + 1
@@ -159,20 +166,33 @@ def test_hung_actor_hits_the_timeout_and_is_replaced(pool, make_rollouts, want):
     assert TIMEOUT_S <= elapsed < 60.0
 
 
-def test_scoring_failure_is_an_error_naming_actor_and_cause(pool, make_rollouts, want):
+def test_scoring_failure_is_an_error_naming_actor_and_cause(pool, make_rollouts, check):
     good = make_rollouts(3, seed=60)
     bad = dataclasses.replace(good[0], sample_id="bad", response_ids=[10**6, 2], logprobs=[0.0, 0.0])
     with pytest.raises(ScoringError) as err:
         pool.score([bad])
     assert err.value.actor is not None and err.value.actor.startswith("scorer-")
     assert err.value.actor in str(err.value) and "token id 1000000 out of range" in str(err.value)
-    check(pool.score(good), good, want)  # the pool keeps working; nothing was scored as 0
+    check(pool.score(good), good)  # the pool keeps working; nothing was scored as 0
 
 
 def test_actor_that_cannot_load_its_model_is_a_startup_error(ray_session, tmp_path):
+    from raylhf.configs.schema import RewardConfig
     from raylhf.reward_service.pool import RewardPool
 
     with pytest.raises(ScorerStartupError) as err:
-        RewardPool(1, rm_path=str(tmp_path / "missing_rm"), num_cpus=0.5, startup_timeout_s=120.0)
+        RewardPool(RewardConfig(startup_timeout_s=120.0), rm_path=str(tmp_path / "missing_rm"), ref_path=None)
     assert err.value.actor == "scorer-0"
     assert "scorer-0" in str(err.value) and "reward.rm_path: checkpoint not found" in str(err.value)
+
+
+def test_pool_methods_match_the_scoring_pool_protocol():
+    import inspect
+
+    from raylhf.contracts.protocols import ScoringPool
+    from raylhf.reward_service.pool import RewardPool
+
+    methods = [m for m in vars(ScoringPool) if not m.startswith("_") and callable(getattr(ScoringPool, m))]
+    assert {"submit", "ready", "score", "has_capacity", "stats", "shutdown"} <= set(methods)
+    for m in methods:
+        assert inspect.signature(getattr(RewardPool, m)) == inspect.signature(getattr(ScoringPool, m)), m

@@ -1,0 +1,96 @@
+"""The PPO stage's actors as one unit: `PPOActors` (a context manager) and `check_resources`.
+
+`PPOActors` starts the learner, the generators and the reward pool together and always stops every one
+it started, whether the stage ends, fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from raylhf.configs.schema import RunConfig
+from raylhf.contracts import remote
+from raylhf.contracts.remote import NamedActor
+from raylhf.contracts.protocols import ScoringPool
+
+log = logging.getLogger(__name__)
+
+
+class PPOActors:
+    """Learner, generators and reward pool of one PPO stage.
+
+    ``with PPOActors(cfg, policy_path=..., rm_path=..., pretrain_stream=...) as actors:`` starts them
+    all (the learner loads while the generators and scorers start) and waits until each is ready;
+    leaving the block kills every actor that was started.
+    """
+
+    def __init__(self, cfg: RunConfig, *, policy_path: str | os.PathLike, rm_path: str | os.PathLike,
+                 pretrain_stream: np.ndarray | None):
+        self.cfg, self.policy_path, self.rm_path = cfg, str(policy_path), str(rm_path)
+        self.pretrain_stream = pretrain_stream
+        self.learner: NamedActor | None = None
+        self.generators: list[NamedActor] = []
+        self.pool: ScoringPool | None = None
+
+    def __enter__(self) -> "PPOActors":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        from raylhf.actors.engines import threads_for
+        from raylhf.actors.generator import start_generators
+        from raylhf.learners.models import pick_device
+        from raylhf.learners.ppo_actor import PPOLearnerActor
+        from raylhf.learners.training import use_bf16
+        from raylhf.reward_service.pool import RewardPool
+
+        cfg, p = self.cfg, self.cfg.ppo
+        check_resources(cfg)
+        handle = PPOLearnerActor.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus).remote(
+            p, self.policy_path, self.rm_path, name="learner",
+            pretrain_stream=self.pretrain_stream if p.ptx_coef > 0 else None, seed=cfg.seed, device=cfg.device,
+            bf16=use_bf16(cfg.train_precision, pick_device(cfg.device)), snapshot_dtype=cfg.generation.dtype,
+            torch_threads=threads_for(p.num_cpus), trust_remote_code=cfg.trust_remote_code)
+        self.learner = NamedActor("learner", handle)
+        self.generators = start_generators(cfg.generation, self.policy_path, seed=cfg.seed,
+                                           trust_remote_code=cfg.trust_remote_code)
+        self.pool = RewardPool(cfg.reward, rm_path=self.rm_path, ref_path=self.policy_path,
+                               trust_remote_code=cfg.trust_remote_code)
+        remote.get(handle.ready.remote(), actor="learner", what="start", timeout_s=p.timeout_s)
+
+    def stop(self) -> None:
+        import ray
+
+        if self.pool is not None:
+            self.pool.shutdown()
+        for actor in self.generators + ([self.learner] if self.learner is not None else []):
+            ray.kill(actor.handle, no_restart=True)
+        self.pool, self.generators, self.learner = None, [], None
+
+
+def check_resources(cfg: RunConfig) -> None:
+    """Fail fast, naming the keys, when the actors cannot all be scheduled at once (they would wait forever)."""
+    import ray
+
+    from raylhf.configs.loader import ConfigError
+
+    g, r, p = cfg.generation, cfg.reward, cfg.ppo
+    need_cpu = g.num_generators * g.num_cpus + r.num_actors * r.num_cpus + p.num_cpus
+    need_gpu = g.num_generators * g.num_gpus + r.num_actors * r.num_gpus + p.num_gpus
+    have = ray.cluster_resources()
+    if need_cpu > have.get("CPU", 0) + 1e-9 or need_gpu > have.get("GPU", 0) + 1e-9:
+        raise ConfigError(
+            f"the PPO actors need {need_cpu:g} CPUs and {need_gpu:g} GPUs (generation.num_generators x "
+            f"generation.num_cpus + reward.num_actors x reward.num_cpus + ppo.num_cpus, same for GPUs) but the Ray "
+            f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
