@@ -6,12 +6,11 @@ import json
 import os
 from pathlib import Path
 
+from raylhf.contracts.hf_checkpoint import require_checkpoint
+
 
 def read_hf_config(checkpoint: str | os.PathLike) -> dict:
-    path = Path(checkpoint) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not a Hugging Face checkpoint (no config.json)")
-    return json.loads(path.read_text())
+    return json.loads((require_checkpoint(checkpoint) / "config.json").read_text())
 
 
 def eos_token_ids(checkpoint: str | os.PathLike) -> tuple[int, ...]:
@@ -36,9 +35,7 @@ def checkpoint_signature(checkpoint: str | os.PathLike, dtype: str) -> list[tupl
     """
     from safetensors import safe_open
 
-    files = sorted(Path(checkpoint).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{checkpoint}: no *.safetensors weights")
+    files = sorted(require_checkpoint(checkpoint, weights=True).glob("*.safetensors"))
     tied = bool(read_hf_config(checkpoint).get("tie_word_embeddings", False))
     signature = []
     for file in files:

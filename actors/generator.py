@@ -1,4 +1,4 @@
-"""`GeneratorActor`: one generation engine in a Ray actor; `start_generators` and `broadcast_weights`.
+"""`GeneratorActor`: one generation engine in a Ray actor; `spawn_generator`, `start_generators`, `broadcast_weights`.
 
 Weights travel through the object store: the learner `ray.put`s one WeightSnapshot per version
 and hands the same ObjectRef to every generator (`broadcast_weights`). Passed as a top-level
@@ -102,6 +102,16 @@ def generator_options(cfg: GenerationConfig, name: str | None = None) -> dict[st
     return options
 
 
+def spawn_generator(cfg: GenerationConfig, checkpoint: str | os.PathLike, *, index: int, seed: int = 0,
+                    trust_remote_code: bool = False, version: int = 0, name_prefix: str = "generator") -> NamedActor:
+    """Create generator `index` (named `<name_prefix>-<index>`, engine seed `seed + index`) without waiting
+    for it: calls made on it run once its engine has loaded."""
+    name = f"{name_prefix}-{index}"
+    handle = GeneratorActor.options(**generator_options(cfg)).remote(
+        cfg, str(checkpoint), seed + index, trust_remote_code, version, name)
+    return NamedActor(name, handle)
+
+
 def start_generators(
     cfg: GenerationConfig,
     checkpoint: str | os.PathLike,
@@ -117,14 +127,10 @@ def start_generators(
     Generator i is named `<name_prefix>-i` and samples with engine seed `seed + i`. Raises `ActorFailure`
     (after killing the started actors) if one fails to start or does not come up within `ready_timeout_s`.
     """
-    names = [f"{name_prefix}-{i}" for i in range(cfg.num_generators)]
-    actors = [
-        NamedActor(names[i], GeneratorActor.options(**generator_options(cfg)).remote(
-            cfg, str(checkpoint), seed + i, trust_remote_code, version, names[i]))
-        for i in range(cfg.num_generators)
-    ]
+    actors = [spawn_generator(cfg, checkpoint, index=i, seed=seed, trust_remote_code=trust_remote_code,
+                              version=version, name_prefix=name_prefix) for i in range(cfg.num_generators)]
     try:
-        remote.get_all([a.handle.ready.remote() for a in actors], names, "start", ready_timeout_s)
+        remote.get_all([a.handle.ready.remote() for a in actors], [a.name for a in actors], "start", ready_timeout_s)
     except BaseException:
         for a in actors:
             ray.kill(a.handle)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from raylhf.actors.checkpoint import eos_token_ids
 from raylhf.actors.sampling import finish_reason, request_problem, request_seed
+from raylhf.contracts.hf_checkpoint import require_checkpoint
 from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.snapshot import WeightSnapshot, check_signature, named_checkpoint_tensors, snapshot_tensors
@@ -46,11 +46,12 @@ class HFEngine:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         t0 = time.perf_counter()
-        self.checkpoint = str(Path(checkpoint))
+        self.checkpoint = str(require_checkpoint(checkpoint))
         self.dtype = dtype
         self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(
-            self.checkpoint, dtype=_DTYPES[dtype], use_safetensors=True, trust_remote_code=trust_remote_code
+            self.checkpoint, dtype=_DTYPES[dtype], use_safetensors=True, trust_remote_code=trust_remote_code,
+            local_files_only=True,
         ).to(self.device)
         self.model.eval()
         config = self.model.config

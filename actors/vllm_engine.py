@@ -12,13 +12,13 @@ import gc
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from raylhf.actors.checkpoint import checkpoint_signature, eos_token_ids
 from raylhf.actors.sampling import finish_reason, request_problem, request_seed
+from raylhf.contracts.hf_checkpoint import require_checkpoint
 from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.snapshot import WeightSnapshot, check_signature
@@ -56,7 +56,7 @@ class VLLMEngine:
             torch.set_num_threads(num_threads)
         from vllm import LLM
 
-        self.checkpoint = str(Path(checkpoint))
+        self.checkpoint = str(require_checkpoint(checkpoint))  # a local directory: vLLM would try the Hub
         self.dtype = dtype
         t0 = time.perf_counter()
         set_num_threads = torch.set_num_threads

@@ -135,14 +135,14 @@ def bench_size(size: str, args, ray) -> dict:
     def sync(gens) -> dict:
         nonlocal version
         version += 1
-        before = get_all([g.stats.remote() for g in gens], names, "stats", 600)
+        before = get_all([g.stats.remote() for g in gens], names[: len(gens)], "stats", 600)
         t0 = time.perf_counter()
         ref = ray.put(dataclasses.replace(snapshot, version=version))
         t_put = time.perf_counter() - t0
-        versions = get_all([g.load_weights.remote(ref) for g in gens], names, "load_weights", 1800)
+        versions = get_all([g.load_weights.remote(ref) for g in gens], names[: len(gens)], "load_weights", 1800)
         total = time.perf_counter() - t0
         assert versions == [version] * len(gens), versions
-        after = get_all([g.stats.remote() for g in gens], names, "stats", 600)
+        after = get_all([g.stats.remote() for g in gens], names[: len(gens)], "stats", 600)
         apply = max(a["sync_s"] - b["sync_s"] for a, b in zip(after, before))
         del ref
         wait_store_below(baseline + snapshot.nbytes // 2)

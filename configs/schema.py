@@ -8,10 +8,12 @@ and validation live here only.
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 
 class Section(BaseModel):
@@ -249,13 +251,21 @@ class PPOConfig(Section):
     """Most rollouts in flight (generating + scoring + waiting for the learner); beyond it no new generation
     starts (backpressure), which bounds memory and staleness."""
     timeout_s: float = Field(600.0, gt=0.0)
-    """Longest wait for any single remote call (generate, train step, publish) before the run fails naming
-    the actor."""
+    """Longest wait for any single remote call (generate, weight load, train step, publish, checkpoint) before
+    its actor counts as hung: it is killed and replaced (see `max_consecutive_restarts`)."""
+    actor_startup_timeout_s: float = Field(600.0, gt=0.0)
+    """Longest wait for a new generator or learner to load its model, on top of `timeout_s` for its first call."""
+    max_consecutive_restarts: int = Field(3, ge=0)
+    """Replacements of one actor (a generator, or the learner) in a row without a successful call in between;
+    one more failure ends the run with an error naming the actor and the cause. 0: no healing."""
     eval_every: int = Field(50, ge=0)
     """Learner steps between quick in-training evaluations (win rate vs SFT on held-out prompts); 0: none."""
-    checkpoint_every: int = Field(50, ge=0)
-    """Learner steps between checkpoints of the learner (policy, value, optimisers, KL controller) and the prompt
-    cursor in <run>/checkpoints/ppo, from which `raylhf ppo --resume` (and `raylhf run`) continue; 0: only at the end."""
+    checkpoint_every: int = Field(10, ge=0)
+    """Learner steps between checkpoints in <run>/checkpoints/ppo (learner weights, optimisers, KL controller, prompt
+    cursor with the prompts in flight, sample ledger, reward normaliser). A lost learner is restored from the newest
+    one and `raylhf ppo --resume` (and `raylhf run`) continue from it, so at most this many steps are redone. Each
+    costs one save of policy + value + optimiser state (about 0.1 s for the tiny model; proportional to size);
+    0: only before the first step and at the end."""
     eval_prompts: int = Field(100, ge=1)
     """Held-out prompts of each in-training evaluation."""
 
@@ -335,6 +345,18 @@ class RewardConfig(Section):
     """Longest wait for a scorer actor to load its models."""
     max_attempts: int = Field(3, ge=1)
     """Dispatches per request (first try included) before an actor death or timeout fails the run."""
+    startup_attempts: int = Field(3, ge=1)
+    """Starts tried for the replacement of a dead or hung scorer actor before the run fails with
+    `ScorerStartupError` (the pool's first start, at construction, is tried once)."""
+    startup_backoff_s: float = Field(2.0, ge=0.0)
+    """Wait after a replacement actor failed to start, doubled after each further failure."""
+    max_reject_rate: float = Field(0.01, ge=0.0, le=1.0)
+    """Share of scored rollouts that may be quarantined (unscorable: empty or too long, a token id outside a
+    model's vocabulary, a non-finite score or reference logprob) before the run stops; checked once
+    `reject_rate_min_rollouts` rollouts were seen."""
+    reject_rate_min_rollouts: int = Field(256, ge=1)
+    """Rollouts seen (scored plus quarantined) before `max_reject_rate` is enforced, so that a few early rejects
+    do not stop a run."""
 
     @model_validator(mode="after")
     def _one_rm_source(self) -> "RewardConfig":
@@ -383,3 +405,33 @@ class RunConfig(Section):
     ppo: PPOConfig = PPOConfig()
     reward: RewardConfig = RewardConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _sections_fit_together(self) -> "RunConfig":
+        """Checks across sections; each error is reported at the key to change, naming the others."""
+        errors = []
+
+        def fail(loc: tuple[str, ...], value: Any, reason: str) -> None:
+            errors.append(InitErrorDetails(type=PydanticCustomError("cross_field", "{reason}", {"reason": reason}),
+                                           loc=loc, input=value))
+
+        p, g, r = self.ppo, self.generation, self.reward
+        per_call = p.prompts_per_request * g.n
+        if p.buffer_size < max(p.batch_size, per_call):
+            # A smaller buffer never holds a full batch or the output of one generate call: the run would stall.
+            fail(("ppo", "buffer_size"), p.buffer_size,
+                 f"must be at least one learner batch (ppo.batch_size = {p.batch_size}) and one generate call "
+                 f"(ppo.prompts_per_request x generation.n = {p.prompts_per_request} x {g.n} = {per_call})")
+        if self.ray.address is None:
+            have = self.ray.num_cpus if self.ray.num_cpus is not None else os.cpu_count()
+            need = g.num_generators * g.num_cpus + r.num_actors * r.num_cpus + p.num_cpus
+            if have is not None and need > have + 1e-9:
+                source = "ray.num_cpus" if self.ray.num_cpus is not None else "this machine's CPU count, ray.num_cpus unset"
+                fail(("ray", "num_cpus"), self.ray.num_cpus,
+                     f"the PPO actors need {need:g} CPUs (generation.num_generators x generation.num_cpus + "
+                     f"reward.num_actors x reward.num_cpus + ppo.num_cpus = {g.num_generators} x {g.num_cpus:g} + "
+                     f"{r.num_actors} x {r.num_cpus:g} + {p.num_cpus:g}) but the local Ray has {have} ({source}); "
+                     "lower those, or join a cluster with ray.address")
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self

@@ -2,7 +2,10 @@
 
 A bad row is reported with its file, line (JSONL, 1-based) or row (Parquet, 0-based) and the
 reason. With `on_bad_rows="error"` the first bad row raises `DataError`; with `"skip"` bad rows
-are counted and logged and every valid row is kept.
+are counted and logged and every valid row is kept. Besides the record contract, a row is bad when
+its prompt id repeats an earlier row's in a prompts file (the first is kept) or when the caller's
+`check` (e.g. a token-length limit only the stage with the tokenizer knows) names a reason. A file
+without a single valid row is a `DataError` under either policy.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar
+from typing import Any, Callable, Literal, Sequence, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raylhf.contracts.records import MAX_RESPONSES, MIN_RESPONSES, Comparison, Rollout, record_fields, to_row
+from raylhf.contracts.records import MAX_RESPONSES, MIN_RESPONSES, Comparison, Prompt, Rollout, record_fields, to_row
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +30,12 @@ BadRowPolicy = Literal["error", "skip"]
 
 
 class DataError(ValueError):
-    """A dataset row (or file) that does not satisfy its record contract."""
+    """A dataset row (or file) that does not satisfy its record contract; `where` is the line or row,
+    empty when the whole file is at fault."""
 
     def __init__(self, path: str | os.PathLike, where: str, reason: str):
         self.path, self.where, self.reason = str(path), where, reason
-        super().__init__(f"{path}:{where}: {reason}")
+        super().__init__(f"{path}:{where}: {reason}" if where else f"{path}: {reason}")
 
 
 @dataclass
@@ -133,7 +137,7 @@ def _fmt(path: Path) -> str:
         return "jsonl"
     if suffix in (".parquet", ".pq"):
         return "parquet"
-    raise DataError(path, "0", f"unknown file type '{suffix}' (use .jsonl or .parquet)")
+    raise DataError(path, "", f"unknown file type '{suffix}' (use .jsonl or .parquet)")
 
 
 def _iter_jsonl(path: Path):
@@ -157,7 +161,7 @@ def _iter_parquet(path: Path):
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
-        raise DataError(path, "row 0", f"unreadable Parquet file: {e}") from e
+        raise DataError(path, "", f"unreadable Parquet file: {e}") from e
     for i, row in enumerate(table.to_pylist()):
         yield f"row {i}", row, None
 
@@ -167,34 +171,68 @@ def read_records(
     record_type: type[R],
     on_bad_rows: BadRowPolicy = "error",
     max_prompt_chars: int | None = None,
+    check: Callable[[R], str | None] | None = None,
 ) -> tuple[list[R], ReadReport]:
-    """Read a JSONL or Parquet file of `record_type` rows; see the module docstring for bad rows."""
+    """Read a JSONL or Parquet file of `record_type` rows; see the module docstring for bad rows.
+
+    `check(record)` returns why a parsed record is bad, or None when it is good.
+    """
     path = Path(path)
     if not path.exists():
-        raise DataError(path, "0", "file not found")
+        raise DataError(path, "", "file not found")
+    if path.is_dir():
+        raise DataError(path, "", "is a directory, not a data file")
     report = ReadReport(path=str(path))
     records: list[R] = []
+    first_seen: dict[str, str] = {}  # prompt id -> where it first occurred (prompts files)
     rows = _iter_jsonl(path) if _fmt(path) == "jsonl" else _iter_parquet(path)
     for where, row, decode_error in rows:
         reason = decode_error
         if reason is None:
             try:
-                records.append(parse_record(record_type, row, max_prompt_chars))
-                continue
+                record = parse_record(record_type, row, max_prompt_chars)
+                reason = check(record) if check is not None else None
+                if reason is None and record_type is Prompt:
+                    if record.prompt_id in first_seen:
+                        reason = f"duplicate prompt_id {record.prompt_id!r} (first at {first_seen[record.prompt_id]})"
+                    else:
+                        first_seen[record.prompt_id] = where
             except ValueError as e:
                 reason = str(e)
+            if reason is None:
+                records.append(record)
+                continue
         if on_bad_rows == "error":
             raise DataError(path, where, reason)
         report.n_bad += 1
         if len(report.errors) < _MAX_LOGGED_ERRORS:
             report.errors.append(f"{path}:{where}: {reason}")
     report.n_rows = len(records)
+    if not records:
+        if report.n_bad:
+            first = report.errors[0].removeprefix(f"{path}:")
+            bad = ("its only row is bad (data.on_bad_rows=skip): " if report.n_bad == 1
+                   else f"all {report.n_bad} rows are bad (data.on_bad_rows=skip); first: ")
+            raise DataError(path, "", f"no valid rows: {bad}{first}")
+        raise DataError(path, "", f"empty dataset: no {record_type.__name__} rows")
     if report.n_bad:
-        log.warning(
-            "%s: skipped %d bad rows, kept %d (on_bad_rows=skip). First: %s",
-            path, report.n_bad, report.n_rows, "; ".join(report.errors[:3]),
-        )
+        _log_skipped(path, report)
     return records, report
+
+
+_logged_skips: set[tuple] = set()
+
+
+def _log_skipped(path: Path, report: ReadReport) -> None:
+    """Log what a read skipped, once per file version: a stage's input check and the stage itself read the
+    same file, and its skipped rows are reported once."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, report.n_bad, report.n_rows)
+    if key in _logged_skips:
+        return
+    _logged_skips.add(key)
+    log.warning("%s: skipped %d bad rows, kept %d (data.on_bad_rows=skip). First: %s",
+                path, report.n_bad, report.n_rows, "; ".join(report.errors[:3]))
 
 
 def write_records(path: str | os.PathLike, records: Sequence[Any], record_type: type | None = None) -> Path:

@@ -138,6 +138,10 @@ class GeneratorService(Protocol):
         """Per-tensor checksums of the weights the engine computes with (read back from it)."""
         ...
 
+    def ready(self) -> dict[str, Any]:
+        """Returns once the engine can generate: name, pid, engine, version."""
+        ...
+
 
 @runtime_checkable
 class LearnerService(Protocol):
@@ -147,8 +151,13 @@ class LearnerService(Protocol):
         """One PPO update on a batch of scored rollouts; returns its metrics."""
         ...
 
-    def publish(self) -> tuple[int, Any]:
-        """Advance the version and `ray.put` the policy's `WeightSnapshot` once: ``(version, ObjectRef)``."""
+    def publish(self, advance: bool = True) -> tuple[int, Any]:
+        """Advance the version (unless `advance` is False) and `ray.put` the policy's `WeightSnapshot` once:
+        ``(version, ObjectRef)``."""
+        ...
+
+    def ready(self) -> dict[str, Any]:
+        """Returns once the models are loaded: name, pid, host and sizes."""
         ...
 
     def save_checkpoint(self, path: str) -> None: ...
@@ -172,10 +181,13 @@ class ScoringPool(Protocol):
         ...
 
     def ready(self, timeout: float = 0.0) -> list[tuple[int, list[Rollout]]]:
-        """Completed requests as ``(request_id, scored rollouts in request order)``."""
+        """Completed requests as ``(request_id, scored rollouts in request order)``; a rollout that could not
+        be scored (NaN reward, token out of vocabulary) is quarantined and left out."""
         ...
 
-    def score(self, rollouts: Sequence[Rollout]) -> list[Rollout]: ...
+    def score(self, rollouts: Sequence[Rollout]) -> list[Rollout]:
+        """Score a batch, blocking; quarantined rollouts are left out."""
+        ...
 
     def stats(self) -> dict[str, Any]: ...
 

@@ -6,7 +6,8 @@ sizes it). Both are saved with `save_pretrained`, so transformers and vLLM load 
 head_dim is 64 because vLLM's CPU attention rejects 16.
 
 Loading any HF checkpoint: `load_tokenizer`, `load_tokenizer_if_present`, `load_causal_lm`,
-`is_checkpoint`; `pad_token_id` picks the id to pad batches with, `pick_device` resolves "auto".
+`context_length`, `is_checkpoint`; each load checks the path with `require_checkpoint` first and never
+reaches the Hugging Face Hub. `pad_token_id` picks the id to pad batches with, `pick_device` resolves "auto".
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import torch
+from raylhf.configs.loader import ConfigError
+from raylhf.contracts.hf_checkpoint import CheckpointError, checkpoint_problem
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 
@@ -37,7 +42,23 @@ PRESETS: dict[str, Architecture] = {
 }
 
 
+class CheckpointConfigError(ConfigError, CheckpointError):
+    """A checkpoint path from a config key or command-line flag that is not a local HF checkpoint."""
+
+
+def require_checkpoint(path: str | os.PathLike, key: str | None = None, *, model: bool = True,
+                       weights: bool = False, tokenizer: bool = False) -> Path:
+    """`path` if it is a local HF checkpoint directory (see `raylhf.contracts.hf_checkpoint`), else a
+    `CheckpointConfigError` naming `key`, the config key or flag the path came from."""
+    problem = checkpoint_problem(path, model=model, weights=weights, tokenizer=tokenizer)
+    if problem is not None:
+        raise CheckpointConfigError(f"{key}: {problem}" if key else problem)
+    return Path(path).expanduser()
+
+
 def pick_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -77,6 +98,8 @@ def build_causal_lm(preset: str, tokenizer, max_position_embeddings: int, seed: 
         tie_word_embeddings=True,
         torch_dtype="float32",
     )
+    import torch
+
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
@@ -85,20 +108,23 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, *, key: str | None = None):
+    """The tokenizer saved in checkpoint `path`; `key` names where the path came from in errors."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    path = require_checkpoint(path, key, tokenizer=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_tokenizer_if_present(path: str | os.PathLike, trust_remote_code: bool = False):
+def load_tokenizer_if_present(path: str | os.PathLike, trust_remote_code: bool = False, *, key: str | None = None):
     """The tokenizer saved alongside a checkpoint, or None when the directory holds none."""
+    require_checkpoint(path, key)
     if not (Path(path) / "tokenizer_config.json").exists():
         return None
-    return load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return load_tokenizer(path, trust_remote_code=trust_remote_code, key=key)
 
 
 def pad_token_id(tokenizer, config) -> int:
@@ -112,13 +138,27 @@ def pad_token_id(tokenizer, config) -> int:
     return 0  # padding is masked everywhere; any valid id does
 
 
-def load_causal_lm(path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False, **kwargs):
+def load_causal_lm(path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False, *,
+                   key: str | None = None, **kwargs):
+    """The causal LM in checkpoint `path` (safetensors only); `key` names where the path came from in errors."""
     from transformers import AutoModelForCausalLM
 
+    path = require_checkpoint(path, key, weights=True)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
+        str(path), trust_remote_code=trust_remote_code, use_safetensors=True, local_files_only=True, **kwargs
     )
     return model.to(pick_device(device))
+
+
+def context_length(path: str | os.PathLike, trust_remote_code: bool = False, *, key: str | None = None) -> int | None:
+    """Longest sequence (prompt + response tokens) the model in checkpoint `path` takes: its config's
+    `max_position_embeddings`, or None when the config does not say."""
+    from transformers import AutoConfig
+
+    path = require_checkpoint(path, key)
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
+    n = getattr(config, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) else None
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:

@@ -402,14 +402,16 @@ class PPOLearner:
     # ----------------------------------------------------------------------------------------------
     # weights out
 
-    def publish(self) -> tuple[int, WeightSnapshot]:
-        """Advance the version and pack the policy weights for the generators.
+    def publish(self, advance: bool = True) -> tuple[int, WeightSnapshot]:
+        """Advance the version (unless `advance` is False: the current weights again, under their version,
+        for generators that lost them) and pack the policy weights for the generators.
 
         Names are the HF checkpoint's (what vLLM's `load_weights` maps); a tied embedding is carried
         once, under `model.embed_tokens.weight`, as `save_pretrained` writes it. Weights are cast to
         `snapshot_dtype`.
         """
-        self._version += 1
+        if advance:
+            self._version += 1
         dtype = _SNAPSHOT_DTYPES[self.snapshot_dtype]
         with torch.no_grad():
             tensors = ((name, t.to(dtype) if t.is_floating_point() else t) for name, t in named_checkpoint_tensors(self.policy))

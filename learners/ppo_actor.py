@@ -52,10 +52,10 @@ class PPOLearnerActor:
     def train_step(self, rollouts: Sequence[Rollout]) -> dict[str, float]:
         return self.learner.train_step(rollouts)
 
-    def publish(self) -> tuple[int, ray.ObjectRef]:
-        """Advance the version, put the policy's weight snapshot in the object store once, and return
-        ``(version, ref)``; generators `ray.get` the ref (zero-copy numpy buffers)."""
-        version, snapshot = self.learner.publish()
+    def publish(self, advance: bool = True) -> tuple[int, ray.ObjectRef]:
+        """Advance the version (unless `advance` is False), put the policy's weight snapshot in the object
+        store once, and return ``(version, ref)``; generators `ray.get` the ref (zero-copy numpy buffers)."""
+        version, snapshot = self.learner.publish(advance)
         ref = ray.put(snapshot)
         self._published.append(ref)
         return version, ref

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from raylhf.learners.batching import last_token_index, pad_right
 from raylhf.learners.losses import ranking_loss
-from raylhf.learners.models import pick_device
+from raylhf.learners.models import CheckpointConfigError, pick_device, require_checkpoint
 from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,15 +34,19 @@ if TYPE_CHECKING:  # pragma: no cover
 RankedGroup = tuple[Sequence[Sequence[int]], Sequence[int]]
 
 
-def reward_model_from_policy(policy_path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False):
-    """Load a causal LM checkpoint's transformer under a fresh scalar head (its LM head is dropped)."""
+def reward_model_from_policy(policy_path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False,
+                             *, key: str | None = None):
+    """Load a causal LM checkpoint's transformer under a fresh scalar head (its LM head is dropped).
+    `key` names where the path came from in errors."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
-    config = AutoConfig.from_pretrained(str(policy_path), trust_remote_code=trust_remote_code)
+    policy_path = require_checkpoint(policy_path, key, weights=True)
+    config = AutoConfig.from_pretrained(str(policy_path), trust_remote_code=trust_remote_code, local_files_only=True)
     config.num_labels = 1
     config.classifier_dropout = 0.0  # dropout on a scalar reward only adds noise to the pairwise margins
     model = AutoModelForTokenClassification.from_pretrained(
-        str(policy_path), config=config, use_safetensors=True, trust_remote_code=trust_remote_code
+        str(policy_path), config=config, use_safetensors=True, trust_remote_code=trust_remote_code,
+        local_files_only=True,
     )
     # Start from a constant reward: the head learns from comparisons alone, not from random features.
     torch.nn.init.zeros_(model.score.weight)
@@ -50,14 +54,19 @@ def reward_model_from_policy(policy_path: str | os.PathLike, device: str = "auto
     return model.to(pick_device(device))
 
 
-def load_reward_model(path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False):
+def load_reward_model(path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False, *,
+                      key: str | None = None):
+    """The reward model in checkpoint `path` (one label); `key` names where the path came from in errors."""
     from transformers import AutoModelForTokenClassification
 
+    path = require_checkpoint(path, key, weights=True)
     model = AutoModelForTokenClassification.from_pretrained(
-        str(path), use_safetensors=True, trust_remote_code=trust_remote_code
+        str(path), use_safetensors=True, trust_remote_code=trust_remote_code, local_files_only=True
     )
     if model.config.num_labels != 1:
-        raise ValueError(f"{path}: a reward model has one output label, this checkpoint has {model.config.num_labels}")
+        where = f"{key}: {path}" if key else str(path)
+        raise CheckpointConfigError(f"{where}: a reward model has one output label, this checkpoint has "
+                                    f"{model.config.num_labels}")
     return model.to(pick_device(device)).eval()
 
 

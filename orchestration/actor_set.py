@@ -29,8 +29,9 @@ class PPOActors:
     """
 
     def __init__(self, cfg: RunConfig, *, policy_path: str | os.PathLike, rm_path: str | os.PathLike,
-                 pretrain_stream: np.ndarray | None):
+                 pretrain_stream: np.ndarray | None, rejects_path: str | os.PathLike | None = None):
         self.cfg, self.policy_path, self.rm_path = cfg, str(policy_path), str(rm_path)
+        self.rejects_path = rejects_path
         self.pretrain_stream = pretrain_stream
         self.learner: NamedActor | None = None
         self.generators: list[NamedActor] = []
@@ -48,26 +49,54 @@ class PPOActors:
         self.stop()
 
     def _start(self) -> None:
-        from raylhf.actors.engines import threads_for
         from raylhf.actors.generator import start_generators
+        from raylhf.reward_service.pool import RewardPool
+
+        cfg = self.cfg
+        check_resources(cfg)
+        self.learner = self._spawn_learner()  # loads while the generators and scorers start
+        self.generators = start_generators(cfg.generation, self.policy_path, seed=cfg.seed,
+                                           trust_remote_code=cfg.trust_remote_code)
+        self.pool = RewardPool(cfg.reward, rm_path=self.rm_path, ref_path=self.policy_path,
+                               trust_remote_code=cfg.trust_remote_code, rejects_path=self.rejects_path)
+        self.learner_info = remote.get(self.learner.handle.ready.remote(), actor=self.learner.name, what="start",
+                                       timeout_s=cfg.ppo.actor_startup_timeout_s)
+
+    def _spawn_learner(self) -> NamedActor:
+        from raylhf.actors.engines import threads_for
         from raylhf.learners.models import pick_device
         from raylhf.learners.ppo_actor import PPOLearnerActor
         from raylhf.learners.training import use_bf16
-        from raylhf.reward_service.pool import RewardPool
 
         cfg, p = self.cfg, self.cfg.ppo
-        check_resources(cfg)
         handle = PPOLearnerActor.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus).remote(
             p, self.policy_path, self.rm_path, name="learner",
             pretrain_stream=self.pretrain_stream if p.ptx_coef > 0 else None, seed=cfg.seed, device=cfg.device,
             bf16=use_bf16(cfg.train_precision, pick_device(cfg.device)), snapshot_dtype=cfg.generation.dtype,
             torch_threads=threads_for(p.num_cpus), trust_remote_code=cfg.trust_remote_code)
-        self.learner = NamedActor("learner", handle)
-        self.generators = start_generators(cfg.generation, self.policy_path, seed=cfg.seed,
-                                           trust_remote_code=cfg.trust_remote_code)
-        self.pool = RewardPool(cfg.reward, rm_path=self.rm_path, ref_path=self.policy_path,
-                               trust_remote_code=cfg.trust_remote_code)
-        remote.get(handle.ready.remote(), actor="learner", what="start", timeout_s=p.timeout_s)
+        return NamedActor("learner", handle)
+
+    # -- ActorRespawner: replacements for lost actors ------------------------------------------------------
+    def respawn_generator(self, index: int) -> NamedActor:
+        """Kill generator `index` and create its replacement from the initial policy (not waited for)."""
+        import ray
+
+        from raylhf.actors.generator import spawn_generator
+
+        ray.kill(self.generators[index].handle, no_restart=True)
+        self.generators[index] = spawn_generator(self.cfg.generation, self.policy_path, index=index,
+                                                 seed=self.cfg.seed, trust_remote_code=self.cfg.trust_remote_code)
+        return self.generators[index]
+
+    def respawn_learner(self) -> NamedActor:
+        """Kill the learner and start a fresh one; returns once its models are loaded."""
+        import ray
+
+        ray.kill(self.learner.handle, no_restart=True)
+        self.learner = self._spawn_learner()
+        self.learner_info = remote.get(self.learner.handle.ready.remote(), actor=self.learner.name, what="start",
+                                       timeout_s=self.cfg.ppo.actor_startup_timeout_s)
+        return self.learner
 
     def stop(self) -> None:
         import ray

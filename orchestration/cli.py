@@ -1,7 +1,9 @@
 """`raylhf` command line: one subcommand per pipeline stage, plus `run` for the whole pipeline.
 
 Every subcommand takes `--config` (a preset name or YAML path) and dotted overrides such as
-`ppo.kl_coef=0.05`. Bad config exits with status 2 and names the key; bad data names file and line.
+`ppo.kl_coef=0.05`. A command checks its inputs before it writes anything: bad config (a checkpoint path
+that is not a local Hugging Face checkpoint included) exits with status 2 and names the key or flag, bad
+data exits with status 3 and names the file and line; either way the error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from raylhf.configs.loader import DEFAULT_PRESET, ConfigError, explain, load_config, preset_names, save_config
 from raylhf.contracts.dataio import DataError
+from raylhf.contracts.hf_checkpoint import CheckpointError
 from raylhf.orchestration.paths import RunPaths
 
 EPILOG = """\
@@ -101,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the run's last PPO checkpoint (<run>/checkpoints/ppo, written every "
                         "ppo.checkpoint_every steps) up to ppo.total_steps")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete the run's PPO checkpoint and start the stage over (without --resume or --fresh, "
+                        "an existing checkpoint is an error)")
     _common(p)
 
     p = sub.add_parser("rm-eval", help="reward-model accuracy on held-out prompts vs its ceiling and a baseline",
@@ -130,16 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare(args) -> tuple:
-    cfg = load_config(args.config, args.overrides)
-    paths = RunPaths(Path(cfg.output_dir) / cfg.name)
+def _start(cfg, paths: RunPaths) -> None:
+    """The run directory and its resolved config; only once the command's inputs passed their checks."""
     paths.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, paths.config)
-    return cfg, paths
 
 
 def _report(stage: str, summary: dict) -> None:
     print(f"[{stage}] " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
+
+
+def _one_line(error: Exception) -> str:
+    """An error message on one line: a multi-line one (every bad key of a config) joined with '; '."""
+    first, *rest = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
+    return f"{first} {'; '.join(rest)}" if rest else first
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _dispatch(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+    except (ConfigError, CheckpointError) as e:
+        print(f"config error: {_one_line(e)}", file=sys.stderr)
         return 2
     except DataError as e:
-        print(f"data error: {e}", file=sys.stderr)
+        print(f"data error: {_one_line(e)}", file=sys.stderr)
         return 3
 
 
@@ -168,47 +178,70 @@ def _dispatch(args) -> int:
             print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         return 0
 
-    cfg, paths = _prepare(args)
+    # --address before validation: on a cluster the local CPU count does not bound the actors.
+    address = [f"ray.address={args.address}"] if getattr(args, "address", None) else []
+    cfg = load_config(args.config, [*args.overrides, *address])
+    paths = RunPaths(Path(cfg.output_dir) / cfg.name)
+    from raylhf.orchestration import preflight
     from raylhf.tasks import load_task
 
     if args.command == "data":
+        _start(cfg, paths)
         summary = stages.stage_data(cfg, load_task(cfg.task), args.out or paths.data)
         _report("data", stages.save_summary(paths, "data", summary))
     elif args.command == "pretrain":
+        preflight.check_pretrain_inputs(cfg, paths)
+        _start(cfg, paths)
         _report("pretrain", stages.save_summary(paths, "pretrain", stages.stage_pretrain(cfg, paths, load_task(cfg.task))))
     elif args.command == "sft":
-        summary = stages.stage_sft(cfg, paths, args.model or paths.model("base"), args.data or paths.demonstrations,
-                                   args.out or paths.model("sft"))
-        _report("sft", stages.save_summary(paths, "sft", summary))
+        model, data, out = args.model or paths.model("base"), args.data or paths.demonstrations, args.out or paths.model("sft")
+        preflight.check_sft_inputs(cfg, model, data)
+        _start(cfg, paths)
+        _report("sft", stages.save_summary(paths, "sft", stages.stage_sft(cfg, paths, model, data, out)))
     elif args.command == "rm":
-        summary = stages.stage_rm(cfg, paths, args.model or paths.model("sft"), args.data or paths.comparisons,
-                                  args.out or paths.model("rm"), args.demonstrations or paths.demonstrations)
-        _report("rm", stages.save_summary(paths, "rm", summary))
+        model, data, out = args.model or paths.model("sft"), args.data or paths.comparisons, args.out or paths.model("rm")
+        # Normalisation needs demonstrations: a given file must exist, the run's own is used when present.
+        demos = args.demonstrations or (paths.demonstrations if paths.demonstrations.exists() else None)
+        preflight.check_rm_inputs(cfg, model, data, demos)
+        _start(cfg, paths)
+        _report("rm", stages.save_summary(paths, "rm", stages.stage_rm(cfg, paths, model, data, out, demos)))
     elif args.command == "collect":
-        policies = {p: stages.resolve_policy(paths, p) for p in (args.policy or cfg.collect.policies)}
+        key = "--policy" if args.policy else "collect.policies"
+        policies = {p: stages.resolve_policy(paths, p, key) for p in (args.policy or cfg.collect.policies)}
+        prompts = args.prompts or paths.prompts("train")
+        seed_comparisons = paths.data / "demo_comparisons.jsonl" if cfg.collect.include_seed_comparisons else None
+        preflight.check_collect_inputs(cfg, policies, prompts, seed_comparisons)
+        _start(cfg, paths)
         summary = stages.stage_collect(
-            cfg, paths, policies, args.prompts or paths.prompts("train"), args.out or paths.comparisons,
-            n_prompts=cfg.collect.n_prompts, labeler_seed=cfg.collect.labeler_seed,
-            seed_comparisons=paths.data / "demo_comparisons.jsonl" if cfg.collect.include_seed_comparisons else None)
+            cfg, paths, policies, prompts, args.out or paths.comparisons,
+            n_prompts=cfg.collect.n_prompts, labeler_seed=cfg.collect.labeler_seed, seed_comparisons=seed_comparisons)
         _report("collect", stages.save_summary(paths, "collect", summary))
     elif args.command == "ppo":
-        from raylhf.orchestration.ppo_stage import run_ppo
+        policy, rm = args.policy or paths.model("sft"), args.rm or paths.model("rm")
+        preflight.check_ppo_inputs(cfg, paths, policy, rm)  # before Ray starts
+        from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
+        from raylhf.orchestration.ppo_stage import check_checkpoint_choice, run_ppo
 
-        if args.address:
-            cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": args.address})})
-        summary = run_ppo(cfg, paths, args.policy or paths.model("sft"), args.rm or paths.model("rm"),
-                          args.out or paths.model("ppo"), resume=args.resume)
+        check_checkpoint_choice(PPOCheckpoint(paths.root), cfg.ppo.total_steps, args.resume, args.fresh)
+        _start(cfg, paths)
+        summary = run_ppo(cfg, paths, policy, rm, args.out or paths.model("ppo"), resume=args.resume,
+                          fresh=args.fresh)
         _report("ppo", stages.save_summary(paths, "ppo", summary))
     elif args.command == "rm-eval":
-        summary = stages.stage_rm_eval(cfg, paths, args.sft or paths.model("sft"), args.rm or paths.model("rm"))
-        _report("rm_eval", stages.save_summary(paths, "rm_eval", summary))
+        sft, rm = args.sft or paths.model("sft"), args.rm or paths.model("rm")
+        preflight.check_rm_eval_inputs(cfg, paths, sft, rm)
+        _start(cfg, paths)
+        _report("rm_eval", stages.save_summary(paths, "rm_eval", stages.stage_rm_eval(cfg, paths, sft, rm)))
     elif args.command == "eval":
         policies = stages.eval_policies(paths, args.policy)
         rm = args.rm or (paths.model("rm") if (paths.model("rm") / "config.json").exists() else None)
+        preflight.check_eval_inputs(cfg, paths, policies, rm)
+        _start(cfg, paths)
         _report("eval", stages.save_summary(paths, "eval", stages.stage_eval(cfg, paths, policies, rm)))
     elif args.command == "run":
         from raylhf.orchestration.pipeline import run_pipeline
 
+        _start(cfg, paths)
         t0 = time.time()
         run_pipeline(cfg, paths, report=_report)
         print(f"pipeline finished in {time.time() - t0:.0f} s; outputs in {paths.root}")

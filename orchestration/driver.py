@@ -3,20 +3,26 @@
 `PPODriver.run` holds the one top-level loop. In `ppo.mode: async` each pass through it moves work one
 hop along the dataflow, a timer per phase::
 
-    dispatch_generate -> wait -> collect_generate -> score -> train -> check_weights
+    dispatch_generate -> wait -> collect_generate -> score -> train -> deadlines
 
 Generators keep `generation.in_flight` requests queued, finished rollouts go to the reward pool, scored
 rollouts wait in a bounded buffer, and the learner trains on a batch as soon as it is idle and a batch
 is ready. Every `ppo.sync_every` learner steps the learner publishes a snapshot that each generator
 applies before its next generate call. When the rollouts in the system reach `ppo.buffer_size`, no new
 generation starts (backpressure), which bounds both memory and staleness. `Pipeline` holds what is in
-flight between the hops.
+flight between the hops; `SampleLedger` where every rollout went.
 
 `mode: sync` runs the same components strictly in sequence (generate -> score -> train -> publish ->
 apply); it is the baseline of every throughput claim.
 
-Every remote wait has a deadline (`raylhf.contracts.remote`); a failure in any actor surfaces here as an
-`ActorFailure` naming the actor and the cause.
+Healing. Every remote wait has a deadline (`raylhf.contracts.remote`, `ppo.timeout_s`). Generators that
+die, fail or hang are replaced by `GeneratorSet`; the reward pool replaces its scorers itself. A learner
+that dies, fails or hangs is replaced and restored from the newest checkpoint (`ppo.checkpoint_every`;
+one is written before the first step): weights, optimisers, prompt cursor with the prompts that were in
+flight, the ledger and the reward normaliser — the steps since that checkpoint are redone, and the
+metrics rows logged for them are dropped (`StepObserver.on_rewind`). `ppo.max_consecutive_restarts`
+bounds the replacements of one actor without progress; past it the failure ends the run, naming the
+actor and its cause.
 
 Also here: `PhaseTimer`, `RunStats` (what the loop measured) and `StepObserver` (the per-step hook).
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -35,10 +42,13 @@ import ray
 from raylhf.configs.schema import PPOConfig
 from raylhf.contracts import remote
 from raylhf.contracts.formatting import encode_prompt
-from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec, ScoringPool
+from raylhf.contracts.protocols import GenerationRequest, SamplingSpec, ScoringPool
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.remote import ActorFailure, NamedActor
-from raylhf.orchestration.cursor import PromptCursor
+from raylhf.orchestration.cursor import Draw, PromptCursor, epoch_seed
+from raylhf.orchestration.generator_set import ActorRespawner, Fault, Generated, GeneratorSet
+from raylhf.orchestration.ledger import SampleLedger
+from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +69,7 @@ class PhaseTimer:
 
 
 class StepObserver(Protocol):
-    """What the driver reports after each learner step (the stage's progress bar, metrics log, checkpoints)."""
+    """What the driver reports after each learner step (the stage's progress bar and metrics log)."""
 
     def on_rollouts(self, batch: list[Rollout]) -> None:
         """The batch the learner just trained on."""
@@ -67,12 +77,19 @@ class StepObserver(Protocol):
 
     def on_step(self, step: int, metrics: dict[str, Any]) -> None: ...
 
+    def on_rewind(self, step: int) -> None:
+        """The run went back to the checkpoint at `step`: what was reported after it is void."""
+        ...
+
 
 class _SilentObserver:
     def on_rollouts(self, batch: list[Rollout]) -> None:
         pass
 
     def on_step(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_rewind(self, step: int) -> None:
         pass
 
 
@@ -87,10 +104,11 @@ class RunStats:
     generator_busy_s: float = 0.0
     learner_busy_s: float = 0.0
     staleness: collections.Counter = field(default_factory=collections.Counter)
-    refused: int = 0
     phases: dict[str, float] = field(default_factory=dict)
     final_version: int = 0
-    metrics: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # one per step of the surviving lineage
+    faults: list[Fault] = field(default_factory=list)
+    accounting: dict[str, Any] = field(default_factory=dict)
 
     def summary(self, n_generators: int) -> dict[str, Any]:
         wall = max(self.wall_s, 1e-9)
@@ -103,230 +121,316 @@ class RunStats:
             "learner_busy": self.learner_busy_s / wall,
             "staleness_histogram": {int(k): int(v) for k, v in sorted(self.staleness.items())},
             "max_staleness_seen": max(self.staleness) if self.staleness else 0,
-            "refused_prompts": self.refused,
             "wall_s": self.wall_s,
             "phase_s": {k: round(v, 3) for k, v in self.phases.items()},
             "final_version": self.final_version,
+            "faults": [dataclasses.asdict(f) for f in self.faults],
+            **self.accounting,
         }
 
 
 @dataclass
 class Pipeline:
-    """What is in flight between the hops of the async loop."""
+    """What is in flight between the hops of the async loop (generate calls live in `GeneratorSet`)."""
 
-    n_generators: int
-    generating: dict[Any, tuple[int, float]] = field(default_factory=dict)  # generate ref -> (generator, submitted)
-    to_score: collections.deque[list[Rollout]] = field(default_factory=collections.deque)  # generated, not yet sent
-    scoring: int = 0  # rollouts inside the reward pool
-    buffer: collections.deque[Rollout] = field(default_factory=collections.deque)  # scored, waiting for the learner
+    to_score: collections.deque[list[Rollout]] = field(default_factory=collections.deque)  # generated, not sent
+    scoring: dict[int, list[Rollout]] = field(default_factory=dict)  # pool request id -> rollouts sent
+    buffer: collections.deque[Rollout] = field(default_factory=collections.deque)  # scored, waiting to train
     train_ref: Any = None  # the learner's running train_step
     train_batch: list[Rollout] = field(default_factory=list)
     train_t0: float = 0.0
 
-    def __post_init__(self):
-        self.queued = [0] * self.n_generators  # generate calls queued per generator
-        self.busy_until = [0.0] * self.n_generators  # for busy-time accounting of back-to-back calls
+    def clear(self) -> None:
+        self.to_score.clear()
+        self.scoring.clear()  # answers of these requests are ignored when they come
+        self.buffer.clear()
+        self.train_ref, self.train_batch = None, []
 
-    def rollouts_in_system(self, rollouts_per_call: int) -> int:
-        return (rollouts_per_call * len(self.generating) + sum(map(len, self.to_score)) + self.scoring
-                + len(self.buffer))
+
+class _LearnerLost(Exception):
+    def __init__(self, failure: ActorFailure):
+        super().__init__(str(failure))
+        self.failure = failure
 
 
 class PPODriver:
-    """Owns the actors' handles, the prompt cursor and the loop; the caller builds the components.
+    """Owns the actors' handles, the prompt cursor, the ledger and the loop; the caller builds the components.
 
     Args:
-        cfg: the `ppo` section (steps, batch and request sizes, buffer, sync cadence, deadline, mode).
+        cfg: the `ppo` section (steps, batch and request sizes, buffer, sync and checkpoint cadence,
+            deadlines, restart bound, mode).
         generators: generator actors serving `GeneratorService`.
         learner: the learner actor serving `LearnerService`.
         pool: the scoring pool.
         tokenizer: encodes prompts (`encode_prompt`).
         cursor: where the prompts come from.
-        sampling: how generators sample.
+        sampling: how generators sample (its seed is varied per epoch of the cursor).
         in_flight: generate calls each generator keeps queued (`generation.in_flight`).
         observer: told about every learner step.
-        start_step, start_version: a resumed run's step and policy version.
+        checkpoint: where the run's checkpoints go; None: no checkpoints, and a lost learner ends the run.
+        respawn: replaces lost actors; None: any actor failure ends the run.
+        resume: restore learner, cursor, ledger and reward normaliser from `checkpoint` first.
     """
 
     def __init__(self, cfg: PPOConfig, *, generators: Sequence[NamedActor], learner: NamedActor, pool: ScoringPool,
                  tokenizer, cursor: PromptCursor, sampling: SamplingSpec, in_flight: int,
-                 observer: StepObserver | None = None, start_step: int = 0, start_version: int = 0):
-        self.cfg, self.generators, self.learner, self.pool = cfg, list(generators), learner, pool
+                 observer: StepObserver | None = None, checkpoint: PPOCheckpoint | None = None,
+                 respawn: ActorRespawner | None = None, resume: bool = False):
+        self.cfg, self.learner, self.pool = cfg, learner, pool
+        self.gens = GeneratorSet(cfg, generators, respawn)
         self.tokenizer, self.cursor, self.sampling, self.in_flight = tokenizer, cursor, sampling, in_flight
         self.observer = observer or _SilentObserver()
+        self.checkpoint, self.respawn, self.resume = checkpoint, respawn, resume
+        self.ledger = SampleLedger(sampling.n)
         self.timer = PhaseTimer()
         self.stats = RunStats()
-        self.stats.steps = start_step  # > 0 when resuming: the loop runs on to cfg.total_steps
-        self.version = start_version
-        self.snapshot_ref = None  # newest published snapshot (kept for the final weight check)
-        self._weight_refs: list[tuple[Any, str]] = []  # pending load_weights calls, with the generator's name
+        self.version = 0  # the learner's newest published version
+        self.snapshot_ref = None  # its snapshot (kept for replacements and the final weight check)
+        self._learner_failures = 0  # in a row, without a completed step
+        self._learner_faults: list[Fault] = []
+
+    @property
+    def generators(self) -> list[NamedActor]:
+        return self.gens.actors
 
     def run(self) -> RunStats:
         self._t0 = time.perf_counter()
-        if self.version > 0:
-            # Resumed learner: the generators start from the initial policy, so hand them its weights first
-            # (and a version they share with the learner, or every rollout would look stale).
-            with self.timer("publish"):
-                self._publish()
         try:
-            (self._run_sync if self.cfg.mode == "sync" else self._run_async)()
+            if self.resume:
+                with self.timer("restore"):
+                    self._restore(None)
+            self._start_state = self._driver_state()  # what a learner lost before the first checkpoint restarts from
+            while True:
+                try:
+                    if self.checkpoint is not None and self.checkpoint.latest() is None:
+                        self._save_checkpoint()  # step 0: a lost learner restarts here
+                    (self._run_sync if self.cfg.mode == "sync" else self._run_async)()
+                    if self.stats.steps % self.cfg.sync_every:
+                        self._publish()  # the generators end on the final weights
+                    if self.checkpoint is not None:
+                        self._save_checkpoint()
+                    break
+                except _LearnerLost as e:
+                    self._heal_learner(e.failure)
+            with self.timer("apply_weights"):
+                self.gens.wait_until(self.gens.weights_current)
         finally:
             self.stats.wall_s = time.perf_counter() - self._t0
             self.stats.phases = dict(self.timer.seconds)
             self.stats.final_version = self.version
-        if self.stats.steps % self.cfg.sync_every:
-            self._publish()  # the generators end on the final weights
-        self._check_weight_loads(block=True)
+            self.stats.faults = sorted(self.gens.faults + self._learner_faults, key=lambda f: f.at_s)
+            self.stats.accounting = self._accounting()
         return self.stats
 
     # -- sync: the baseline ---------------------------------------------------------------------------
     def _run_sync(self) -> None:
-        calls = max(1, self.cfg.batch_size // (self.sampling.n * len(self.generators) * self.cfg.prompts_per_request))
+        calls = max(1, self.cfg.batch_size // (self.sampling.n * len(self.gens.slots) * self.cfg.prompts_per_request))
         while self.stats.steps < self.cfg.total_steps:
             with self.timer("generate"):
                 t0 = time.perf_counter()
-                refs = [g.handle.generate.remote(self._requests(), self.sampling)
-                        for g in self.generators for _ in range(calls)]
-                names = [g.name for g in self.generators for _ in range(calls)]
-                rollouts = [r for result in remote.get_all(refs, names, "generate", self.cfg.timeout_s)
-                            for r in self._unpack(result)]
-                self.stats.generator_busy_s += (time.perf_counter() - t0) * len(self.generators)
+                order: dict[tuple[str, int], int] = {}
+                for i in range(len(self.gens.slots)):
+                    for _ in range(calls):
+                        draws = self._take()
+                        order.update((d.key, len(order)) for d in draws)
+                        self.gens.submit(i, draws, self._requests(draws), self.sampling)
+                answered: list[Generated] = []
+                self.gens.wait_until(lambda: self.gens.generating() == 0, answered.append)
+                answered.sort(key=lambda g: order[g.draws[0].key])  # the order they were asked in
+                rollouts = [r for g in answered for r in self._absorb(g)]
+                self.stats.generator_busy_s += (time.perf_counter() - t0) * len(self.gens.slots)
             with self.timer("score"):
                 scored = self.pool.score(rollouts)
+                self.ledger.rejected_among(rollouts, scored)
             with self.timer("train"):
                 t0 = time.perf_counter()
-                metrics = self._get(self.learner, self.learner.handle.train_step.remote(scored), "train_step")
-                learner_s = time.perf_counter() - t0
-            self._after_step(scored, metrics, learner_s)
+                metrics = self._learner_get(self.learner.handle.train_step.remote(scored), "train_step")
+            self._after_step(scored, metrics, time.perf_counter() - t0)
             with self.timer("apply_weights"):
-                self._check_weight_loads(block=True)
+                self.gens.wait_until(self.gens.weights_current)
 
     # -- async: the actor/learner pipeline ------------------------------------------------------------
     def _run_async(self) -> None:
-        work = Pipeline(len(self.generators))
+        work = self._work = Pipeline()
         while self.stats.steps < self.cfg.total_steps:
             with self.timer("dispatch_generate"):
-                self._dispatch_generate(work)
+                self._dispatch_generate()
             with self.timer("wait"):
                 done = self._wait(work)
             with self.timer("collect_generate"):
-                self._collect_generated(work, done)
+                for generated in self.gens.collect(done):
+                    self.stats.generator_busy_s += generated.busy_s
+                    rollouts = self._absorb(generated)
+                    if rollouts:
+                        work.to_score.append(rollouts)
             with self.timer("score"):
                 self._score(work)
             with self.timer("train"):
                 self._train(work, done)
-            with self.timer("check_weights"):
-                self._check_weight_loads(block=False)
-        self._drain(work)
+            with self.timer("deadlines"):
+                self.gens.check_deadlines()
+                if work.train_ref is not None and time.perf_counter() - work.train_t0 > self.cfg.timeout_s:
+                    raise _LearnerLost(ActorFailure(self.learner.name, "train_step",
+                                                    f"no answer within {self.cfg.timeout_s:g} s", "timeout"))
+        # Let queued generate calls finish so the actors are idle and consistent.
+        self.gens.wait_until(lambda: self.gens.generating() == 0, self._absorb)
 
-    def _dispatch_generate(self, work: Pipeline) -> None:
+    def _dispatch_generate(self) -> None:
         """Top up every generator's queue, unless the system already holds `buffer_size` rollouts."""
         per_call = self.cfg.prompts_per_request * self.sampling.n
-        in_system = work.rollouts_in_system(per_call)
-        for i, g in enumerate(self.generators):
-            while work.queued[i] < self.in_flight and in_system + per_call <= self.cfg.buffer_size:
-                work.generating[g.handle.generate.remote(self._requests(), self.sampling)] = (i, time.perf_counter())
-                work.queued[i] += 1
+        in_system = self.ledger.in_system - self.cursor.pending_reissues * self.sampling.n
+        for i in range(len(self.gens.slots)):
+            while self.gens.queued(i) < self.in_flight and in_system + per_call <= self.cfg.buffer_size:
+                draws = self._take()
+                self.gens.submit(i, draws, self._requests(draws), self.sampling)
                 in_system += per_call
 
     def _wait(self, work: Pipeline) -> set:
-        """Wait briefly for a generate call or the train step to finish (the pool is polled separately)."""
-        watch = list(work.generating) + ([work.train_ref] if work.train_ref is not None else [])
+        """Wait briefly for a generator or the train step to answer (the pool is polled separately)."""
+        watch = self.gens.refs() + ([work.train_ref] if work.train_ref is not None else [])
         if not watch:
             return set()
         done, _ = ray.wait(watch, num_returns=1, timeout=0.02)
         return set(done)
 
-    def _collect_generated(self, work: Pipeline, done: set) -> None:
-        for ref in [r for r in work.generating if r in done]:
-            i, submitted = work.generating.pop(ref)
-            work.queued[i] -= 1
-            now = time.perf_counter()
-            self.stats.generator_busy_s += now - max(submitted, work.busy_until[i])
-            work.busy_until[i] = now
-            work.to_score.append(self._unpack(self._get(self.generators[i], ref, "generate")))
-
     def _score(self, work: Pipeline) -> None:
         while work.to_score and self.pool.has_capacity():
             batch = work.to_score.popleft()
-            self.pool.submit(batch, block=False)
-            work.scoring += len(batch)
-        for _, scored in self.pool.ready(timeout=0.0):
-            work.scoring -= len(scored)
+            work.scoring[self.pool.submit(batch, block=False)] = batch
+        for request_id, scored in self.pool.ready(timeout=0.0):
+            sent = work.scoring.pop(request_id, None)
+            if sent is None:  # sent before the learner was rewound
+                continue
+            self.ledger.rejected_among(sent, scored)
             work.buffer.extend(scored)
 
     def _train(self, work: Pipeline, done: set) -> None:
         """Finish the learner's step if it is done; start the next one as soon as a batch is buffered."""
         if work.train_ref is not None and work.train_ref in done:
-            metrics = self._get(self.learner, work.train_ref, "train_step")
-            self._after_step(work.train_batch, metrics, time.perf_counter() - work.train_t0)
-            work.train_ref = None
+            metrics = self._learner_get(work.train_ref, "train_step")
+            batch, learner_s = work.train_batch, time.perf_counter() - work.train_t0
+            work.train_ref, work.train_batch = None, []
+            self._after_step(batch, metrics, learner_s)
         if work.train_ref is None and len(work.buffer) >= self.cfg.batch_size and self.stats.steps < self.cfg.total_steps:
             work.train_batch = [work.buffer.popleft() for _ in range(self.cfg.batch_size)]
             work.train_ref, work.train_t0 = self.learner.handle.train_step.remote(work.train_batch), time.perf_counter()
 
-    def _drain(self, work: Pipeline) -> None:
-        """Let queued generate calls finish so the actors are idle and consistent."""
-        for ref, (i, _) in list(work.generating.items()):
-            self._get(self.generators[i], ref, "generate")
-
     # -- steps shared by both modes -------------------------------------------------------------------
-    def _get(self, actor: NamedActor, ref, what: str):
-        return remote.get(ref, actor=actor.name, what=what, timeout_s=self.cfg.timeout_s)
+    def _take(self) -> list[Draw]:
+        draws = self.cursor.take(self.cfg.prompts_per_request)
+        self.ledger.taken(draws)
+        return draws
 
-    def _requests(self) -> list[GenerationRequest]:
-        prompts = self.cursor.take(self.cfg.prompts_per_request)
-        return [GenerationRequest(p.prompt_id, tuple(encode_prompt(self.tokenizer, p.prompt))) for p in prompts]
+    def _requests(self, draws: list[Draw]) -> list[GenerationRequest]:
+        """Each epoch of the cursor samples with its own seed: a prompt seen again gets fresh noise."""
+        out = []
+        for d in draws:
+            sampling = None
+            if d.epoch > 0 and self.sampling.seed is not None:
+                sampling = dataclasses.replace(self.sampling, seed=epoch_seed(self.sampling.seed, d.epoch))
+            out.append(GenerationRequest(d.prompt.prompt_id, tuple(encode_prompt(self.tokenizer, d.prompt.prompt)),
+                                         sampling))
+        return out
 
-    def _unpack(self, results) -> list[Rollout]:
+    def _absorb(self, generated: Generated) -> list[Rollout]:
         rollouts = []
-        for r in results:
-            if isinstance(r, RequestError):
-                self.stats.refused += 1
-                log.warning("prompt %s refused: %s", r.prompt_id, r.reason)
-            else:
-                rollouts.extend(r)
+        for draw, result in zip(generated.draws, generated.results):
+            self.ledger.generated(draw, result)
+            rollouts.extend(result or [])
         return rollouts
 
+    def _learner_get(self, ref, what: str):
+        try:
+            return remote.get(ref, actor=self.learner.name, what=what, timeout_s=self.cfg.timeout_s)
+        except ActorFailure as e:
+            raise _LearnerLost(e) from e
+
     def _after_step(self, batch: list[Rollout], metrics: dict[str, Any], learner_s: float) -> None:
+        stale = [r for r in batch if self.version - r.policy_version > self.cfg.max_staleness]
+        self.ledger.resolve(stale, "dropped_stale")  # the learner drops them by the same rule
+        self.ledger.resolve([r for r in batch if self.version - r.policy_version <= self.cfg.max_staleness], "trained")
         self.stats.steps += 1
+        self._learner_failures = 0
         self.stats.learner_busy_s += learner_s
         self.stats.rollouts += len(batch)
         self.stats.response_tokens += sum(len(r.response_ids) for r in batch)
         for r in batch:
             self.stats.staleness[self.version - r.policy_version] += 1
         self.observer.on_rollouts(batch)
-        metrics = dict(metrics, version=self.version, wall_s=time.perf_counter() - self._t0)
+        metrics = dict(metrics, step=self.stats.steps, version=self.version,
+                       wall_s=time.perf_counter() - self._t0, **self._fault_counts())
         self.stats.metrics.append(metrics)
         self.observer.on_step(self.stats.steps, metrics)
         if self.stats.steps % self.cfg.sync_every == 0:
             with self.timer("publish"):
                 self._publish()
+        every = self.cfg.checkpoint_every
+        if self.checkpoint is not None and every and self.stats.steps % every == 0 and self.stats.steps < self.cfg.total_steps:
+            with self.timer("checkpoint"):
+                self._save_checkpoint()
 
-    def _publish(self) -> None:
-        from raylhf.actors.generator import broadcast_weights
+    def _publish(self, advance: bool = True) -> None:
+        self.version, self.snapshot_ref = self._learner_get(self.learner.handle.publish.remote(advance), "publish")
+        self.gens.publish(self.version, self.snapshot_ref)
 
-        self._check_weight_loads(block=False)
-        self.version, self.snapshot_ref = self._get(self.learner, self.learner.handle.publish.remote(), "publish")
-        refs = broadcast_weights(self.generators, self.snapshot_ref)
-        self._weight_refs.extend(zip(refs, [g.name for g in self.generators]))
+    # -- checkpoints and the learner's healing --------------------------------------------------------
+    def _driver_state(self) -> dict[str, Any]:
+        return {"cursor": self.cursor.state_dict(outstanding=self.ledger.open_draws()),
+                "ledger": self.ledger.state_dict(), "pool": self.pool.state_dict()}
 
-    def _check_weight_loads(self, block: bool) -> None:
-        """Surface failed weight loads; with block=True wait until every generator applied the newest."""
-        if not self._weight_refs:
-            return
-        refs = [r for r, _ in self._weight_refs]
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=self.cfg.timeout_s if block else 0)
-        finished = set(done)
-        remaining = []
-        for ref, name in self._weight_refs:
-            if ref in finished:
-                remote.get(ref, actor=name, what="load_weights", timeout_s=self.cfg.timeout_s)
+    def _save_checkpoint(self) -> None:
+        state = self._driver_state()
+        try:
+            self.checkpoint.save(self.learner, self.stats.steps, state, self.cfg.timeout_s)
+        except ActorFailure as e:
+            raise _LearnerLost(e) from e
+
+    def _restore(self, work: Pipeline | None) -> int:
+        """Load the newest checkpoint into the learner and the driver; returns its step."""
+        try:
+            if self.checkpoint.latest() is None:  # lost before the first checkpoint was complete: a fresh start
+                step, version, state = 0, 0, self._start_state
             else:
-                remaining.append((ref, name))
-        if block and remaining:
-            raise ActorFailure(remaining[0][1], "load_weights", f"no answer within {self.cfg.timeout_s:g} s", "timeout")
-        self._weight_refs = remaining
+                step, version, state = self.checkpoint.restore(self.learner, self.cfg.timeout_s)
+        except ActorFailure as e:
+            raise _LearnerLost(e) from e
+        self.cursor.load_state_dict(state["cursor"])
+        self.ledger.load_state_dict(state["ledger"], self.cursor.reissues())
+        self.pool.load_state_dict(state["pool"])
+        if work is not None:
+            work.clear()
+        self.gens.discard_generations()
+        self.stats.steps = step
+        self.stats.metrics = [m for m in self.stats.metrics if m["step"] <= step]
+        self.observer.on_rewind(step)
+        self.version = version
+        if version > 0:  # the generators may hold other weights: give them the restored ones
+            self._publish(advance=False)
+        return step
+
+    def _heal_learner(self, failure: ActorFailure) -> None:
+        self._learner_failures += 1
+        if self.respawn is None or self.checkpoint is None or self._learner_failures > self.cfg.max_consecutive_restarts:
+            raise failure
+        t0 = time.perf_counter()
+        log.warning("%s lost (%s); replacing it from the newest checkpoint", self.learner.name, failure)
+        self.learner = self.respawn.respawn_learner()
+        before = self.stats.steps
+        with self.timer("restore"):
+            step = self._restore(getattr(self, "_work", None))
+        self._learner_faults.append(Fault(self.learner.name, failure.kind, failure.cause, t0 - self._t0,
+                                          time.perf_counter() - t0, lost_steps=before - step))
+
+    def _fault_counts(self) -> dict[str, int]:
+        pool_stats = self.pool.stats()
+        return {**self.ledger.summary(), "samples_resubmitted": sum(f.resubmitted for f in self.gens.faults),
+                "generator_restarts": self.gens.restarts,
+                "learner_restarts": len(self._learner_faults),
+                "scorer_restarts": int(pool_stats.get("actor_restarts", 0))}
+
+    def _accounting(self) -> dict[str, Any]:
+        return {**self._fault_counts(), "samples_in_system": self.ledger.in_system,
+                "accounting_balanced": self.ledger.balance()["ok"]}
 
     def generators_match_learner(self) -> bool:
         """Whether every generator computes with exactly the newest published weights (read back)."""
@@ -334,7 +438,6 @@ class PPODriver:
 
         if self.snapshot_ref is None:
             return True
-        expected = snapshot_checksums(self._get(self.learner, self.snapshot_ref, "snapshot"))
-        got = remote.get_all([g.handle.checksums.remote() for g in self.generators],
-                             [g.name for g in self.generators], "checksums", self.cfg.timeout_s)
-        return all({k: g.get(k) for k in expected} == expected for g in got)
+        expected = snapshot_checksums(remote.get(self.snapshot_ref, actor=self.learner.name, what="snapshot",
+                                                 timeout_s=self.cfg.timeout_s))
+        return all({k: g.get(k) for k in expected} == expected for g in self.gens.checksums())

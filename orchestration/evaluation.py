@@ -5,8 +5,6 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Sequence
 
-import numpy as np
-
 
 def pairwise_agreement(scores: Sequence[Sequence[float]], rankings: Sequence[Sequence[int]],
                        lengths: Sequence[Sequence[int]] | None = None) -> float:

@@ -10,7 +10,7 @@ from raylhf.learners.models import is_checkpoint
 from raylhf.orchestration import stages
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
-from raylhf.orchestration.ppo_stage import run_ppo
+from raylhf.orchestration.ppo_stage import finish_ppo, run_ppo
 from raylhf.orchestration.report import write_report
 from raylhf.tasks import load_task
 
@@ -44,9 +44,16 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     stage("rm_eval", stages.load_summary(paths, "rm_eval") is not None,
           lambda: stages.stage_rm_eval(cfg, paths, paths.model("sft"), paths.model("rm")))
     stage("ppo", is_checkpoint(paths.model("ppo")),
-          # An interrupted PPO stage continues from its last checkpoint.
-          lambda: run_ppo(cfg, paths, paths.model("sft"), paths.model("rm"), paths.model("ppo"),
-                          resume=PPOCheckpoint(paths.root).resumable(cfg.ppo.total_steps)))
+          lambda: _ppo(cfg, paths))
     stage("eval", False, lambda: stages.stage_eval(cfg, paths, stages.eval_policies(paths, None), paths.model("rm")))
     write_report(paths, summaries)
     return summaries
+
+
+def _ppo(cfg: RunConfig, paths: RunPaths) -> dict:
+    """An interrupted PPO stage continues from its newest checkpoint; one that stopped after its last
+    checkpoint, before writing its summary, finishes without training again."""
+    step = PPOCheckpoint(paths.root).step()
+    if step is not None and step >= cfg.ppo.total_steps:
+        return finish_ppo(paths, paths.model("ppo"))
+    return run_ppo(cfg, paths, paths.model("sft"), paths.model("rm"), paths.model("ppo"), resume=step is not None)

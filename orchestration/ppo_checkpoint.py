@@ -1,23 +1,47 @@
 """`PPOCheckpoint`: the PPO stage's checkpoint in `<run>/checkpoints/ppo` — save, latest, resumable, restore.
 
 A checkpoint is the learner's own (`policy/`, `value/`, optimiser, KL-controller, version and RNG state)
-plus the driver's state (`driver_state.json`: step and prompt cursor), written last, so its presence
-marks a complete checkpoint. A new checkpoint is written beside the previous one and swapped in whole:
-a crash at any point leaves a complete checkpoint to resume from.
+plus the driver's state (`driver_state.json`: step, prompt cursor with the prompts still in flight,
+sample ledger, reward normaliser), written last, so its presence marks a complete checkpoint.
+
+A new checkpoint is written to `ppo.tmp`, fsynced, and swapped in (`ppo` -> `ppo.old`, `ppo.tmp` ->
+`ppo`, then `ppo.old` removed). A crash at any point leaves a complete checkpoint: before the swap the
+previous one is untouched; during it, `latest()` finds whichever of the three is complete, newest first,
+and the next save first settles the directory so that the only complete checkpoint is never deleted.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from raylhf.contracts import remote
 from raylhf.contracts.remote import NamedActor
-from raylhf.orchestration.cursor import PromptCursor
 
 DRIVER_STATE = "driver_state.json"
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under `root`, and the directories, to stable storage."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class PPOCheckpoint:
@@ -28,10 +52,14 @@ class PPOCheckpoint:
         self._tmp = self.dir.with_name("ppo.tmp")
         self._old = self.dir.with_name("ppo.old")
 
+    @staticmethod
+    def _complete(path: Path) -> bool:
+        return (path / DRIVER_STATE).exists()
+
     def latest(self) -> Path | None:
         """The newest complete checkpoint (one interrupted mid-swap included), or None."""
         for candidate in (self.dir, self._tmp, self._old):
-            if (candidate / DRIVER_STATE).exists():
+            if self._complete(candidate):
                 return candidate
         return None
 
@@ -49,28 +77,49 @@ class PPOCheckpoint:
         step = self.step()
         return step is not None and step < total_steps
 
-    def save(self, learner: NamedActor, cursor: PromptCursor, step: int, timeout_s: float) -> None:
-        """Checkpoint the learner and the prompt cursor, swapped in whole."""
+    def _settle(self) -> None:
+        """Finish a swap a crash interrupted, so that `ppo` is the newest complete checkpoint (if any) and
+        nothing else complete is left that a save might delete."""
+        if not self._complete(self.dir) and self._complete(self._tmp):
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self._tmp.rename(self.dir)
+        if not self._complete(self.dir) and self._complete(self._old):
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self._old.rename(self.dir)
+        if self._complete(self.dir):
+            shutil.rmtree(self._old, ignore_errors=True)
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def save(self, learner: NamedActor, step: int, driver_state: dict[str, Any], timeout_s: float) -> None:
+        """Checkpoint the learner and the driver's state at `step`, swapped in whole."""
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        self._settle()
         shutil.rmtree(self._tmp, ignore_errors=True)
         remote.get(learner.handle.save_checkpoint.remote(str(self._tmp)), actor=learner.name,
                    what="save_checkpoint", timeout_s=timeout_s)
-        (self._tmp / DRIVER_STATE).write_text(json.dumps({"steps": step, "cursor": cursor.state_dict()}))  # last
-        shutil.rmtree(self._old, ignore_errors=True)
+        (self._tmp / DRIVER_STATE).write_text(json.dumps({"steps": step, **driver_state}))  # last: marks complete
+        _fsync_tree(self._tmp)
         if self.dir.exists():
             self.dir.rename(self._old)
         self._tmp.rename(self.dir)
+        _fsync_dir(self.dir.parent)
         shutil.rmtree(self._old, ignore_errors=True)
 
-    def restore(self, learner: NamedActor, cursor: PromptCursor, timeout_s: float) -> tuple[int, int]:
-        """Load the newest checkpoint into the learner and the cursor; returns ``(step, policy version)``."""
+    def restore(self, learner: NamedActor, timeout_s: float) -> tuple[int, int, dict[str, Any]]:
+        """Load the newest checkpoint into the learner; returns ``(step, policy version, driver state)``."""
+        self._settle()
         latest = self.latest()
         if latest is None:
             raise FileNotFoundError(f"nothing to resume: no PPO checkpoint under {self.dir.parent}")
         state = json.loads((latest / DRIVER_STATE).read_text())
         version = remote.get(learner.handle.load_checkpoint.remote(str(latest)), actor=learner.name,
                              what="load_checkpoint", timeout_s=timeout_s)
-        cursor.load_state_dict(state["cursor"])
-        return int(state["steps"]), int(version)
+        return int(state.pop("steps")), int(version), state
+
+    def clear(self) -> None:
+        """Delete every checkpoint of the stage (a fresh start)."""
+        for path in (self.dir, self._tmp, self._old):
+            shutil.rmtree(path, ignore_errors=True)
 
     @property
     def policy_dir(self) -> Path:

@@ -1,8 +1,9 @@
 """Stage 3, PPO-ptx: `run_ppo` builds the actors from the config, runs the driver, saves the policy.
 
-The loop itself is `raylhf.orchestration.driver.PPODriver.run`. Around it: `PPOActors` (start and always
-stop the actors), `PPOCheckpoint` (save / resume), `StepReporter` (metrics log, progress bar,
-in-training evaluation, checkpoint cadence after each learner step) and `InTrainingEval`.
+The loop itself is `raylhf.orchestration.driver.PPODriver.run` (which also writes and restores the
+checkpoints). Around it: `PPOActors` (start, replace and always stop the actors), `PPOCheckpoint`,
+`StepReporter` (metrics log, progress bar, in-training evaluation after each learner step),
+`InTrainingEval`, and `finish_ppo` for a stage that stopped after its last checkpoint.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -70,15 +71,13 @@ class InTrainingEval:
 
 
 class StepReporter:
-    """After each learner step: the true utility of the batch, in-training evaluation, the metrics log,
-    the progress bar and the checkpoint cadence (`ppo.eval_every`, `ppo.checkpoint_every`)."""
+    """After each learner step: the true utility of the batch, in-training evaluation (`ppo.eval_every`), the
+    metrics log and the progress bar. After a rewind to a checkpoint, the rows logged past it are dropped."""
 
     def __init__(self, cfg: RunConfig, *, task, tokenizer, prompt_text: dict[str, str], metrics_log, bar,
-                 evaluator: InTrainingEval | None, eval_generator: NamedActor, checkpoint: PPOCheckpoint,
-                 learner: NamedActor, cursor: PromptCursor):
+                 evaluator: InTrainingEval | None, eval_generator: Callable[[], NamedActor]):
         self.p, self.task, self.tokenizer, self.prompt_text = cfg.ppo, task, tokenizer, prompt_text
         self.metrics_log, self.bar, self.evaluator, self.eval_generator = metrics_log, bar, evaluator, eval_generator
-        self.checkpoint, self.learner, self.cursor = checkpoint, learner, cursor
         self._utility: list[float] = []
 
     def on_rollouts(self, batch: list[Rollout]) -> None:
@@ -89,14 +88,18 @@ class StepReporter:
     def on_step(self, step: int, metrics: dict[str, Any]) -> None:
         p = self.p
         metrics = dict(metrics, true_utility=float(np.mean(self._utility)) if self._utility else float("nan"))
+        metrics.pop("step", None)
         if self.evaluator is not None and (step % p.eval_every == 0 or step == p.total_steps):
-            metrics.update(self.evaluator(self.eval_generator))
+            metrics.update(self.evaluator(self.eval_generator()))
         self.metrics_log(step, metrics)
         self.bar.update(1)
         self.bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}",
                              kl=f"{metrics.get('kl', float('nan')):.3f}", utility=f"{metrics['true_utility']:.3f}")
-        if p.checkpoint_every and step % p.checkpoint_every == 0 and step < p.total_steps:
-            self.checkpoint.save(self.learner, self.cursor, step, p.timeout_s)
+
+    def on_rewind(self, step: int) -> None:
+        self.metrics_log.truncate_after(step)
+        self.bar.n = step
+        self.bar.refresh()
 
 
 def pretrain_stream(cfg: RunConfig, paths: RunPaths, tokenizer) -> np.ndarray | None:
@@ -111,41 +114,42 @@ def pretrain_stream(cfg: RunConfig, paths: RunPaths, tokenizer) -> np.ndarray | 
 
 
 def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, out: Path,
-            with_eval: bool = True, resume: bool = False) -> dict[str, Any]:
+            with_eval: bool = True, resume: bool = False, fresh: bool = False) -> dict[str, Any]:
     """Align `policy_path` against the reward model `rm_path` with PPO-ptx; save the policy to `out`.
 
-    With `resume`, continue from the run's last PPO checkpoint (`ppo.checkpoint_every`) up to
-    `ppo.total_steps`: learner weights, optimisers, KL controller and prompt cursor are restored;
-    `policy_path` stays the KL reference. Rollouts in flight at the interruption are not restored.
+    With `resume`, continue from the run's newest PPO checkpoint up to `ppo.total_steps`: learner weights,
+    optimisers, KL controller, prompt cursor (prompts that were in flight are issued again), sample ledger
+    and reward normaliser are restored; `policy_path` stays the KL reference. With `fresh`, an existing
+    checkpoint is deleted and the stage starts over; with neither, an existing checkpoint is an error (a run
+    is never restarted silently).
     """
     from raylhf.actors.sampling import sampling_spec
     from raylhf.learners.models import load_tokenizer
     from raylhf.learners.training import MetricsLog
     from raylhf.orchestration.actor_set import PPOActors
     from raylhf.orchestration.driver import PPODriver
+    from raylhf.orchestration.preflight import check_ppo_inputs, policy_prompts
     from raylhf.orchestration.ray_runtime import init_ray
     from raylhf.tasks import load_task
 
     t0, p = time.time(), cfg.ppo
     checkpoint = PPOCheckpoint(paths.root)
-    if resume:
-        _check_resumable(checkpoint, p.total_steps)  # before any actor starts
+    check_checkpoint_choice(checkpoint, p.total_steps, resume, fresh)  # before anything starts
+    check_ppo_inputs(cfg, paths, policy_path, rm_path)
+    if fresh:
+        checkpoint.clear()
     init_ray(cfg.ray)
     task = load_task(cfg.task)
     tokenizer = load_tokenizer(policy_path, cfg.trust_remote_code)
-    prompts, _ = read_records(paths.prompts("train"), Prompt, on_bad_rows=cfg.data.on_bad_rows,
-                              max_prompt_chars=cfg.data.max_prompt_chars)
+    prompts = policy_prompts(cfg, paths.prompts("train"), tokenizer, policy_path)  # each fits the context
     cursor = PromptCursor(prompts, cfg.seed)
     sampling = sampling_spec(cfg.generation, seed=cfg.seed)
     metrics_log = MetricsLog(paths.metrics, "ppo")
+    if not resume:
+        metrics_log.truncate_after(-1)  # rows of an earlier attempt of this stage
 
-    with PPOActors(cfg, policy_path=policy_path, rm_path=rm_path,
-                   pretrain_stream=pretrain_stream(cfg, paths, tokenizer)) as actors:
-        start_step, start_version = 0, 0
-        if resume:
-            start_step, start_version = checkpoint.restore(actors.learner, cursor, p.timeout_s)
-            metrics_log.truncate_after(start_step)
-            log.info("resuming PPO at step %d (policy version %d)", start_step, start_version)
+    with PPOActors(cfg, policy_path=policy_path, rm_path=rm_path, pretrain_stream=pretrain_stream(cfg, paths, tokenizer),
+                   rejects_path=paths.root / "rejects.jsonl") as actors:
         setup_s = time.time() - t0
         evaluator = None
         if with_eval and p.eval_every > 0:
@@ -155,17 +159,17 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
             first = evaluator.start(actors.generators[0])  # the generators still hold the SFT policy here
             if not resume:
                 metrics_log(0, first)
+        start_step = checkpoint.step() if resume else 0
         bar = tqdm(total=p.total_steps, initial=start_step, desc=f"ppo ({p.mode})", unit="step", dynamic_ncols=True)
+        driver: PPODriver | None = None
         reporter = StepReporter(cfg, task=task, tokenizer=tokenizer, prompt_text={q.prompt_id: q.prompt for q in prompts},
                                 metrics_log=metrics_log, bar=bar, evaluator=evaluator,
-                                eval_generator=actors.generators[0], checkpoint=checkpoint, learner=actors.learner,
-                                cursor=cursor)
+                                eval_generator=lambda: driver.generators[0])
         driver = PPODriver(p, generators=actors.generators, learner=actors.learner, pool=actors.pool,
                            tokenizer=tokenizer, cursor=cursor, sampling=sampling, in_flight=cfg.generation.in_flight,
-                           observer=reporter, start_step=start_step, start_version=start_version)
+                           observer=reporter, checkpoint=checkpoint, respawn=actors, resume=resume)
         stats = driver.run()
         bar.close()
-        checkpoint.save(actors.learner, cursor, stats.steps, p.timeout_s)
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(checkpoint.policy_dir, out)
@@ -178,12 +182,31 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
     return summary
 
 
-def _check_resumable(checkpoint: PPOCheckpoint, total_steps: int) -> None:
+def finish_ppo(paths: RunPaths, out: Path) -> dict[str, Any]:
+    """A PPO stage whose last checkpoint is already at `ppo.total_steps` (it stopped before writing its
+    summary): copy the policy out and summarise from the checkpoint, without training again."""
+    checkpoint = PPOCheckpoint(paths.root)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(checkpoint.policy_dir, out)
+    state = checkpoint.driver_state()
+    return {"steps": int(state["steps"]), "finished_from_checkpoint": str(checkpoint.latest()),
+            **{f"samples_{k}": v for k, v in state.get("ledger", {}).items()}}
+
+
+def check_checkpoint_choice(checkpoint: PPOCheckpoint, total_steps: int, resume: bool, fresh: bool) -> None:
+    """A run with a checkpoint continues it (`resume`) or deletes it (`fresh`); never starts over silently."""
     from raylhf.configs.loader import ConfigError
 
     step = checkpoint.step()
-    if step is None:
-        raise FileNotFoundError(f"nothing to resume: no PPO checkpoint under {checkpoint.dir.parent}")
-    if step >= total_steps:
-        raise ConfigError(f"ppo.total_steps: the checkpoint in {checkpoint.latest()} is at step {step} already; "
-                          f"set ppo.total_steps above it to continue")
+    if resume and fresh:
+        raise ConfigError("--resume and --fresh exclude each other")
+    if resume:
+        if step is None:
+            raise ConfigError(f"--resume: nothing to resume, no PPO checkpoint under {checkpoint.dir.parent}")
+        if step >= total_steps:
+            raise ConfigError(f"ppo.total_steps: the checkpoint in {checkpoint.latest()} is at step {step} already; "
+                              f"set ppo.total_steps above it to continue")
+    elif step is not None and not fresh:
+        raise ConfigError(f"{checkpoint.latest()} holds a PPO checkpoint at step {step}: pass --resume to continue "
+                          f"it, or --fresh to delete it and start over")

@@ -106,12 +106,29 @@ def write_report(paths: RunPaths, summaries: dict[str, dict[str, Any]]) -> Path:
         lines.append("")
     ppo = summaries.get("ppo")
     if ppo:
-        lines += ["## PPO-ptx", "",
-                  f"- learner steps: {ppo['steps']}, rollouts: {ppo['rollouts']}, samples/s: {_fmt(ppo['samples_per_s'], 1)}",
-                  f"- final RM score: {_fmt(ppo.get('final_reward'))}, final KL to SFT per sequence: {_fmt(ppo.get('final_kl'))}",
-                  f"- generator busy {_fmt(ppo['generator_busy'], 2)}, learner busy {_fmt(ppo['learner_busy'], 2)}; "
-                  f"staleness histogram {ppo['staleness_histogram']}",
-                  f"- generators hold the learner's newest weights at the end: {ppo['generators_match_learner']}", ""]
+        lines += ["## PPO-ptx", ""]
+        if "rollouts" in ppo:
+            lines += [
+                f"- learner steps: {ppo['steps']}, rollouts: {ppo['rollouts']}, samples/s: {_fmt(ppo['samples_per_s'], 1)}",
+                f"- final RM score: {_fmt(ppo.get('final_reward'))}, final KL to SFT per sequence: {_fmt(ppo.get('final_kl'))}",
+                f"- generator busy {_fmt(ppo['generator_busy'], 2)}, learner busy {_fmt(ppo['learner_busy'], 2)}; "
+                f"staleness histogram {ppo['staleness_histogram']}",
+                f"- generators hold the learner's newest weights at the end: {ppo['generators_match_learner']}"]
+        else:
+            lines.append(f"- learner steps: {ppo['steps']} (finished from its last checkpoint)")
+        if "samples_taken" in ppo:
+            lines += [
+                f"- samples: {ppo['samples_taken']} prompts taken, {ppo.get('samples_trained', 0)} rollouts trained, "
+                f"{ppo.get('samples_dropped_stale', 0)} dropped as stale, {ppo.get('samples_rejected', 0)} quarantined "
+                f"by the reward service (`rejects.jsonl`), {ppo.get('samples_refused', 0)} prompts refused, "
+                f"{ppo.get('samples_resubmitted', 0)} resubmitted after a lost generator, "
+                f"{ppo.get('samples_reissued', 0)} reissued after a restore; balanced: {ppo.get('accounting_balanced')}",
+                f"- actors replaced: {ppo.get('generator_restarts', 0)} generators, {ppo.get('scorer_restarts', 0)} "
+                f"scorers, {ppo.get('learner_restarts', 0)} learners"]
+            for f in ppo.get("faults", []):
+                lines.append(f"  - {f['actor']} {f['kind']} at {f['at_s']:.0f} s ({f['cause']}): healed in "
+                             f"{f['heal_s']:.1f} s, {f['lost_steps']} steps redone, {f['resubmitted']} prompts resubmitted")
+        lines.append("")
         for name in plot_ppo(paths):
             lines.append(f"![{name}]({name})")
         lines.append("")

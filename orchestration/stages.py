@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from raylhf.configs.schema import RunConfig
-from raylhf.contracts.dataio import read_records, write_records
+from raylhf.contracts.dataio import write_records
 from raylhf.contracts.formatting import encode_prompt, encode_response
 from raylhf.contracts.records import Comparison, Demonstration, Document, Prompt
 from raylhf.orchestration.paths import RunPaths
+from raylhf.orchestration.preflight import read_comparisons, read_data, read_demonstrations, split_sizes
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,7 @@ def load_summary(paths: RunPaths, stage: str) -> dict[str, Any] | None:
 
 
 def _read(cfg: RunConfig, path: Path, record_type):
-    records, _ = read_records(path, record_type, on_bad_rows=cfg.data.on_bad_rows,
-                              max_prompt_chars=cfg.data.max_prompt_chars)
-    return records
+    return read_data(cfg, path, record_type)
 
 
 def _setup_torch(cfg: RunConfig):
@@ -87,12 +86,12 @@ def stage_pretrain(cfg: RunConfig, paths: RunPaths, task) -> dict[str, Any]:
     t0 = time.time()
     device, bf16 = _setup_torch(cfg)
     out = paths.model("base")
+    docs = {split: _read(cfg, paths.corpus(split), Document) for split in ("train", "heldout")}  # before any write
     tokenizer = train_tokenizer(task.tokenizer_corpus(), cfg.model.vocab_size, out)
     model = build_causal_lm(cfg.model.preset, tokenizer, cfg.model.max_position_embeddings, seed=cfg.seed)
 
     def stream(split):
-        docs = _read(cfg, paths.corpus(split), Document)
-        ids = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
+        ids = tokenizer([d.text for d in docs[split]], add_special_tokens=False)["input_ids"]
         return pack_documents(ids, tokenizer.bos_token_id, tokenizer.eos_token_id)
 
     metrics = pretrain(
@@ -111,20 +110,20 @@ def demonstration_examples(tokenizer, demos) -> list[tuple[list[int], list[int]]
 
 def stage_sft(cfg: RunConfig, paths: RunPaths, model_path: Path, data_path: Path, out: Path) -> dict[str, Any]:
     """Fine-tune `model_path` on the demonstrations in `data_path`; save the best epoch to `out`."""
-    from raylhf.learners.models import load_causal_lm, load_tokenizer
+    from raylhf.learners.models import context_length, load_causal_lm, load_tokenizer
     from raylhf.learners.sft import train_sft
     from raylhf.learners.training import MetricsLog
 
     t0 = time.time()
     device, bf16 = _setup_torch(cfg)
-    tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-    model = load_causal_lm(model_path, cfg.device, cfg.trust_remote_code)
-    examples = demonstration_examples(tokenizer, _read(cfg, data_path, Demonstration))
+    tokenizer = load_tokenizer(model_path, cfg.trust_remote_code, key="--model")
+    context = context_length(model_path, cfg.trust_remote_code, key="--model")
+    demos = read_demonstrations(cfg, data_path, tokenizer, context, model_path)
+    n_val, _ = split_sizes(len(demos), cfg.sft.val_fraction, data_path, "demonstrations", "sft.val_fraction")
+    model = load_causal_lm(model_path, cfg.device, cfg.trust_remote_code, key="--model")
+    examples = demonstration_examples(tokenizer, demos)
     rng = np.random.default_rng(cfg.seed)
     idx = rng.permutation(len(examples))
-    n_val = max(1, int(round(cfg.sft.val_fraction * len(examples))))
-    if len(examples) - n_val < 1:
-        raise ValueError(f"{data_path}: {len(examples)} demonstrations are too few to hold out a validation split")
     val, train = [examples[i] for i in idx[:n_val]], [examples[i] for i in idx[n_val:]]
     metrics = train_sft(
         cfg.sft, model, train, val, pad_id=tokenizer.pad_token_id, device=device, bf16=bf16, seed=cfg.seed,
@@ -147,27 +146,30 @@ def comparison_groups(tokenizer, comparisons) -> list[tuple[list[list[int]], lis
 def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path, out: Path,
              demos_path: Path | None = None) -> dict[str, Any]:
     """Train the reward model from the SFT checkpoint on ranked comparisons; normalise on demonstrations."""
-    from raylhf.learners.models import load_tokenizer
+    from raylhf.learners.models import context_length, load_tokenizer
     from raylhf.learners.reward_model import normalise_rewards, reward_model_from_policy, train_reward_model
     from raylhf.learners.training import MetricsLog
 
     t0 = time.time()
     device, bf16 = _setup_torch(cfg)
-    tokenizer = load_tokenizer(sft_path, cfg.trust_remote_code)
-    model = reward_model_from_policy(sft_path, cfg.device, cfg.trust_remote_code)
-    comparisons = _read(cfg, data_path, Comparison)
+    tokenizer = load_tokenizer(sft_path, cfg.trust_remote_code, key="--model")
+    context = context_length(sft_path, cfg.trust_remote_code, key="--model")
+    comparisons = read_comparisons(cfg, data_path, tokenizer, context, sft_path)
+    n_val, _ = split_sizes(len(comparisons), cfg.rm.val_fraction, data_path, "comparisons", "rm.val_fraction")
+    demos = None
+    if demos_path is not None and demos_path.exists():
+        demos = read_demonstrations(cfg, demos_path, tokenizer, context, sft_path)
+    model = reward_model_from_policy(sft_path, cfg.device, cfg.trust_remote_code, key="--model")
     groups = comparison_groups(tokenizer, comparisons)
     rng = np.random.default_rng(cfg.seed)
     idx = rng.permutation(len(groups))
-    n_val = max(1, int(round(cfg.rm.val_fraction * len(groups))))
     val, train = [groups[i] for i in idx[:n_val]], [groups[i] for i in idx[n_val:]]
     metrics = train_reward_model(
         cfg.rm, model, train, val, pad_id=tokenizer.pad_token_id, device=device, bf16=bf16, seed=cfg.seed,
         log=MetricsLog(paths.metrics, "rm"),
     )
     shift = None
-    if demos_path is not None and demos_path.exists():
-        demos = _read(cfg, demos_path, Demonstration)
+    if demos is not None:
         seqs = [p + r for p, r in demonstration_examples(tokenizer, demos)]
         shift = normalise_rewards(model, seqs, tokenizer.pad_token_id, device)
     model.save_pretrained(out)
@@ -177,29 +179,29 @@ def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path, o
 
 
 # ---------------------------------------------------------------------------------------------- collect
-def resolve_policy(paths: RunPaths, policy: str) -> Path:
-    """A stage name of this run (base, sft, ppo) or a checkpoint path."""
-    from raylhf.learners.models import is_checkpoint
+def resolve_policy(paths: RunPaths, policy: str, key: str = "collect.policies") -> Path:
+    """A stage name of this run (base, sft, ppo) or a checkpoint path; `key` is the config key or flag it came from."""
+    from raylhf.learners.models import require_checkpoint
 
-    path = paths.model(policy) if policy in ("base", "sft", "ppo") else Path(policy)
-    if not is_checkpoint(path):
-        raise FileNotFoundError(f"policy '{policy}': no Hugging Face checkpoint at {path}")
-    return path
+    if policy in ("base", "sft", "ppo"):
+        return require_checkpoint(paths.model(policy), f"{key} '{policy}'", weights=True)
+    return require_checkpoint(policy, key, weights=True)
 
 
 def eval_policies(paths: RunPaths, specs: list[str] | None) -> dict[str, Path]:
-    """`NAME=PATH` or stage names; by default every stage model of the run that exists."""
+    """`NAME=PATH` or stage names (`--policy`); by default every stage model of the run that exists."""
+    from raylhf.configs.loader import ConfigError
     from raylhf.learners.models import is_checkpoint
 
     if not specs:
         found = {s: paths.model(s) for s in ("base", "sft", "ppo") if is_checkpoint(paths.model(s))}
         if not found:
-            raise FileNotFoundError(f"no policy checkpoints under {paths.root / 'models'}; pass --policy")
+            raise ConfigError(f"--policy: no policy checkpoints under {paths.root / 'models'}; pass --policy")
         return found
     out = {}
     for spec in specs:
         name, _, path = spec.partition("=")
-        out[name] = resolve_policy(paths, path or name)
+        out[name] = resolve_policy(paths, path or name, "--policy")
     return out
 
 
@@ -270,9 +272,9 @@ def stage_rm_eval(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path
     device, bf16 = _setup_torch(cfg)
     task = load_task(cfg.task)
     labeler = task.labeler(cfg.collect.labeler_seed)
-    tokenizer = load_tokenizer(sft_path, cfg.trust_remote_code)
-    sft = load_causal_lm(sft_path, cfg.device, cfg.trust_remote_code)
-    rm = load_reward_model(rm_path, cfg.device, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(sft_path, cfg.trust_remote_code, key="--sft")
+    sft = load_causal_lm(sft_path, cfg.device, cfg.trust_remote_code, key="--sft")
+    rm = load_reward_model(rm_path, cfg.device, cfg.trust_remote_code, key="--rm")
     n, k = cfg.eval.rm_eval_prompts, cfg.collect.k
     summary: dict[str, Any] = {}
     by_split = {split: _read(cfg, paths.prompts(split), Prompt)[:n] for split in ("heldout", "generalization")}
@@ -319,7 +321,7 @@ def stage_eval(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_pa
     task = load_task(cfg.task)
     labeler = task.labeler(cfg.eval.labeler_seed)
     spec = dataclasses.replace(sampling_spec(cfg.generation, seed=cfg.seed + 11), n=1, temperature=cfg.eval.temperature)
-    rm = load_reward_model(rm_path, cfg.device, cfg.trust_remote_code) if rm_path else None
+    rm = load_reward_model(rm_path, cfg.device, cfg.trust_remote_code, key="--rm") if rm_path else None
     corpus = _read(cfg, paths.corpus("heldout"), Document)
     summary: dict[str, Any] = {"policies": {}, "win_rates": {}}
     by_split = {split: _read(cfg, paths.prompts(split), Prompt)[: cfg.eval.n_prompts]

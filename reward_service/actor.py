@@ -11,6 +11,7 @@ import ray
 
 from raylhf.configs.schema import RewardConfig
 from raylhf.contracts.records import Rollout
+from raylhf.reward_service.rejects import Reject
 
 
 def torch_threads_for(num_cpus: float) -> int:
@@ -28,7 +29,8 @@ class ScorerActor:
             `num_gpus > 0` puts the models on CUDA.
         rm_path, ref_path, trust_remote_code: as for `RewardScorer` (checkpoints used where `cfg`
             leaves them unset).
-    The scores are raw: normalisation and clipping are the pool's, applied once in the driver.
+    The scores are raw: normalisation and clipping are the pool's, applied once in the driver. Rollouts
+    that cannot be scored come back as `Reject`s, beside the scored ones; the pool quarantines them.
     The actor does not restart itself: `RewardPool` replaces a dead or hung one and resubmits its work.
     """
 
@@ -56,9 +58,10 @@ class ScorerActor:
     def ready(self) -> dict[str, Any]:
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), **self.scorer.describe()}
 
-    def score(self, rollouts: Sequence[Rollout]) -> list[Rollout]:
+    def score(self, rollouts: Sequence[Rollout]) -> tuple[list[Rollout], list[Reject]]:
+        """(scored rollouts in request order, quarantined rollouts): `RewardScorer.score_with_rejects`."""
         self.requests += 1
-        return self.scorer.score(rollouts)
+        return self.scorer.score_with_rejects(rollouts)
 
     def debug_sleep(self, seconds: float) -> None:
         """Occupy the actor for `seconds` (fault-injection for timeout tests: later requests queue behind it)."""

@@ -16,27 +16,41 @@ Semantics
   - Exactly once: every request has one live object ref at a time; refs of a replaced actor are
     forgotten, so a late answer can never be delivered, and each request id is delivered once.
     Nothing is dropped: a request leaves the pool only as a result or as a `ScoringError`.
-  - Failures: an exception inside the scorer (bad token id, NaN score, a reward function raising)
-    raises `ScoringError` naming the actor, the request and the cause, from `ready()` / `score()`.
-    It is never turned into a reward.
+  - Quarantine: a rollout that cannot be scored (empty or too long, a token id outside a model's
+    vocabulary, a NaN/inf score, reference logprob or function reward; `raylhf.reward_service.rejects`)
+    is left out of its request's results, which keep the request order of the others; it is counted by
+    cause (`stats()["rejected"]`, `["rejected_by_cause"]`) and appended with its cause to the rejects
+    file. A rollout never gets a made-up reward, and the others of its request are delivered.
+  - Reject rate: once `reject_rate_min_rollouts` rollouts finished scoring (delivered or quarantined),
+    a share of quarantined ones above `max_reject_rate` stops the run: `ScoringError` naming the rate,
+    the limit, the key and the rejects file, raised from `submit()` / `ready()` / `score()` from then on.
+  - Failures: an exception inside the scorer that is not about one rollout (a reward function raising,
+    a model failing) raises `ScoringError` naming the actor, the request and the cause, from `ready()` /
+    `score()`. It is never turned into a reward.
   - Every remote wait has a deadline: answers are collected with `ray.wait(..., timeout=...)` up to the
     next head request's deadline, and a result is read only once it is ready; actor start-up waits go
     through `raylhf.contracts.remote.get_all`. No blocking `ray.get` on one actor.
   - Normalisation/clipping runs here, in the driver, once per delivered request, so all actors share
     one set of running statistics (`state_dict()` saves them).
-Replacing an actor blocks the calling thread while the new actor loads its models
-(bounded by `startup_timeout_s`). The pool is not thread-safe: drive it from one thread.
-All limits above (`max_in_flight`, `request_size`, `request_timeout_s`, `startup_timeout_s`,
-`max_attempts`) are fields of the `RewardConfig` the pool is built from.
+  - Start-up: the actors of a new pool must all start (`ScorerStartupError` otherwise). A replacement
+    that fails to start is tried again, `startup_attempts` times in all, waiting `startup_backoff_s`
+    after the first failure and twice as long after each further one; then `ScorerStartupError`.
+Replacing an actor blocks the calling thread while the new actor loads its models (bounded by
+`startup_attempts` × `startup_timeout_s` plus the backoff). The pool is not thread-safe: drive it from
+one thread. All limits above (`max_in_flight`, `request_size`, `request_timeout_s`, `startup_timeout_s`,
+`max_attempts`, `startup_attempts`, `startup_backoff_s`, `max_reject_rate`, `reject_rate_min_rollouts`)
+are fields of the `RewardConfig` the pool is built from.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
+import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -50,6 +64,9 @@ from raylhf.reward_service.actor import ScorerActor
 from raylhf.reward_service.errors import PoolFullError, ScorerStartupError, ScoringError
 from raylhf.reward_service.normalize import RewardTransform
 from raylhf.reward_service.programmatic import validate_sources
+from raylhf.reward_service.rejects import NONFINITE_REWARD, Reject, RejectLog
+
+log = logging.getLogger(__name__)
 
 # A ready result that still cannot be read within the deadline counts as lost, like a dead actor:
 # the request moves to a fresh actor.
@@ -99,7 +116,11 @@ class RewardPool:
             set, the actors return no reference logprobs.
         trust_remote_code: let the checkpoints run their own code (only if the run config says so).
         name: prefix of the actors' labels ("scorer-0", "scorer-1", ...).
+        rejects_path: JSON Lines file the quarantined rollouts are appended to (format in
+            `raylhf.reward_service.rejects`); None: they are only counted and logged.
     The paths are resolved inside each actor, where the checkpoints must be readable.
+    `score()` and `ready()` return the scored rollouts only, so `submitted - returned` rollouts of a
+    request were quarantined.
     """
 
     def __init__(
@@ -110,6 +131,7 @@ class RewardPool:
         ref_path: str | None,
         trust_remote_code: bool = False,
         name: str = "scorer",
+        rejects_path: str | os.PathLike | None = None,
     ):
         validate_sources(cfg.sources)  # a bad import path fails here, in the driver, before any actor starts
         self.cfg = cfg
@@ -125,8 +147,13 @@ class RewardPool:
         self._failed: list[ScoringError] = []
         self._abandoned: set[int] = set()
         self._counters = dict(
-            requests=0, rollouts_scored=0, actor_restarts=0, resubmitted=0, timeouts=0, deaths=0, failures=0
+            requests=0, rollouts_scored=0, actor_restarts=0, resubmitted=0, timeouts=0, deaths=0, failures=0,
+            startup_failures=0,
         )
+        self._rejects = RejectLog(
+            rejects_path, max_rate=cfg.max_reject_rate, min_rollouts=cfg.reject_rate_min_rollouts
+        )
+        self._over_limit: ScoringError | None = None  # the reject rate passed its limit: the run must stop
         self._slots: list[_Slot] = []
         self._closed = False
         labels = [f"{name}-{i}" for i in range(cfg.num_actors)]
@@ -136,6 +163,7 @@ class RewardPool:
         except BaseException:
             for h in handles:
                 ray.kill(h, no_restart=True)
+            self._rejects.close()
             raise
         self._slots = [_Slot(i, label, h) for i, (label, h) in enumerate(zip(labels, handles))]
         self.actor_info = infos
@@ -166,6 +194,8 @@ class RewardPool:
         """Queue one request; returns its id. Full pool: waits (block=True, at most `timeout` s, None =
         until a slot frees) or raises `PoolFullError` (block=False, or the wait timed out)."""
         self._check_open()
+        if self._over_limit is not None:
+            raise self._over_limit
         rollouts = list(rollouts)
         request = _Request(next(self._ids), rollouts)
         self._counters["requests"] += 1
@@ -184,9 +214,10 @@ class RewardPool:
         return request.request_id
 
     def ready(self, timeout: float = 0.0) -> list[tuple[int, list[Rollout]]]:
-        """Completed requests as (request_id, scored rollouts in request order), sorted by id, waiting up
-        to `timeout` seconds for the first one if none is done yet. Raises `ScoringError` for a failed
-        request (the others stay collectable by the next call)."""
+        """Completed requests as (request_id, scored rollouts in request order, quarantined ones left out),
+        sorted by id, waiting up to `timeout` seconds for the first one if none is done yet. Raises
+        `ScoringError` for a failed request (the others stay collectable by the next call) and, from then
+        on, once the reject rate is past its limit."""
         self._check_open()
         deadline = time.monotonic() + timeout
         while True:
@@ -204,7 +235,8 @@ class RewardPool:
         return out
 
     def score(self, rollouts: Sequence[Rollout]) -> list[Rollout]:
-        """Score a batch (split over the actors) and return it in input order. Blocks until done."""
+        """Score a batch (split over the actors) and return it in input order, quarantined rollouts left
+        out. Blocks until done."""
         self._check_open()
         rollouts = list(rollouts)
         if not rollouts:
@@ -230,6 +262,7 @@ class RewardPool:
     def stats(self) -> dict[str, Any]:
         return {
             **self._counters,
+            **self._rejects.stats(),
             "in_flight": self.num_in_flight,
             "completed_waiting": len(self._completed),
             "actors": {
@@ -241,10 +274,13 @@ class RewardPool:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"transform": self.transform.state_dict()}
+        """The running reward statistics and the reject counts (a resumed run keeps its reject rate)."""
+        return {"transform": self.transform.state_dict(), "rejects": self._rejects.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.transform.load_state_dict(state["transform"])
+        if "rejects" in state:  # absent from states saved before rejects were counted
+            self._rejects.load_state_dict(state["rejects"])
 
     def shutdown(self) -> None:
         """Kill every actor; requests still in flight are dropped with them."""
@@ -253,6 +289,7 @@ class RewardPool:
         for slot in self._slots:
             ray.kill(slot.handle, no_restart=True)
         self._by_ref.clear()
+        self._rejects.close()
         self._closed = True
 
     def __enter__(self) -> "RewardPool":
@@ -333,22 +370,31 @@ class RewardPool:
         request.slot.in_flight.pop(request.request_id, None)
         request.slot.t_last_done = time.monotonic()
 
-    def _deliver(self, request: _Request, result: list[Rollout]) -> None:
+    def _deliver(self, request: _Request, answer: tuple[list[Rollout], list[Reject]]) -> None:
         rid = request.request_id
         if rid in self._abandoned:
             self._abandoned.discard(rid)
             return
+        result, rejects = answer
         sent = [r.sample_id for r in request.rollouts]
-        if len(result) != len(sent) or [r.sample_id for r in result] != sent:
+        if not _answers(sent, [r.sample_id for r in result], [r.sample_id for r in rejects]):
             where = f"scorer actor {request.slot.label} answered request {rid} with other rollouts"
             self._fail(request, where, "mismatch")
             return
-        scores = self.transform([r.score for r in result]) if not self.transform.is_identity else None
-        if scores is not None:
-            result = [_with_score(r, s) for r, s in zip(result, scores)]
+        rejects = list(rejects)
+        if result and not self.transform.is_identity:
+            scores = self.transform([r.score for r in result])
+            for r, v in zip(result, scores):
+                if not math.isfinite(v):
+                    rejects.append(Reject.of(r, NONFINITE_REWARD, f"normalised reward is {v}"))
+            result = [_with_score(r, v) for r, v in zip(result, scores) if math.isfinite(v)]
         self._completed[rid] = result
         request.slot.completed += 1
         self._counters["rollouts_scored"] += len(result)
+        self._rejects.record(rejects, scored=len(result), where=f"request {rid}, scorer actor {request.slot.label}")
+        reason = self._rejects.over_limit()
+        if reason is not None and self._over_limit is None:
+            self._over_limit = ScoringError(reason, request_id=rid, cause="reward.max_reject_rate")
 
     def _fail(self, request: _Request, where: str, cause: str, exc: BaseException | None = None) -> None:
         self._counters["failures"] += 1
@@ -362,6 +408,8 @@ class RewardPool:
         self._failed.append(err)
 
     def _raise_failures(self) -> None:
+        if self._over_limit is not None:
+            raise self._over_limit
         if self._failed:
             raise self._failed.pop(0)
 
@@ -381,13 +429,11 @@ class RewardPool:
         slot.in_flight.clear()
         old_label = slot.label
         ray.kill(slot.handle, no_restart=True)
-        slot.handle = self._spawn(slot.name)
         slot.restarts += 1
         self._counters["actor_restarts"] += 1
         try:
-            self.actor_info[slot.index] = self._await_ready([slot.label], [slot.handle])[0]
+            self._restart(slot)
         except ScorerStartupError as e:
-            ray.kill(slot.handle, no_restart=True)
             for request in orphans:
                 self._fail(request, f"scorer actor {old_label} {reason}; its replacement failed", str(e), e)
             raise
@@ -405,6 +451,37 @@ class RewardPool:
                 continue
             self._counters["resubmitted"] += 1
             self._dispatch(request)
+
+    def _restart(self, slot: _Slot) -> None:
+        """Start a fresh actor in `slot`: `startup_attempts` tries, the wait between them doubling."""
+        attempts, delay = self.cfg.startup_attempts, self.cfg.startup_backoff_s
+        for attempt in range(1, attempts + 1):
+            slot.handle = self._spawn(slot.name)
+            try:
+                self.actor_info[slot.index] = self._await_ready([slot.label], [slot.handle])[0]
+                return
+            except ScorerStartupError as e:
+                ray.kill(slot.handle, no_restart=True)
+                self._counters["startup_failures"] += 1
+                if attempt == attempts:
+                    raise ScorerStartupError(
+                        f"scorer actor {slot.label} did not start in {attempts} attempts "
+                        f"(reward.startup_attempts); last failure: {e}",
+                        actor=e.actor,
+                        cause=e.cause,
+                    ) from e
+                log.warning("scorer actor %s did not start (attempt %d of %d), trying again in %.1f s: %s",
+                            slot.label, attempt, attempts, delay, e)
+                time.sleep(delay)
+                delay *= 2
+
+
+def _answers(sent: Sequence[str], scored: Sequence[str], rejected: Sequence[str]) -> bool:
+    """Whether an actor's answer covers exactly the rollouts sent, the scored ones in the order sent."""
+    if Counter(scored) + Counter(rejected) != Counter(sent):
+        return False
+    remaining = iter(sent)
+    return all(sid in remaining for sid in scored)
 
 
 def _with_score(rollout: Rollout, score: float) -> Rollout:

@@ -6,7 +6,9 @@ A source (`reward.sources[i]`, a `RewardSourceConfig`) is one of
     with the tokenizer (special tokens dropped: no BOS, no EOS),
   - `token_function`: `fn(prompt_ids: list[list[int]], response_ids: list[list[int]], **kwargs) -> list[float]`,
     on the raw token ids (prompt with BOS, response with EOS when the response ended on it).
-Functions are batched: one call per micro-batch of rollouts, one float per rollout, in order.
+Functions are batched: one call per request, over the rollouts that are still scorable, one float per
+rollout, in order. A NaN or inf quarantines that rollout (`raylhf.reward_service.rejects`); a function
+that raises fails the request.
 They are named `package.module:function` (a dotted attribute after the colon is allowed) and must be
 importable where the scorer runs (installed, or on the Ray workers' PYTHONPATH). `ProgrammaticReward`
 is one resolved function source.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 import re
 from typing import Any, Callable, Sequence
 
@@ -73,7 +74,10 @@ class ProgrammaticReward:
         self.path = source.path  # set: the schema requires a path of every function source
         self._fn = functools.partial(load_reward_function(source.path, key), **source.kwargs)
 
-    def __call__(self, prompts: Sequence[Any], responses: Sequence[Any], sample_ids: Sequence[str]) -> list[float]:
+    def __call__(self, prompts: Sequence[Any], responses: Sequence[Any]) -> list[float]:
+        """One float per rollout, in order. A function that raises, or returns anything but one number per
+        rollout, fails the request (`ScoringError`); a NaN or inf is returned as it is, for the scorer to
+        quarantine that rollout alone."""
         n = len(responses)
         try:
             out = self._fn(list(prompts), list(responses))
@@ -81,12 +85,9 @@ class ProgrammaticReward:
             raise ScoringError(f"reward function {self.path} raised {type(e).__name__}: {e}", cause=repr(e)) from e
         try:
             values = [float(v) for v in out]
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             got = type(out).__name__
             raise ScoringError(f"reward function {self.path} returned {got}, expected a list of floats") from e
         if len(values) != n:
             raise ScoringError(f"reward function {self.path} returned {len(values)} values for {n} rollouts")
-        bad = [sid for sid, v in zip(sample_ids, values) if not math.isfinite(v)]
-        if bad:
-            raise ScoringError(f"reward function {self.path} returned a non-finite reward for samples {bad[:5]}")
         return values

@@ -13,6 +13,11 @@ Rollouts are sorted by length and packed into right-padded micro-batches of at m
 `max_tokens_per_microbatch` padded tokens. Right padding under a causal mask leaves every real
 position's output independent of what follows it, so a rollout gets the same numbers whatever it is
 batched with, up to float rounding (other batch shapes run other matmul kernels).
+
+A rollout that cannot be scored (empty, too long, a token id outside a model's vocabulary, a NaN/inf
+score, reference logprob or function reward) is quarantined: left out of the result and returned as a
+`Reject` (`raylhf.reward_service.rejects`), never given a made-up reward. A model whose weights hold
+NaN or inf is broken for every rollout: it fails at load instead.
 """
 
 from __future__ import annotations
@@ -20,17 +25,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from raylhf.configs.schema import RewardConfig
 from raylhf.contracts.formatting import decode_response
+from raylhf.contracts.hf_checkpoint import require_checkpoint
 from raylhf.contracts.records import Rollout
-from raylhf.reward_service.errors import ScoringError
 from raylhf.reward_service.normalize import RewardTransform
 from raylhf.reward_service.programmatic import ProgrammaticReward, source_key, validate_sources
+from raylhf.reward_service.rejects import (
+    EMPTY_SEQUENCE,
+    NONFINITE_FUNCTION_REWARD,
+    NONFINITE_REF_LOGPROBS,
+    NONFINITE_REWARD,
+    NONFINITE_RM_SCORE,
+    TOKEN_OUT_OF_VOCAB,
+    TOO_LONG,
+    Reject,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -56,22 +70,13 @@ def _as_str(path: Any) -> str | None:
     return None if path is None else str(path)
 
 
-def _check_local_path(path: str | None, key: str) -> None:
-    """A path that is clearly local (absolute or ./, ../, ~) must exist; anything else may be a hub id."""
-    if path is None:
-        return
-    text = str(path)
-    if text.startswith(("/", "./", "../", "~")) and not Path(text).expanduser().exists():
-        raise FileNotFoundError(f"{key}: checkpoint not found: {text}")
-
-
 def _load_reward_model(path: str, load_kwargs: dict[str, Any]):
     """A one-label `*ForTokenClassification` (what the RM stage writes: a scalar with a bias at every
     position) or `*ForSequenceClassification`; either way the reward is its `score` head applied to the
     last hidden state of the last response token."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    config = AutoConfig.from_pretrained(path, trust_remote_code=load_kwargs["trust_remote_code"])
+    config = AutoConfig.from_pretrained(path, trust_remote_code=load_kwargs["trust_remote_code"], local_files_only=True)
     arch = (getattr(config, "architectures", None) or ["?"])[0]
     if arch.endswith("ForTokenClassification"):
         model = AutoModelForTokenClassification.from_pretrained(path, **load_kwargs)
@@ -86,6 +91,12 @@ def _load_reward_model(path: str, load_kwargs: dict[str, Any]):
     if not isinstance(getattr(model, "score", None), torch.nn.Linear):
         raise ValueError(f"reward.rm_path: {path}: {type(model).__name__} has no linear `score` head")
     return model
+
+
+def _check_finite_weights(model: torch.nn.Module, key: str, path: str) -> None:
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise ValueError(f"{key}: {path}: parameter {name} holds NaN or inf values; the checkpoint is broken")
 
 
 class RewardScorer:
@@ -104,7 +115,8 @@ class RewardScorer:
             turns it off in its actors and applies it once in the driver, so that all actors share one
             set of running statistics.
     The tokenizer that `function` sources decode with is `cfg.tokenizer_path`, else the reward model's,
-    else the reference policy's.
+    else the reference policy's. `score` returns the scored rollouts and keeps the ones it quarantined in
+    `last_rejects`; `score_with_rejects` returns both (what a `ScorerActor` sends back).
     """
 
     def __init__(
@@ -127,10 +139,14 @@ class RewardScorer:
         rm_path = _as_str(cfg.rm_path or rm_path) if rm_index is not None else None
         ref_path = _as_str(cfg.ref_path or ref_path) if cfg.ref_logprobs else None
         tokenizer_path = cfg.tokenizer_path
-        _check_local_path(rm_path, "reward.rm_path")
-        _check_local_path(ref_path, "reward.ref_path")
-        _check_local_path(tokenizer_path, "reward.tokenizer_path")
-        load_kwargs = dict(use_safetensors=True, trust_remote_code=trust_remote_code, dtype=_DTYPES[cfg.dtype])
+        # Local checkpoints only: a mistyped path fails here, naming its key, and never reaches the Hub.
+        for path, key, kind in ((rm_path, "reward.rm_path", {"weights": True}),
+                                (ref_path, "reward.ref_path", {"weights": True}),
+                                (tokenizer_path, "reward.tokenizer_path", {"model": False, "tokenizer": True})):
+            if path is not None:
+                require_checkpoint(path, key, **kind)
+        load_kwargs = dict(use_safetensors=True, trust_remote_code=trust_remote_code, dtype=_DTYPES[cfg.dtype],
+                           local_files_only=True)
 
         self.rm = None
         self.rm_weight = 0.0
@@ -139,12 +155,14 @@ class RewardScorer:
                 key = source_key(rm_index)
                 raise ValueError(f"{key}: an `rm` source needs a reward-model checkpoint (reward.rm_path)")
             self.rm = _load_reward_model(rm_path, load_kwargs)
+            _check_finite_weights(self.rm, "reward.rm_path", rm_path)
             self.rm.to(self.device).eval().requires_grad_(False)
             self.rm_weight = cfg.sources[rm_index].weight
 
         self.ref = None
         if ref_path is not None:
             self.ref = AutoModelForCausalLM.from_pretrained(ref_path, **load_kwargs)
+            _check_finite_weights(self.ref, "reward.ref_path", ref_path)
             self.ref.to(self.device).eval().requires_grad_(False)
 
         self.functions = [ProgrammaticReward(s, source_key(i)) for i, s in enumerate(cfg.sources) if s.kind != "rm"]
@@ -155,16 +173,19 @@ class RewardScorer:
             tok_path = tokenizer_path or rm_path or ref_path
             if tok_path is None:
                 raise ValueError("reward.tokenizer_path: a `function` source needs a tokenizer to decode text")
-            self.tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code, local_files_only=True)
 
         models = [m for m in (self.rm, self.ref) if m is not None]
-        self._vocab_limit = min((m.get_input_embeddings().num_embeddings for m in models), default=None)
-        self._max_positions = min(
-            (getattr(m.config, "max_position_embeddings", None) or math.inf for m in models), default=math.inf
-        )
+        # (label, vocabulary size, position limit) of each loaded model: what a rollout must fit.
+        self._limits = [
+            (label, m.get_input_embeddings().num_embeddings, getattr(m.config, "max_position_embeddings", None))
+            for label, m in (("reward model", self.rm), ("reference policy", self.ref))
+            if m is not None
+        ]
         pad = next((m.config.pad_token_id for m in models if m.config.pad_token_id is not None), None)
         # Any in-vocabulary id works as filler: padded positions are masked out and never read.
         self._pad_id = int(pad) if pad is not None else 0
+        self.last_rejects: list[Reject] = []
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -176,67 +197,119 @@ class RewardScorer:
         }
 
     def score(self, rollouts: Sequence[Rollout]) -> list[Rollout]:
-        """New rollouts, in input order, with `score`, `ref_logprobs` (if a reference is loaded) and `t_scored`."""
-        rollouts = list(rollouts)
-        if not rollouts:
-            return []
-        self._check(rollouts)
-        n = len(rollouts)
-        totals = [0.0] * n
-        ref_logprobs: list[list[float] | None] = [None] * n
-        if self.rm is not None or self.ref is not None:
-            rm_scores, ref_logprobs = self._forward(rollouts)
-            if self.rm is not None:
-                totals = [self.rm_weight * s for s in rm_scores]
-        sample_ids = [r.sample_id for r in rollouts]
-        for fn in self.functions:
-            if fn.kind == "function":
-                prompts = [decode_response(self.tokenizer, r.prompt_ids) for r in rollouts]
-                responses = [decode_response(self.tokenizer, r.response_ids) for r in rollouts]
-                values = fn(prompts, responses, sample_ids)
-            else:
-                prompt_ids = [list(r.prompt_ids) for r in rollouts]
-                values = fn(prompt_ids, [list(r.response_ids) for r in rollouts], sample_ids)
-            totals = [t + fn.source.weight * v for t, v in zip(totals, values)]
-        if self.transform is not None:
-            totals = self.transform(totals)
-        bad = [sid for sid, t in zip(sample_ids, totals) if not math.isfinite(t)]
-        if bad:
-            raise ScoringError(f"non-finite reward for samples {bad[:5]}")
-        now = time.time()
-        return [
-            dataclasses.replace(
-                r,
-                score=float(t),
-                ref_logprobs=lp if lp is not None else r.ref_logprobs,
-                t_scored=now,
-            )
-            for r, t, lp in zip(rollouts, totals, ref_logprobs)
-        ]
+        """New rollouts, in input order, with `score`, `ref_logprobs` (if a reference is loaded) and
+        `t_scored`; the quarantined ones are left out and kept in `last_rejects`."""
+        self.last_rejects = []
+        scored, self.last_rejects = self.score_with_rejects(rollouts)
+        return scored
 
     __call__ = score
 
-    def _check(self, rollouts: list[Rollout]) -> None:
-        for r in rollouts:
-            if not r.prompt_ids:
-                raise ScoringError(f"sample {r.sample_id!r}: empty prompt_ids")
-            if not r.response_ids:
-                raise ScoringError(
-                    f"sample {r.sample_id!r}: empty response_ids; the reward is read at the last response token"
+    def score_with_rejects(self, rollouts: Sequence[Rollout]) -> tuple[list[Rollout], list[Reject]]:
+        """(scored rollouts in input order, quarantined rollouts in input order).
+
+        A rollout that cannot be scored (see `raylhf.reward_service.rejects` for the causes) is quarantined
+        alone; the others of the batch are scored as if it had not been there. A failure that is not about
+        one rollout raises: a reward function that raises or answers with the wrong count (`ScoringError`),
+        a model forward pass that fails (its own exception).
+        """
+        rollouts = list(rollouts)
+        rejected: dict[int, Reject] = {}
+
+        def reject(i: int, cause: str, detail: str) -> None:
+            rejected.setdefault(i, Reject.of(rollouts[i], cause, detail))
+
+        def live() -> list[int]:
+            return [i for i in range(len(rollouts)) if i not in rejected]
+
+        for i, r in enumerate(rollouts):
+            problem = self._unscorable(r)
+            if problem is not None:
+                reject(i, *problem)
+        totals = dict.fromkeys(live(), 0.0)
+        ref_logprobs: dict[int, list[float]] = {}
+        if totals and (self.rm is not None or self.ref is not None):
+            todo = live()
+            rm_scores, ref_lps = self._forward([rollouts[i] for i in todo])
+            for i, v, lp in zip(todo, rm_scores, ref_lps):
+                if self.rm is not None:
+                    if not math.isfinite(v):
+                        reject(i, NONFINITE_RM_SCORE, f"reward model returned {v}")
+                        continue
+                    totals[i] = self.rm_weight * v
+                if lp is not None:
+                    t = next((t for t, x in enumerate(lp) if not math.isfinite(x)), None)
+                    if t is not None:
+                        reject(i, NONFINITE_REF_LOGPROBS, f"reference logprob {lp[t]} at response position {t}")
+                        continue
+                    ref_logprobs[i] = lp
+        for fn in self.functions:
+            todo = live()
+            if not todo:
+                break
+            if fn.kind == "function":
+                values = fn(
+                    [decode_response(self.tokenizer, rollouts[i].prompt_ids) for i in todo],
+                    [decode_response(self.tokenizer, rollouts[i].response_ids) for i in todo],
                 )
-            n = len(r.prompt_ids) + len(r.response_ids)
-            if n > self._max_positions:
-                limit = self._max_positions
-                raise ScoringError(f"sample {r.sample_id!r}: {n} tokens exceed the models' {limit} positions")
-            if self._vocab_limit is not None:
-                lo, hi = min(min(r.prompt_ids), min(r.response_ids)), max(max(r.prompt_ids), max(r.response_ids))
-                if lo < 0 or hi >= self._vocab_limit:
-                    raise ScoringError(
-                        f"sample {r.sample_id!r}: token id {lo if lo < 0 else hi} out of range [0, {self._vocab_limit})"
-                    )
+            else:
+                values = fn(
+                    [list(rollouts[i].prompt_ids) for i in todo], [list(rollouts[i].response_ids) for i in todo]
+                )
+            for i, v in zip(todo, values):
+                if not math.isfinite(v):
+                    reject(i, NONFINITE_FUNCTION_REWARD, f"reward function {fn.path} returned {v}")
+                else:
+                    totals[i] += fn.source.weight * v
+        for i in live():
+            if not math.isfinite(totals[i]):
+                reject(i, NONFINITE_REWARD, f"weighted sum of the reward sources is {totals[i]}")
+        todo = live()
+        if self.transform is not None and todo:
+            for i, v in zip(todo, self.transform([totals[i] for i in todo])):
+                totals[i] = v
+                if not math.isfinite(v):
+                    reject(i, NONFINITE_REWARD, f"normalised reward is {v}")
+        now = time.time()
+        scored = [
+            dataclasses.replace(
+                rollouts[i],
+                score=float(totals[i]),
+                ref_logprobs=ref_logprobs.get(i, rollouts[i].ref_logprobs),
+                t_scored=now,
+            )
+            for i in live()
+        ]
+        return scored, [rejected[i] for i in sorted(rejected)]
+
+    def _unscorable(self, r: Rollout) -> tuple[str, str] | None:
+        """(cause, detail) when `r` cannot go through the models at all; checked before the forward pass,
+        where an out-of-range id would fail the embedding lookup of every rollout in the micro-batch."""
+        if not r.prompt_ids:
+            return EMPTY_SEQUENCE, "empty prompt_ids"
+        if not r.response_ids:
+            return EMPTY_SEQUENCE, "empty response_ids; the reward is read at the last response token"
+        n = len(r.prompt_ids) + len(r.response_ids)
+        for label, _, positions in self._limits:
+            if positions is not None and n > positions:
+                return TOO_LONG, f"{n} tokens exceed the {label}'s {positions} positions"
+        vocab = min((v for _, v, _ in self._limits), default=None)
+        for part, ids in (("prompt", r.prompt_ids), ("response", r.response_ids)):
+            if min(ids) >= 0 and (vocab is None or max(ids) < vocab):
+                continue
+            for t, tok in enumerate(ids):
+                if tok < 0:
+                    return TOKEN_OUT_OF_VOCAB, f"{part} token id {tok} at position {t} is negative"
+                for label, size, _ in self._limits:
+                    if tok >= size:
+                        return TOKEN_OUT_OF_VOCAB, (
+                            f"{part} token id {tok} at position {t} is outside the {label}'s vocabulary [0, {size})"
+                        )
+        return None
 
     @torch.inference_mode()
     def _forward(self, rollouts: list[Rollout]) -> tuple[list[float], list[list[float] | None]]:
+        """Raw RM scores and reference logprobs, in input order; non-finite values are returned as they are."""
         lengths = [len(r.prompt_ids) + len(r.response_ids) for r in rollouts]
         rm_scores = [0.0] * len(rollouts)
         ref_logprobs: list[list[float] | None] = [None] * len(rollouts)
@@ -257,10 +330,7 @@ class RewardScorer:
                 # The head is per-position, so applying it to the last hidden state alone is exact.
                 values = self.rm.score(hidden[torch.arange(len(batch), device=self.device), last]).float()  # [B, 1]
                 for row, i in enumerate(batch):
-                    v = float(values[row, 0])
-                    if not math.isfinite(v):
-                        raise ScoringError(f"sample {rollouts[i].sample_id!r}: reward model returned {v}")
-                    rm_scores[i] = v
+                    rm_scores[i] = float(values[row, 0])
 
             if self.ref is not None:
                 logits = self.ref(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, L, V]
@@ -268,8 +338,5 @@ class RewardScorer:
                     p, t = len(rollouts[i].prompt_ids), len(rollouts[i].response_ids)
                     targets = input_ids[row, p : p + t]  # [T]
                     logp = torch.log_softmax(logits[row, p - 1 : p + t - 1].float(), dim=-1)  # [T, V]
-                    lp = logp.gather(-1, targets[:, None])[:, 0]  # [T]
-                    if not torch.isfinite(lp).all():
-                        raise ScoringError(f"sample {rollouts[i].sample_id!r}: non-finite reference logprob")
-                    ref_logprobs[i] = lp.tolist()
+                    ref_logprobs[i] = logp.gather(-1, targets[:, None])[:, 0].tolist()  # [T]
         return rm_scores, ref_logprobs

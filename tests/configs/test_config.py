@@ -86,3 +86,41 @@ def test_exponent_floats_without_a_dot(tmp_path):
     path.write_text("sft:\n  lr: 1e-4\n")
     assert load_config(str(path), ["ppo.kl_coef=2E-2"]).sft.lr == 1e-4
     assert load_config(str(path), ["ppo.kl_coef=2E-2"]).ppo.kl_coef == 0.02
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["ppo.buffer_size=63"], "ppo.buffer_size: must be at least one learner batch (ppo.batch_size = 64)"),
+        (["ppo.batch_size=8", "ppo.prompts_per_request=16", "generation.n=2", "ppo.buffer_size=31"],
+         "ppo.prompts_per_request x generation.n = 16 x 2 = 32) (got 31)"),
+        (["ray.num_cpus=1"], "ray.num_cpus: the PPO actors need 2 CPUs (generation.num_generators x "
+                             "generation.num_cpus + reward.num_actors x reward.num_cpus + ppo.num_cpus = "
+                             "1 x 0.5 + 1 x 0.5 + 1) but the local Ray has 1 (ray.num_cpus)"),
+        (["reward.num_actors=2"], "the PPO actors need 2.5 CPUs"),
+    ],
+)
+def test_sections_that_do_not_fit_together(monkeypatch, overrides, needle):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    with pytest.raises(ConfigError) as exc:
+        load_config("tiny", overrides)
+    assert needle in str(exc.value)
+
+
+def test_buffer_of_exactly_one_batch_and_one_call_is_enough():
+    cfg = load_config("tiny", ["ppo.batch_size=32", "ppo.prompts_per_request=8", "generation.n=4", "ppo.buffer_size=32"])
+    assert cfg.ppo.buffer_size == 32
+
+
+def test_presets_fit_a_two_core_machine(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    for preset in preset_names():
+        load_config(preset)
+
+
+def test_cluster_runs_are_not_bounded_by_this_machine(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    with pytest.raises(ConfigError, match="this machine's CPU count, ray.num_cpus unset"):
+        load_config("tiny", ["generation.num_generators=8"])
+    assert load_config("tiny", ["generation.num_generators=8", "ray.address=auto"]).generation.num_generators == 8
+    assert load_config("tiny", ["generation.num_generators=8", "ray.num_cpus=8"]).ray.num_cpus == 8

@@ -101,3 +101,89 @@ def test_missing_file_and_unknown_suffix(tmp_path):
     (tmp_path / "x.csv").write_text("a")
     with pytest.raises(DataError, match="unknown file type"):
         read_records(tmp_path / "x.csv", Prompt)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_empty_file_names_the_file(tmp_path, content):
+    path = tmp_path / "cmp.jsonl"
+    path.write_text(content)
+    for policy in ("error", "skip"):
+        with pytest.raises(DataError) as exc:
+            read_records(path, Comparison, on_bad_rows=policy)
+        assert str(exc.value) == f"{path}: empty dataset: no Comparison rows"
+
+
+def test_empty_parquet_file(tmp_path):
+    path = write_records(tmp_path / "p.parquet", [], Prompt)
+    with pytest.raises(DataError, match=r"p\.parquet: empty dataset: no Prompt rows"):
+        read_records(path, Prompt)
+
+
+def test_skip_policy_with_no_valid_row_is_an_error(tmp_path):
+    path = _write_lines(tmp_path / "cmp.jsonl", ["{not json", "[1, 2]"])
+    with pytest.raises(DataError) as exc:
+        read_records(path, Comparison, on_bad_rows="skip")
+    assert str(exc.value) == (f"{path}: no valid rows: all 2 rows are bad (data.on_bad_rows=skip); "
+                              "first: line 1: invalid JSON: Expecting property name enclosed in double quotes (column 2)")
+    path = _write_lines(tmp_path / "one.jsonl", ["[1, 2]"])
+    with pytest.raises(DataError) as exc:
+        read_records(path, Comparison, on_bad_rows="skip")
+    assert str(exc.value) == (f"{path}: no valid rows: its only row is bad (data.on_bad_rows=skip): "
+                              "line 1: expected a JSON object, got list")
+
+
+def _prompt_lines(*ids):
+    return [json.dumps({"prompt_id": i, "prompt": f"prompt {n}"}) for n, i in enumerate(ids)]
+
+
+def test_duplicate_prompt_ids_name_file_line_and_id(tmp_path):
+    path = _write_lines(tmp_path / "p.jsonl", _prompt_lines("a", "b", "c", "b"))
+    with pytest.raises(DataError) as exc:
+        read_records(path, Prompt)
+    assert str(exc.value) == f"{path}:line 4: duplicate prompt_id 'b' (first at line 2)"
+
+
+def test_duplicate_prompt_ids_skipped_keep_the_first(tmp_path):
+    path = _write_lines(tmp_path / "p.jsonl", _prompt_lines("a", "b", "a", "b", "c"))
+    records, report = read_records(path, Prompt, on_bad_rows="skip")
+    assert [(r.prompt_id, r.prompt) for r in records] == [("a", "prompt 0"), ("b", "prompt 1"), ("c", "prompt 4")]
+    assert report.n_bad == 2 and report.errors[0] == f"{path}:line 3: duplicate prompt_id 'a' (first at line 1)"
+
+
+def test_duplicate_ids_in_parquet_name_the_row(tmp_path):
+    path = write_records(tmp_path / "p.parquet", [Prompt("a", "x"), Prompt("a", "y")])
+    with pytest.raises(DataError, match=r"p\.parquet:row 1: duplicate prompt_id 'a' \(first at row 0\)"):
+        read_records(path, Prompt)
+
+
+def test_other_records_may_share_a_prompt_id(tmp_path):
+    # Comparisons of one prompt collected from two policies, say, keep the prompt's id.
+    path = write_records(tmp_path / "c.jsonl", [SAMPLES[Comparison][0], SAMPLES[Comparison][0]])
+    assert len(read_records(path, Comparison)[0]) == 2
+
+
+def test_caller_check_is_a_bad_row_reason(tmp_path):
+    path = _write_lines(tmp_path / "p.jsonl", _prompt_lines("a", "b", "c"))
+
+    def check(p):
+        return "too long for the model" if p.prompt_id == "b" else None
+
+    with pytest.raises(DataError) as exc:
+        read_records(path, Prompt, check=check)
+    assert str(exc.value) == f"{path}:line 2: too long for the model"
+    records, report = read_records(path, Prompt, on_bad_rows="skip", check=check)
+    assert [r.prompt_id for r in records] == ["a", "c"] and report.n_bad == 1
+
+
+def test_a_row_rejected_by_the_check_does_not_claim_its_id(tmp_path):
+    # Nothing valid is lost under skip: the first *valid* row with an id is the one kept.
+    lines = [json.dumps({"prompt_id": "a", "prompt": "x" * 30}), json.dumps({"prompt_id": "a", "prompt": "short"})]
+    path = _write_lines(tmp_path / "p.jsonl", lines)
+    records, _ = read_records(path, Prompt, on_bad_rows="skip", check=lambda p: "long" if len(p.prompt) > 20 else None)
+    assert [r.prompt for r in records] == ["short"]
+
+
+def test_directory_is_not_a_data_file(tmp_path):
+    (tmp_path / "d.jsonl").mkdir()
+    with pytest.raises(DataError, match=r"d\.jsonl: is a directory, not a data file"):
+        read_records(tmp_path / "d.jsonl", Prompt)

@@ -3,6 +3,7 @@
 import json
 import math
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -25,20 +26,30 @@ class _Tokenizer:
 
 
 class FakeGenerator:
-    def __init__(self, fail_after=None, delay=0.01):
-        self.version, self.calls, self.fail_after, self.delay = 0, 0, fail_after, delay
+    """Serves `GeneratorService`; can raise after some calls, or hang (sleep far past any deadline)."""
+
+    def __init__(self, fail_after=None, hang_after=None, delay=0.01):
+        self.version, self.calls, self.fail_after, self.hang_after, self.delay = 0, 0, fail_after, hang_after, delay
+
+    def ready(self):
+        import os
+
+        return {"pid": os.getpid()}
 
     def generate(self, requests, sampling):
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise RuntimeError("engine exploded")
+        if self.hang_after is not None and self.calls > self.hang_after:
+            time.sleep(3600)
         time.sleep(self.delay)
         out = []
         for r in requests:
             if r.prompt_id == "bad":
                 out.append(RequestError(r.prompt_id, "empty prompt"))
             else:
-                out.append([Rollout(r.prompt_id, list(r.prompt_ids), [5, 2], [-1.0, -0.5], self.version, "eos")])
+                out.append([Rollout(r.prompt_id, list(r.prompt_ids), [5, 2], [-1.0, -0.5], self.version, "eos",
+                                    sample_id=uuid.uuid4().hex)])
         return out
 
     def load_weights(self, snapshot):
@@ -53,26 +64,37 @@ class FakeGenerator:
 
 
 class FakeLearner:
-    def __init__(self, delay=0.02, version=0):
-        self.version, self.delay, self.seen = version, delay, []
+    """Serves `LearnerService`; its checkpoint is its version. Can hang in a given train step."""
+
+    def __init__(self, delay=0.02, version=0, hang_at_step=None):
+        self.version, self.delay, self.seen, self.steps, self.hang_at_step = version, delay, [], 0, hang_at_step
         self._refs = []
 
+    def ready(self):
+        import os
+
+        return {"pid": os.getpid()}
+
     def train_step(self, rollouts):
+        self.steps += 1
+        if self.hang_at_step is not None and self.steps == self.hang_at_step:
+            time.sleep(3600)
         time.sleep(self.delay)
         self.seen.append([self.version - r.policy_version for r in rollouts])
         return {"reward": float(sum(r.score for r in rollouts) / len(rollouts)), "kl": 0.0}
 
-    def publish(self):
-        self.version += 1
+    def publish(self, advance=True):
+        self.version += int(advance)
         ref = ray.put({"version": self.version})
         self._refs = (self._refs + [ref])[-2:]
         return self.version, ref
 
     def save_checkpoint(self, path):
         Path(path).mkdir(parents=True)
-        (Path(path) / "learner_state.json").write_text("{}")
+        (Path(path) / "learner_state.json").write_text(json.dumps({"version": self.version}))
 
     def load_checkpoint(self, path):
+        self.version = json.loads((Path(path) / "learner_state.json").read_text())["version"]
         return self.version
 
     def staleness(self):
@@ -143,11 +165,48 @@ def _prompts(n=20):
     return [Prompt(f"p{i}", f"prompt number {i}") for i in range(n)]
 
 
-def _driver(generators, learner, mode="async", steps=6, buffer_size=32, **resume):
+class Respawner:
+    """Replaces lost fake actors as `PPOActors` replaces real ones: kill, then a fresh actor."""
+
+    def __init__(self, generators, learner, generator_kwargs=None):
+        self.generators, self.learner_actor = list(generators), learner
+        self.generator_kwargs = generator_kwargs or {}
+        self.spawned = []
+
+    def respawn_generator(self, index):
+        ray.kill(self.generators[index].handle, no_restart=True)
+        self.generators[index] = NamedActor(f"generator-{index}", RemoteGenerator.remote(**self.generator_kwargs))
+        self.spawned.append(f"generator-{index}")
+        return self.generators[index]
+
+    def respawn_learner(self):
+        ray.kill(self.learner_actor.handle, no_restart=True)
+        self.learner_actor = _learner()
+        ray.get(self.learner_actor.handle.ready.remote())
+        self.spawned.append("learner")
+        return self.learner_actor
+
+
+class RecordingObserver:
+    def __init__(self):
+        self.steps = []
+
+    def on_rollouts(self, batch):
+        pass
+
+    def on_step(self, step, metrics):
+        self.steps.append(step)
+
+    def on_rewind(self, step):
+        self.steps = [s for s in self.steps if s <= step]
+
+
+def _driver(generators, learner, mode="async", steps=6, buffer_size=32, timeout_s=30.0, checkpoint_every=0,
+            **kwargs):
     cfg = PPOConfig(total_steps=steps, batch_size=8, prompts_per_request=4, sync_every=1, buffer_size=buffer_size,
-                    timeout_s=30.0, mode=mode)
+                    timeout_s=timeout_s, actor_startup_timeout_s=30.0, mode=mode, checkpoint_every=checkpoint_every)
     return PPODriver(cfg, generators=generators, learner=learner, pool=FakePool(), tokenizer=_Tokenizer(),
-                     cursor=PromptCursor(_prompts(), seed=0), sampling=SamplingSpec(), in_flight=2, **resume)
+                     cursor=PromptCursor(_prompts(), seed=0), sampling=SamplingSpec(seed=0), in_flight=2, **kwargs)
 
 
 def test_async_loop_trains_publishes_and_bounds_staleness(ray_session):
@@ -159,6 +218,7 @@ def test_async_loop_trains_publishes_and_bounds_staleness(ray_session):
     # A bounded system (16 rollouts = 2 batches) keeps rollouts at most a few versions old.
     seen = [s for batch in ray.get(learner.handle.staleness.remote()) for s in batch]
     assert max(seen) <= 3 and sum(stats.staleness.values()) == 48
+    assert stats.accounting["accounting_balanced"] and stats.accounting["samples_trained"] == 48
 
 
 def test_sync_loop_is_on_policy(ray_session):
@@ -170,33 +230,142 @@ def test_sync_loop_is_on_policy(ray_session):
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
-def test_generator_failure_names_the_actor(ray_session, mode):
+def test_generator_failure_without_healing_names_the_actor(ray_session, mode):
     gens = [_gen(0), _gen(1, fail_after=1)]
     with pytest.raises(ActorFailure, match=r"generator-1: generate failed: .*engine exploded"):
         _driver(gens, _learner(), mode, steps=50).run()
 
 
-def test_dead_learner_surfaces_with_its_name(ray_session):
-    gens = [_gen(0)]
-    learner = _learner(delay=0.5)
-    driver = _driver(gens, learner, "async", steps=50)
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_failing_and_hung_generators_are_replaced_and_lose_nothing(ray_session, tmp_path, mode):
+    from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
+
+    # generator-0 raises on its 3rd call, generator-1 hangs on its 2nd; their replacements work.
+    gens, learner = [_gen(0, fail_after=2), _gen(1, hang_after=1)], _learner()
+    respawn = Respawner(gens, learner)
+    observer = RecordingObserver()
+    stats = _driver(gens, learner, mode, steps=8, buffer_size=16, timeout_s=3.0, checkpoint_every=2,
+                    checkpoint=PPOCheckpoint(tmp_path), respawn=respawn, observer=observer).run()
+    assert stats.steps == 8 and observer.steps == list(range(1, 9))  # each step once
+    assert sorted(respawn.spawned) == ["generator-0", "generator-1"]
+    faults = {f.actor: f for f in stats.faults}
+    assert faults["generator-0"].kind == "error" and "engine exploded" in faults["generator-0"].cause
+    assert faults["generator-1"].kind == "timeout"
+    assert stats.accounting["generator_restarts"] == 2 and stats.accounting["samples_resubmitted"] > 0
+    assert stats.accounting["accounting_balanced"], stats.accounting
+    # the replacements hold the newest weights
+    assert ray.get([g.handle.get_version.remote() for g in respawn.generators]) == [stats.final_version] * 2
+
+
+def test_a_generator_that_keeps_failing_ends_the_run_naming_it(ray_session, tmp_path):
+    gens, learner = [_gen(0, fail_after=0)], _learner()
+    respawn = Respawner(gens, learner, generator_kwargs={"fail_after": 0})
+    with pytest.raises(ActorFailure, match=r"generator-0: generate failed: .*engine exploded"):
+        _driver(gens, learner, "async", steps=5, respawn=respawn).run()
+    assert len(respawn.spawned) == PPOConfig().max_consecutive_restarts
+
+
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_lost_learner_is_restored_from_the_newest_checkpoint(ray_session, tmp_path, fault):
     import threading
 
-    threading.Timer(1.0, lambda: ray.kill(learner.handle)).start()
-    with pytest.raises(ActorFailure, match="learner"):
-        driver.run()
+    from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
+
+    gens = [_gen(0), _gen(1)]
+    learner = _learner(delay=0.2, hang_at_step=7 if fault == "hung" else None)
+    respawn = Respawner(gens, learner)
+    observer = RecordingObserver()
+    driver = _driver(gens, learner, "async", steps=12, buffer_size=16, timeout_s=3.0, checkpoint_every=3,
+                     checkpoint=PPOCheckpoint(tmp_path), respawn=respawn, observer=observer)
+    if fault == "killed":
+        threading.Timer(1.5, lambda: ray.kill(learner.handle)).start()
+    stats = driver.run()
+    assert stats.steps == 12 and observer.steps == list(range(1, 13))  # rewound steps are reported once
+    assert respawn.spawned == ["learner"]
+    (lost,) = [f for f in stats.faults if f.actor == "learner"]
+    assert lost.kind == ("timeout" if fault == "hung" else "died") and 0 <= lost.lost_steps < 3
+    assert [m["step"] for m in stats.metrics] == list(range(1, 13))
+    assert stats.final_version == 12 and stats.accounting["accounting_balanced"], stats.accounting
+    assert ray.get([g.handle.get_version.remote() for g in respawn.generators]) == [12, 12]
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_resumed_driver_runs_on_from_its_checkpoint_with_the_learners_weights(ray_session, tmp_path, mode):
+    from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
+
+    checkpoint = PPOCheckpoint(tmp_path)
+    first = _driver([_gen(0), _gen(1)], _learner(), mode, steps=4, buffer_size=16, checkpoint=checkpoint).run()
+    assert checkpoint.step() == 4 and first.final_version == 4
+    # A new learner and generators freshly started from the initial policy (version 0).
+    gens, learner = [_gen(0), _gen(1)], _learner()
+    stats = _driver(gens, learner, mode, steps=6, buffer_size=16, checkpoint=checkpoint, resume=True).run()
+    assert stats.steps == 6 and stats.rollouts == 16  # two more steps of 8 rollouts
+    # The restored weights went out before the first generate call: no rollout of the initial policy
+    # (4 versions behind) was trained on, and the version did not move on a republish.
+    seen = [s for batch in ray.get(learner.handle.staleness.remote()) for s in batch]
+    assert max(seen) <= (0 if mode == "sync" else 3), seen
+    assert stats.final_version == 6
+    assert ray.get([g.handle.get_version.remote() for g in gens]) == [6, 6]
+    assert stats.accounting["accounting_balanced"]
 
 
 def test_prompt_cursor_cycles_deterministically_and_resumes():
     prompts = _prompts(5)
     a, b = PromptCursor(prompts, seed=3), PromptCursor(prompts, seed=3)
-    first = [p.prompt_id for p in a.take(7)]
-    assert first == [p.prompt_id for p in b.take(7)]
+    first = [d.prompt.prompt_id for d in a.take(7)]
+    assert first == [d.prompt.prompt_id for d in b.take(7)]
     assert sorted(first[:5]) == sorted(p.prompt_id for p in prompts)  # each epoch is a permutation
     state = a.state_dict()
     c = PromptCursor(prompts, seed=3)
     c.load_state_dict(state)
-    assert [p.prompt_id for p in c.take(6)] == [p.prompt_id for p in a.take(6)]
+    assert [d.key for d in c.take(6)] == [d.key for d in a.take(6)]
+
+
+def test_prompt_cursor_reissues_outstanding_draws_first_and_seeds_each_epoch():
+    from raylhf.orchestration.cursor import epoch_seed
+
+    prompts = _prompts(3)
+    a = PromptCursor(prompts, seed=1)
+    draws = a.take(4)  # the 4th is epoch 1
+    assert [d.epoch for d in draws] == [0, 0, 0, 1]
+    state = a.state_dict(outstanding=draws[1:3])
+    b = PromptCursor(prompts, seed=1)
+    b.load_state_dict(state)
+    assert [d.key for d in b.take(4)] == [d.key for d in draws[1:3]] + [d.key for d in a.take(2)]
+    assert epoch_seed(7, 0) == 7 and epoch_seed(7, 1) != epoch_seed(7, 2) != 7
+
+
+def test_ledger_adds_up_through_refusals_rejects_staleness_and_a_restore():
+    from raylhf.orchestration.cursor import Draw
+    from raylhf.orchestration.ledger import SampleLedger
+
+    def rollouts(draw, n):
+        return [Rollout(draw.prompt.prompt_id, [1], [2], [-1.0], 0, "eos", sample_id=uuid.uuid4().hex)
+                for _ in range(n)]
+
+    ledger = SampleLedger(samples_per_prompt=2)
+    draws = [Draw(p, 0) for p in _prompts(4)]
+    ledger.taken(draws)
+    ledger.generated(draws[0], None)  # refused: both slots
+    r1, r2, r3 = rollouts(draws[1], 2), rollouts(draws[2], 2), rollouts(draws[3], 2)
+    for d, r in zip(draws[1:], (r1, r2, r3)):
+        ledger.generated(d, r)
+    assert ledger.rejected_among(r1, r1[:1]) == r1[1:]  # one quarantined by the reward service
+    ledger.resolve(r1[:1] + r2[:1], "trained")
+    ledger.resolve(r2[1:], "dropped_stale")
+    # 4 draws x 2 = 8 slots: 2 refused, 1 rejected, 2 trained, 1 stale, 2 in the system (draw 3)
+    assert ledger.balance() == {"taken_slots": 8, "accounted_slots": 8, "in_system": 2, "ok": True}
+    assert ledger.open_draws() == [draws[3]]
+    # A checkpoint counts the open draw as not started; after a restore it is reissued, not taken again.
+    state = ledger.state_dict()
+    restored = SampleLedger(samples_per_prompt=2)
+    restored.load_state_dict(state, [draws[3]])
+    restored.taken([draws[3]])
+    assert restored.counts["taken"] == 4 and restored.counts["reissued"] == 1
+    again = rollouts(draws[3], 2)
+    restored.generated(draws[3], again)
+    restored.resolve(again, "trained")
+    assert restored.balance()["ok"] and restored.in_system == 0 and restored.counts["trained"] == 4
 
 
 def test_pairwise_agreement_by_hand():
@@ -214,43 +383,35 @@ def test_pairwise_agreement_on_equal_length_pairs_only():
     assert math.isnan(pairwise_agreement(scores, rankings, lengths=[[1, 2, 3], [1, 2]]))
 
 
-@pytest.mark.parametrize("mode", ["async", "sync"])
-def test_resumed_driver_runs_on_from_its_step_with_the_learners_weights(ray_session, mode):
-    # A learner restored at version 4 next to generators freshly started from the initial policy (version 0).
-    gens = [_gen(0), _gen(1)]
-    learner = _learner(version=4)
-    stats = _driver(gens, learner, mode, steps=6, buffer_size=16, start_step=4, start_version=4).run()
-    assert stats.steps == 6 and stats.rollouts == 16  # two more steps of 8 rollouts
-    # The restored weights went out before the first generate call: no rollout of the initial policy
-    # (4 versions behind) was trained on.
-    seen = [s for batch in ray.get(learner.handle.staleness.remote()) for s in batch]
-    assert max(seen) <= (0 if mode == "sync" else 3), seen
-    assert ray.get([g.handle.get_version.remote() for g in gens]) == [stats.final_version] * 2
-
-
 def test_ppo_checkpoint_is_swapped_in_whole_and_survives_a_crash_mid_swap(ray_session, tmp_path):
     from raylhf.orchestration.ppo_checkpoint import DRIVER_STATE, PPOCheckpoint
 
     checkpoint = PPOCheckpoint(tmp_path)
     state_dir = tmp_path / "checkpoints" / "ppo"
-    learner, cursor = _learner(), PromptCursor(_prompts(), seed=0)
+    learner = _learner(version=3)
     assert checkpoint.latest() is None and not checkpoint.resumable(10)
-    checkpoint.save(learner, cursor, 3, timeout_s=30)
-    cursor.take(5)
-    checkpoint.save(learner, cursor, 6, timeout_s=30)
+    checkpoint.save(learner, 3, {"cursor": {"epoch": 0, "position": 3}}, timeout_s=30)
+    checkpoint.save(learner, 6, {"cursor": {"epoch": 0, "position": 8}}, timeout_s=30)
     assert sorted(p.name for p in state_dir.parent.iterdir()) == ["ppo"]  # no temporary left behind
     state = json.loads((state_dir / DRIVER_STATE).read_text())
-    assert state["steps"] == 6 and state["cursor"] == cursor.state_dict()
+    assert state == {"steps": 6, "cursor": {"epoch": 0, "position": 8}}
     assert checkpoint.resumable(10) and not checkpoint.resumable(6)
-    restored = PromptCursor(_prompts(), seed=0)
-    assert checkpoint.restore(learner, restored, timeout_s=30) == (6, 0)
-    assert restored.state_dict() == cursor.state_dict()
+    assert checkpoint.restore(_learner(), timeout_s=30) == (6, 3, {"cursor": {"epoch": 0, "position": 8}})
     # A crash after the old checkpoint was moved aside and before the new one was moved in.
     state_dir.rename(state_dir.with_name("ppo.old"))
     assert checkpoint.latest() == state_dir.with_name("ppo.old")
-    # A crash while the new checkpoint was being written: the incomplete one (no driver state) is not used.
+    # A crash while the new checkpoint was being written: the incomplete one (no driver state) is not used,
+    # and the next save does not delete the only complete checkpoint before its own is complete.
     (state_dir.with_name("ppo.tmp") / "policy").mkdir(parents=True)
     assert checkpoint.latest() == state_dir.with_name("ppo.old")
+    checkpoint._settle()
+    assert checkpoint.latest() == state_dir and checkpoint.step() == 6
+    # A complete new checkpoint left in ppo.tmp (crash before the rename) is the one used, and kept.
+    checkpoint.save(learner, 9, {}, timeout_s=30)
+    state_dir.rename(state_dir.with_name("ppo.tmp"))
+    assert checkpoint.step() == 9
+    checkpoint.save(learner, 12, {}, timeout_s=30)
+    assert checkpoint.step() == 12 and sorted(p.name for p in state_dir.parent.iterdir()) == ["ppo"]
 
 
 def test_resumed_metrics_drop_the_rows_logged_after_the_checkpoint(tmp_path):

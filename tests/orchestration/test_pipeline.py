@@ -1,10 +1,12 @@
 """The whole pipeline, shortened, through the CLI: real Ray, real vLLM, real models, real files."""
 
+import contextlib
 import json
 import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,38 +74,149 @@ def test_async_ppo_properties(pipeline_run):
     assert last > first + 0.05, (first, last)  # the RM score rises (a window of 5 batches has SE ~0.02)
 
 
-def test_sync_mode_completes_on_the_same_checkpoints(pipeline_run):
-    run = pipeline_run
-    out = _raylhf(["ppo", "--out", str(run.parent / "ppo_sync"), f"output_dir={run.parent}", "name=short", *SMALL,
-                   "ppo.mode=sync", "ppo.total_steps=3", "ppo.eval_every=0"], cwd=run.parent)
+def _ppo_run(pipeline_run, root, name, *overrides):
+    """Arguments of a `raylhf ppo` on the pipeline's SFT and RM models, in a new run directory."""
+    import shutil
+
+    shutil.copytree(pipeline_run / "data", root / name / "data")
+    models = pipeline_run / "models"
+    return ["ppo", "--policy", str(models / "sft"), "--rm", str(models / "rm"), f"output_dir={root}", f"name={name}",
+            *SMALL, *overrides]
+
+
+def test_sync_mode_completes_on_the_same_checkpoints(pipeline_run, tmp_path):
+    out = _raylhf(_ppo_run(pipeline_run, tmp_path, "sync", "ppo.mode=sync", "ppo.total_steps=3", "ppo.eval_every=0"),
+                  cwd=tmp_path)
     summary = json.loads(out.stdout.split("[ppo] ", 1)[1].splitlines()[0])
     assert summary["steps"] == 3 and summary["generators_match_learner"] is True
     assert set(summary["staleness_histogram"]) == {"0"}  # strictly sequential: always on-policy
 
 
-def test_ppo_resumes_from_its_checkpoint(pipeline_run, tmp_path):
-    # A run interrupted after 2 steps (its last checkpoint) continues to 4 with the learner's state.
-    import shutil
+# -- interrupted and faulty runs ---------------------------------------------------------------------------
 
-    shutil.copytree(pipeline_run / "data", tmp_path / "resumed" / "data")
-    models = pipeline_run / "models"
-    common = ["--policy", str(models / "sft"), "--rm", str(models / "rm"), f"output_dir={tmp_path}", "name=resumed",
-              *SMALL, "ppo.eval_every=0", "ppo.checkpoint_every=1"]
-    _raylhf(["ppo", *common, "ppo.total_steps=2"], cwd=tmp_path)
-    state_dir = tmp_path / "resumed" / "checkpoints" / "ppo"
-    first = json.loads((state_dir / "learner_state.json").read_text())
-    assert first["steps"] == 2 and json.loads((state_dir / "driver_state.json").read_text())["steps"] == 2
+TIMING = {"step_time_s", "tokens_per_s", "wall_s", "time"}
 
-    out = _raylhf(["ppo", *common, "ppo.total_steps=4", "--resume"], cwd=tmp_path)
-    summary = json.loads(out.stdout.split("[ppo] ", 1)[1].splitlines()[0])
-    assert summary["steps"] == 4 and summary["rollouts"] == 2 * 32  # two new steps of ppo.batch_size rollouts
-    assert summary["generators_match_learner"] is True
-    last = json.loads((state_dir / "learner_state.json").read_text())
-    assert last["steps"] == 4 and last["version"] > first["version"]  # the learner's own counters carried on
-    steps = [r["step"] for r in _metrics(tmp_path / "resumed", "ppo") if "reward" in r]
-    assert steps == [1, 2, 3, 4]
+
+def _ppo_rows(run: Path) -> dict[int, dict]:
+    rows = [r for r in _metrics(run, "ppo") if "reward" in r]
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps)), f"a step logged twice or out of order: {steps}"
+    return {r["step"]: r for r in rows}
+
+
+def _wait_for(predicate, proc, timeout=600, what=""):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _start(args, cwd):
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    return subprocess.Popen([sys.executable, "-m", "raylhf", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _last_row(run: Path) -> dict:
+    try:
+        rows = _ppo_rows(run)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return rows[max(rows)] if rows else {}
+
+
+def _actor_pid(proc, class_name: str) -> int:
+    """The process of the run's live `class_name` actor (Ray names actor processes `ray::<Class>...`)."""
+    import psutil
+
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if any(part.startswith(f"ray::{class_name}") for part in child.cmdline()) and child.status() != "zombie":
+                return child.pid
+        except psutil.NoSuchProcess:
+            continue
+    raise AssertionError(f"no live {class_name} under the run's process")
+
+
+def test_killed_run_resumes_to_the_same_weights_and_metrics(pipeline_run, tmp_path):
+    # N + M steps in one go == N steps, kill -9 of the whole run, resume, M steps: identical weights
+    # (bitwise, on CPU) and identical metrics. Sync mode: async timing decides which version samples what.
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    steps = ["ppo.mode=sync", "ppo.eval_every=0", "ppo.checkpoint_every=1", "ppo.total_steps=4"]
+    _raylhf(_ppo_run(pipeline_run, tmp_path, "straight", *steps), cwd=tmp_path)
+    killed_args = _ppo_run(pipeline_run, tmp_path, "killed", *steps)
+    proc = _start(killed_args, tmp_path)
+    run = tmp_path / "killed"
+    _wait_for(lambda: _last_row(run).get("step", 0) >= 2, proc, what="step 2")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, Ray and every actor, without a chance to clean up
+    proc.wait(timeout=60)
+    refused = subprocess.run([sys.executable, "-m", "raylhf", *killed_args], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300, env=dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0"))
+    assert refused.returncode == 2 and "--resume" in refused.stderr and "--fresh" in refused.stderr
+    _raylhf([*killed_args, "--resume"], cwd=tmp_path)
+
+    a = load_file(tmp_path / "straight" / "models" / "ppo" / "model.safetensors")
+    b = load_file(run / "models" / "ppo" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    straight, resumed = _ppo_rows(tmp_path / "straight"), _ppo_rows(run)
+    assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4]
+    for step in straight:
+        for key, value in straight[step].items():
+            if key not in TIMING and not key.startswith("samples_"):
+                assert resumed[step][key] == value, (step, key, value, resumed[step][key])
     # Nothing left to resume: asking again is a config error naming the key.
-    bad = subprocess.run([sys.executable, "-m", "raylhf", "ppo", *common, "ppo.total_steps=4", "--resume"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0"))
-    assert bad.returncode == 2 and "ppo.total_steps" in bad.stderr
+    again = subprocess.run([sys.executable, "-m", "raylhf", *killed_args, "--resume"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0"))
+    assert again.returncode == 2 and "ppo.total_steps" in again.stderr
+
+
+@pytest.mark.parametrize("fault", ["kill", "hang"])
+def test_async_run_heals_lost_actors_and_finishes(pipeline_run, tmp_path, fault):
+    # kill: kill -9 a generator's process, then a scorer's, then the learner's.
+    # hang: stop (SIGSTOP) a generator, then the learner, past `ppo.timeout_s`.
+    import signal
+
+    total = 14
+    args = _ppo_run(pipeline_run, tmp_path, fault, "ppo.eval_every=0", "ppo.checkpoint_every=2",
+                    f"ppo.total_steps={total}", "ppo.timeout_s=10")
+    proc = _start(args, tmp_path)
+    run = tmp_path / fault
+    stopped = []
+    try:
+        plan = ([("GeneratorActor", "generator_restarts"), ("ScorerActor", "scorer_restarts"),
+                 ("PPOLearnerActor", "learner_restarts")] if fault == "kill"
+                else [("GeneratorActor", "generator_restarts"), ("PPOLearnerActor", "learner_restarts")])
+        for actor_class, counter in plan:
+            step = _last_row(run).get("step", 0)
+            _wait_for(lambda: _last_row(run).get("step", 0) >= step + 2, proc, what=f"two steps before {actor_class}")
+            pid = _actor_pid(proc, actor_class)
+            if fault == "kill":
+                os.kill(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            _wait_for(lambda: _last_row(run).get(counter, 0) >= 1, proc, what=f"{actor_class} replaced")
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-4000:]
+    summary = json.loads(out.split("[ppo] ", 1)[1].splitlines()[0])
+    assert summary["steps"] == total and summary["generators_match_learner"] is True
+    assert summary["accounting_balanced"] is True, summary
+    kinds = {(f["actor"].split("-")[0], f["kind"]) for f in summary["faults"]}
+    expected = ({("generator", "died"), ("learner", "died")} if fault == "kill"
+                else {("generator", "timeout"), ("learner", "timeout")})
+    assert expected <= kinds, summary["faults"]
+    if fault == "kill":
+        assert summary["scorer_restarts"] >= 1
+    assert sorted(_ppo_rows(run)) == list(range(1, total + 1))  # every step exactly once

@@ -1,15 +1,22 @@
 """The Ray scorer pool: real actors, tiny models. One pool is shared by the module (actors take seconds
-to start); the fault tests leave it healthy, which is what they check."""
+to start); the fault tests leave it healthy, which is what they check. Tests that leave a pool stopped
+(reject rate past its limit, a replacement that never starts) build a small one of their own."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import shutil
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from raylhf.reward_service.errors import PoolFullError, ScorerStartupError, ScoringError
+from raylhf.reward_service.rejects import NONFINITE_FUNCTION_REWARD, TOKEN_OUT_OF_VOCAB
+from tests.reward_service.faulty_rewards import NAN_MARKER, RAISE_MARKER, SOURCE
 
 TIMEOUT_S = 4.0
 SHIFT, SCALE = 0.5, 2.0
@@ -17,7 +24,7 @@ PENALTY_WEIGHT, TARGET, COEF = 0.5, 10, 0.1
 
 
 @pytest.fixture(scope="module")
-def pool(ray_session, rm_checkpoint, tiny_checkpoint):
+def pool(ray_session, rm_checkpoint, tiny_checkpoint, tmp_path_factory):
     from raylhf.configs.loader import load_config
     from raylhf.reward_service.pool import RewardPool
 
@@ -26,6 +33,7 @@ def pool(ray_session, rm_checkpoint, tiny_checkpoint):
         [
             "reward.num_actors=2",
             "reward.num_cpus=0.5",
+            "ppo.num_cpus=0.5",  # the PPO actors of this config must fit 2 cores
             "reward.request_size=8",
             "reward.max_in_flight=2",
             f"reward.request_timeout_s={TIMEOUT_S}",
@@ -33,19 +41,31 @@ def pool(ray_session, rm_checkpoint, tiny_checkpoint):
             "reward.normalize=fixed",
             f"reward.shift={SHIFT}",
             f"reward.scale={SCALE}",
+            "reward.max_reject_rate=0.5",
             "reward.sources=[{kind: rm, weight: 1.0}, {kind: token_function, weight: %s, "
-            'path: "raylhf.reward_service.rewards:length_penalty", kwargs: {target_tokens: %d, coef: %s}}]'
-            % (PENALTY_WEIGHT, TARGET, COEF),
+            'path: "raylhf.reward_service.rewards:length_penalty", kwargs: {target_tokens: %d, coef: %s}}, '
+            '{kind: token_function, weight: 1.0, path: "%s"}]' % (PENALTY_WEIGHT, TARGET, COEF, SOURCE),
         ],
     )
-    p = RewardPool(cfg.reward, rm_path=str(rm_checkpoint), ref_path=str(tiny_checkpoint))
+    rejects = tmp_path_factory.mktemp("rejects") / "rejects.jsonl"
+    p = RewardPool(cfg.reward, rm_path=str(rm_checkpoint), ref_path=str(tiny_checkpoint), rejects_path=rejects)
     yield p
     p.shutdown()
 
 
+def small_pool(rm_path, tmp_path, **reward):
+    """A one-actor pool scoring with the reward model alone, its rejects in `tmp_path/rejects.jsonl`."""
+    from raylhf.configs.schema import RewardConfig
+    from raylhf.reward_service.pool import RewardPool
+
+    cfg = RewardConfig(num_actors=1, num_cpus=0.5, ref_logprobs=False, startup_timeout_s=120.0, **reward)
+    return RewardPool(cfg, rm_path=str(rm_path), ref_path=None, rejects_path=tmp_path / "rejects.jsonl")
+
+
 @pytest.fixture(scope="module")
 def want(expected):
-    """Expected (score, ref_logprobs) of a rollout under the pool's sources and fixed normalisation."""
+    """Expected (score, ref_logprobs) of a rollout under the pool's sources (the faulty one gives 0.0 to
+    every rollout without its markers) and fixed normalisation."""
 
     def compute(r):
         rm_score, ref_lp = expected(r)
@@ -166,14 +186,125 @@ def test_hung_actor_hits_the_timeout_and_is_replaced(pool, make_rollouts, check)
     assert TIMEOUT_S <= elapsed < 60.0
 
 
-def test_scoring_failure_is_an_error_naming_actor_and_cause(pool, make_rollouts, check):
+def test_unscorable_rollouts_are_quarantined_and_the_others_delivered(pool, make_rollouts, vocab, check):
+    bos, eos, n_vocab = vocab
+    stats0 = pool.stats()
+    rollouts = make_rollouts(6, seed=70, prefix="q")
+    oov = dataclasses.replace(rollouts[1], response_ids=[7, n_vocab + 5, eos], logprobs=[-1.0] * 3)
+    nan = dataclasses.replace(rollouts[4], response_ids=[*NAN_MARKER, eos], logprobs=[-1.0] * 5)
+    batch = [rollouts[0], oov, rollouts[2], rollouts[3], nan, rollouts[5]]
+    good = [r for r in batch if r is not oov and r is not nan]
+
+    rid = pool.submit(batch)
+    got = collect(pool, [rid])
+    check(got[rid], good)  # request order, the two rejects left out, nobody scored 0
+    check(pool.score(batch), good)  # two requests of 3, one reject in each
+
+    stats = pool.stats()
+    assert stats["rejected"] == stats0["rejected"] + 4
+    by_cause0 = stats0["rejected_by_cause"]
+    assert stats["rejected_by_cause"][TOKEN_OUT_OF_VOCAB] == by_cause0.get(TOKEN_OUT_OF_VOCAB, 0) + 2
+    assert stats["rejected_by_cause"][NONFINITE_FUNCTION_REWARD] == by_cause0.get(NONFINITE_FUNCTION_REWARD, 0) + 2
+    assert stats["rollouts_scored"] == stats0["rollouts_scored"] + 8
+    rows = [json.loads(line) for line in Path(stats["rejects_path"]).read_text().splitlines()]
+    first = [r for r in rows if r["sample_id"] in (oov.sample_id, nan.sample_id)][:2]  # the submit's rejects
+    assert [(r["sample_id"], r["cause"]) for r in first] == [
+        (oov.sample_id, TOKEN_OUT_OF_VOCAB), (nan.sample_id, NONFINITE_FUNCTION_REWARD)
+    ]
+    assert first[0]["detail"] == (
+        f"response token id {n_vocab + 5} at position 1 is outside the reward model's vocabulary [0, {n_vocab})"
+    )
+    assert first[1]["detail"] == f"reward function {SOURCE} returned nan"
+    assert (first[0]["prompt_id"], first[0]["policy_version"]) == (oov.prompt_id, oov.policy_version)
+    assert (first[0]["prompt_ids"], first[0]["response_ids"]) == (oov.prompt_ids, oov.response_ids)
+    assert first[0]["time"] > 0
+
+
+def test_scoring_failure_is_an_error_naming_actor_and_cause(pool, make_rollouts, vocab, check):
     good = make_rollouts(3, seed=60)
-    bad = dataclasses.replace(good[0], sample_id="bad", response_ids=[10**6, 2], logprobs=[0.0, 0.0])
+    bad = dataclasses.replace(good[0], sample_id="bad", response_ids=[*RAISE_MARKER, vocab[1]], logprobs=[0.0] * 5)
     with pytest.raises(ScoringError) as err:
-        pool.score([bad])
+        pool.score([bad, good[1]])  # a reward function that raises fails the request: not about one rollout
     assert err.value.actor is not None and err.value.actor.startswith("scorer-")
-    assert err.value.actor in str(err.value) and "token id 1000000 out of range" in str(err.value)
+    assert err.value.actor in str(err.value) and f"reward function {SOURCE} raised ValueError" in str(err.value)
     check(pool.score(good), good)  # the pool keeps working; nothing was scored as 0
+
+
+def test_pool_past_its_reject_rate_stops_the_run(ray_session, rm_checkpoint, tmp_path, make_rollouts, vocab):
+    _, eos, n_vocab = vocab
+
+    def spoil(rollouts, bad):
+        return [
+            dataclasses.replace(r, response_ids=[n_vocab, eos], logprobs=[-1.0] * 2) if i in bad else r
+            for i, r in enumerate(rollouts)
+        ]
+
+    p = small_pool(rm_checkpoint, tmp_path, max_reject_rate=0.2, reject_rate_min_rollouts=10)
+    try:
+        assert len(p.score(spoil(make_rollouts(5, seed=80, prefix="a"), {0, 3}))) == 3  # 2 of 5: too few to judge
+        assert len(p.score(make_rollouts(10, seed=81, prefix="b"))) == 10  # 2 of 15
+        with pytest.raises(ScoringError) as err:
+            p.score(spoil(make_rollouts(6, seed=82, prefix="c"), {1, 2, 4}))  # 5 of 21 = 0.238 > 0.2
+        for needle in ("reward.max_reject_rate", "5 of 21", "0.2381", "limit 0.2", str(tmp_path / "rejects.jsonl")):
+            assert needle in str(err.value), needle
+        with pytest.raises(ScoringError, match=r"reward\.max_reject_rate"):
+            p.submit(make_rollouts(1, seed=83))  # stopped: no more work is taken
+        assert p.stats()["rejected"] == 5
+        assert len((tmp_path / "rejects.jsonl").read_text().splitlines()) == 5
+    finally:
+        p.shutdown()
+
+
+def test_replacement_that_fails_to_start_is_retried_with_backoff(
+    ray_session, rm_checkpoint, tmp_path, make_rollouts, expected, close
+):
+    checkpoint, away = tmp_path / "rm", tmp_path / "rm-away"
+    shutil.copytree(rm_checkpoint, checkpoint)
+    p = small_pool(checkpoint, tmp_path, startup_attempts=3, startup_backoff_s=1.0)
+    try:
+        checkpoint.rename(away)  # replacements cannot find their model ...
+
+        def bring_back():  # ... until two of them have failed to start
+            end = time.monotonic() + 300
+            while p.stats()["startup_failures"] < 2 and time.monotonic() < end:
+                time.sleep(0.02)
+            away.rename(checkpoint)
+
+        restorer = threading.Thread(target=bring_back, daemon=True)
+        restorer.start()
+        ray_session.kill(p.actors["scorer-0"])
+        rollouts = make_rollouts(4, seed=90)
+        t0 = time.monotonic()
+        scored = p.score(rollouts)
+        elapsed = time.monotonic() - t0
+        restorer.join(timeout=10)
+        assert [s.sample_id for s in scored] == [r.sample_id for r in rollouts]
+        assert [s.score for s in scored] == close([expected(r)[0] for r in rollouts])
+        stats = p.stats()
+        assert (stats["deaths"], stats["actor_restarts"], stats["startup_failures"]) == (1, 1, 2)
+        assert stats["actors"]["scorer-0"]["restarts"] == 1
+        assert elapsed >= 1.0 + 2.0  # waited 1 s after the first failed start, 2 s after the second
+    finally:
+        p.shutdown()
+
+
+def test_replacement_that_never_starts_is_a_startup_error_after_its_attempts(
+    ray_session, rm_checkpoint, tmp_path, make_rollouts
+):
+    checkpoint = tmp_path / "rm"
+    shutil.copytree(rm_checkpoint, checkpoint)
+    p = small_pool(checkpoint, tmp_path, startup_attempts=2, startup_backoff_s=0.5)
+    try:
+        checkpoint.rename(tmp_path / "gone")
+        ray_session.kill(p.actors["scorer-0"])
+        with pytest.raises(ScorerStartupError) as err:
+            p.score(make_rollouts(2, seed=91))
+        assert err.value.actor.startswith("scorer-0")
+        assert "did not start in 2 attempts (reward.startup_attempts)" in str(err.value)
+        assert "reward.rm_path: " in str(err.value) and "does not exist" in str(err.value)
+        assert p.stats()["startup_failures"] == 2
+    finally:
+        p.shutdown()
 
 
 def test_actor_that_cannot_load_its_model_is_a_startup_error(ray_session, tmp_path):
@@ -183,7 +314,7 @@ def test_actor_that_cannot_load_its_model_is_a_startup_error(ray_session, tmp_pa
     with pytest.raises(ScorerStartupError) as err:
         RewardPool(RewardConfig(startup_timeout_s=120.0), rm_path=str(tmp_path / "missing_rm"), ref_path=None)
     assert err.value.actor == "scorer-0"
-    assert "scorer-0" in str(err.value) and "reward.rm_path: checkpoint not found" in str(err.value)
+    assert "scorer-0" in str(err.value) and "reward.rm_path: " in str(err.value) and "does not exist" in str(err.value)
 
 
 def test_pool_methods_match_the_scoring_pool_protocol():

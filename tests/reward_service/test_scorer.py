@@ -10,9 +10,17 @@ import textwrap
 import pytest
 
 from raylhf.configs.schema import RewardConfig, RewardSourceConfig
+from raylhf.contracts.hf_checkpoint import CheckpointError
 from raylhf.reward_service.errors import RewardConfigError, ScoringError
 from raylhf.reward_service.normalize import RewardTransform
 from raylhf.reward_service.programmatic import load_reward_function
+from raylhf.reward_service.rejects import (
+    EMPTY_SEQUENCE,
+    NONFINITE_FUNCTION_REWARD,
+    NONFINITE_RM_SCORE,
+    TOKEN_OUT_OF_VOCAB,
+    TOO_LONG,
+)
 from raylhf.reward_service.rewards import length_penalty
 from raylhf.reward_service.scorer import RewardScorer, pack_microbatches
 
@@ -218,32 +226,114 @@ def test_bad_import_path_through_the_config(reward_module, tmp_path):
     assert scorer.rm is None and scorer.ref is None
 
 
-def test_failures_are_errors_never_zero(rm_checkpoint, tmp_path, make_rollouts, reward_module):
+def test_unscorable_rollouts_are_quarantined_and_the_others_scored(scorer, make_rollouts, vocab, expected, close):
+    bos, eos, n_vocab = vocab
+    good = make_rollouts(4, seed=12)
+    oov = dataclasses.replace(good[0], sample_id="oov", response_ids=[5, n_vocab, eos], logprobs=[-1.0] * 3)
+    negative = dataclasses.replace(good[1], sample_id="negative", prompt_ids=[bos, -3, 5])
+    empty = dataclasses.replace(good[2], sample_id="empty", response_ids=[], logprobs=[])
+    too_long = make_rollouts(1, seed=13, prompt_len=(250, 250), response_len=(10, 10), prefix="long")[0]
+    batch = [oov, good[0], negative, good[1], empty, good[2], too_long, good[3]]
+
+    scored, rejects = scorer.score_with_rejects(batch)
+    # The others are scored as if the bad ones had not been in their micro-batches.
+    assert [s.sample_id for s in scored] == [r.sample_id for r in good]
+    for r, s in zip(good, scored):
+        want_score, want_lp = expected(r)
+        assert s.score == close(want_score) and s.ref_logprobs == close(want_lp)
+    assert [(j.sample_id, j.cause) for j in rejects] == [
+        ("oov", TOKEN_OUT_OF_VOCAB), ("negative", TOKEN_OUT_OF_VOCAB), ("empty", EMPTY_SEQUENCE),
+        (too_long.sample_id, TOO_LONG),
+    ]
+    assert rejects[0].detail == (
+        f"response token id {n_vocab} at position 1 is outside the reward model's vocabulary [0, {n_vocab})"
+    )
+    assert rejects[1].detail == "prompt token id -3 at position 1 is negative"
+    assert rejects[3].detail == "260 tokens exceed the reward model's 256 positions"
+    assert (rejects[0].prompt_id, rejects[0].policy_version, rejects[0].response_ids) == (
+        oov.prompt_id, oov.policy_version, [5, n_vocab, eos]
+    )
+
+    assert [s.sample_id for s in scorer.score(batch)] == [r.sample_id for r in good]
+    assert [j.sample_id for j in scorer.last_rejects] == ["oov", "negative", "empty", too_long.sample_id]
+    assert scorer.score([empty]) == [] and [j.cause for j in scorer.last_rejects] == [EMPTY_SEQUENCE]
+
+
+def test_nonfinite_function_reward_quarantines_that_rollout_never_zero(make_rollouts, vocab, reward_module):
+    from tests.reward_service.faulty_rewards import NAN_MARKER, SOURCE
+
+    eos = vocab[1]
+    rollouts = make_rollouts(3, seed=14)
+    nan = dataclasses.replace(rollouts[1], response_ids=[*NAN_MARKER, eos], logprobs=[-1.0] * 5)
+    scorer = RewardScorer(RewardConfig(sources=[RewardSourceConfig(kind="token_function", path=SOURCE)]),
+                          rm_path=None, ref_path=None)
+    scored = scorer.score([rollouts[0], nan, rollouts[2]])
+    assert [(s.sample_id, s.score) for s in scored] == [(rollouts[0].sample_id, 0.0), (rollouts[2].sample_id, 0.0)]
+    (reject,) = scorer.last_rejects
+    assert (reject.sample_id, reject.cause) == (nan.sample_id, NONFINITE_FUNCTION_REWARD)
+    assert reject.detail == f"reward function {SOURCE} returned nan"
+
+    nan_for_all = RewardSourceConfig(kind="token_function", path=f"{reward_module}:nan_reward")
+    nothing = RewardScorer(RewardConfig(sources=[nan_for_all]), rm_path=None, ref_path=None)
+    assert nothing.score(rollouts) == []  # no rollout gets a reward it was not given
+    assert [j.sample_id for j in nothing.last_rejects] == [r.sample_id for r in rollouts]
+
+
+def test_reward_model_overflow_quarantines_only_that_rollout(rm_checkpoint, tmp_path, make_rollouts):
     import torch
     from transformers import AutoModelForTokenClassification
 
+    rollouts = make_rollouts(6, seed=15)
+    rm = AutoModelForTokenClassification.from_pretrained(rm_checkpoint, use_safetensors=True).eval()
+    with torch.no_grad():
+        base = rm.model
+        hidden = torch.stack(
+            [base(input_ids=torch.tensor([r.prompt_ids + r.response_ids])).last_hidden_state[0, -1] for r in rollouts]
+        ).abs()  # [N, H]: what the head reads, at each rollout's last token
+        top2 = hidden.topk(2, dim=0).values  # [2, H]
+        d = int((top2[0] / top2[1]).argmax())  # the feature whose largest value stands out most
+        assert float(top2[0, d] / top2[1, d]) > 1.01  # far above float rounding
+        first = int(hidden[:, d].argmax())
+        # A finite head that overflows float32 for the largest |h_d| only: w * sqrt(a * b) is the float32 maximum.
+        w = torch.finfo(torch.float32).max / float((top2[0, d] * top2[1, d]).sqrt())
+        rm.score.weight.zero_()
+        rm.score.weight[0, d] = w
+        rm.score.bias.zero_()
+    rm.save_pretrained(tmp_path / "overflow_rm")
+
+    scorer = RewardScorer(RewardConfig(), rm_path=str(tmp_path / "overflow_rm"), ref_path=None)
+    scored = scorer.score(rollouts)
+    assert [s.sample_id for s in scored] == [r.sample_id for i, r in enumerate(rollouts) if i != first]
+    assert all(math.isfinite(s.score) for s in scored)
+    (reject,) = scorer.last_rejects
+    assert (reject.sample_id, reject.cause) == (rollouts[first].sample_id, NONFINITE_RM_SCORE)
+    assert reject.detail in ("reward model returned inf", "reward model returned -inf")
+
+
+def test_failures_not_about_one_rollout_are_errors(rm_checkpoint, tmp_path, make_rollouts, vocab, reward_module):
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from tests.reward_service.faulty_rewards import RAISE_MARKER, SOURCE
+
     rollouts = make_rollouts(3, seed=8)
-    for path in (f"{reward_module}:nan_reward", f"{reward_module}:too_few"):
-        cfg = RewardConfig(sources=[RewardSourceConfig(kind="token_function", path=path)])
-        scorer = RewardScorer(cfg, rm_path=None, ref_path=None)
-        with pytest.raises(ScoringError, match=rf"reward function {path}"):
-            scorer.score(rollouts)
+    too_few = RewardSourceConfig(kind="token_function", path=f"{reward_module}:too_few")
+    with pytest.raises(ScoringError, match=rf"reward function {reward_module}:too_few returned 1 values for 3"):
+        RewardScorer(RewardConfig(sources=[too_few]), rm_path=None, ref_path=None).score(rollouts)
+    raising = RewardScorer(RewardConfig(sources=[RewardSourceConfig(kind="token_function", path=SOURCE)]),
+                           rm_path=None, ref_path=None)
+    trigger = dataclasses.replace(rollouts[0], response_ids=[*RAISE_MARKER, vocab[1]], logprobs=[-1.0] * 5)
+    with pytest.raises(ScoringError, match=rf"reward function {SOURCE} raised ValueError"):
+        raising.score([rollouts[1], trigger])
 
     bad_rm = AutoModelForTokenClassification.from_pretrained(rm_checkpoint, use_safetensors=True)
     with torch.no_grad():
         bad_rm.score.weight.fill_(float("nan"))
     bad_rm.save_pretrained(tmp_path / "nan_rm")
-    with pytest.raises(ScoringError, match="reward model returned nan"):
-        RewardScorer(RewardConfig(), rm_path=str(tmp_path / "nan_rm"), ref_path=None).score(rollouts)
-
-    scorer = RewardScorer(RewardConfig(), rm_path=str(rm_checkpoint), ref_path=None)
-    out_of_vocab = dataclasses.replace(rollouts[0], response_ids=[10**6, 2], logprobs=[0.0, 0.0])
-    with pytest.raises(ScoringError, match=r"token id 1000000 out of range"):
-        scorer.score([rollouts[1], out_of_vocab])
-    empty = dataclasses.replace(rollouts[0], response_ids=[], logprobs=[])
-    with pytest.raises(ScoringError, match="empty response_ids"):
-        scorer.score([empty])
-    with pytest.raises(FileNotFoundError, match="reward.rm_path: checkpoint not found"):
+    # Broken for every rollout: a load error, not a quarantine of everything it is given.
+    with pytest.raises(ValueError, match=r"reward\.rm_path: .*nan_rm: parameter score\.weight holds NaN or inf"):
+        RewardScorer(RewardConfig(), rm_path=str(tmp_path / "nan_rm"), ref_path=None)
+    with pytest.raises(CheckpointError, match="reward.rm_path: .* does not exist"):
         RewardScorer(RewardConfig(), rm_path=str(tmp_path / "missing"), ref_path=None)
 
 
@@ -281,7 +371,7 @@ def test_config_paths_win_over_the_run_defaults(rm_checkpoint, tiny_checkpoint, 
     cfg = RewardConfig(rm_path=str(rm_checkpoint), ref_path=str(tiny_checkpoint))
     scorer = RewardScorer(cfg, rm_path=str(tmp_path / "unused_rm"), ref_path=str(tmp_path / "unused_sft"))
     assert scorer.describe()["rm"] == "LlamaForTokenClassification" and scorer.describe()["ref"] == "LlamaForCausalLM"
-    with pytest.raises(FileNotFoundError, match="reward.ref_path: checkpoint not found"):
+    with pytest.raises(CheckpointError, match="reward.ref_path: .* does not exist"):
         RewardScorer(RewardConfig(), rm_path=str(rm_checkpoint), ref_path=str(tmp_path / "missing_sft"))
     no_ref = RewardScorer(RewardConfig(ref_logprobs=False), rm_path=str(rm_checkpoint), ref_path=str(tmp_path / "x"))
     assert no_ref.ref is None

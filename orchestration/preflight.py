@@ -1,0 +1,204 @@
+"""Each stage's inputs, checked before the stage starts anything or writes a file.
+
+A `check_*_inputs` function reads what its stage will read and raises on the first bad input: a
+`ConfigError` naming the key or flag for a checkpoint path that is not a local Hugging Face checkpoint,
+a `DataError` naming the file (and line) for a missing or empty dataset, a repeated prompt id, or a
+sequence longer than the model's context. Under `data.on_bad_rows: skip` bad rows are counted and
+dropped instead, and only a file left without a valid row stops the stage. The CLI runs the check of a
+command before it creates the run directory, and the stages read their data through the same readers,
+so `raylhf run` refuses bad input the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from raylhf.configs.schema import RunConfig
+from raylhf.contracts.dataio import DataError, read_records
+from raylhf.contracts.formatting import encode_prompt, encode_response
+from raylhf.contracts.records import Comparison, Demonstration, Document, Prompt
+from raylhf.orchestration.paths import RunPaths
+
+
+def read_data(cfg: RunConfig, path: str | os.PathLike, record_type, check: Callable | None = None) -> list:
+    """Rows of a dataset under the run's bad-row policy (`data.on_bad_rows`, `data.max_prompt_chars`)."""
+    records, _ = read_records(path, record_type, on_bad_rows=cfg.data.on_bad_rows,
+                              max_prompt_chars=cfg.data.max_prompt_chars, check=check)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- context
+def _context(context: int, checkpoint: str | os.PathLike) -> str:
+    return f"the model's context of {context} tokens (max_position_embeddings of {checkpoint})"
+
+
+def demonstration_fits(tokenizer, context: int | None, checkpoint: str | os.PathLike
+                       ) -> Callable[[Demonstration], str | None]:
+    """A row check: prompt + response tokens within the context of the model trained on them."""
+    def check(d: Demonstration) -> str | None:
+        n = len(encode_prompt(tokenizer, d.prompt)) + len(encode_response(tokenizer, d.response))
+        if context is not None and n > context:
+            return f"prompt + response are {n} tokens, more than {_context(context, checkpoint)}"
+        return None
+    return check
+
+
+def comparison_fits(tokenizer, context: int | None, checkpoint: str | os.PathLike
+                    ) -> Callable[[Comparison], str | None]:
+    """A row check: prompt + each response within the reward model's context."""
+    def check(c: Comparison) -> str | None:
+        if context is None:
+            return None
+        p = len(encode_prompt(tokenizer, c.prompt))
+        for i, r in enumerate(c.responses):
+            n = p + len(encode_response(tokenizer, r))
+            if n > context:
+                return f"prompt + response {i} are {n} tokens, more than {_context(context, checkpoint)}"
+        return None
+    return check
+
+
+def prompt_fits(tokenizer, context: int | None, max_new_tokens: int, checkpoint: str | os.PathLike
+                ) -> Callable[[Prompt], str | None]:
+    """A row check: the prompt leaves room for `generation.max_new_tokens` in the policy's context."""
+    def check(p: Prompt) -> str | None:
+        n = len(encode_prompt(tokenizer, p.prompt))
+        if context is not None and n + max_new_tokens > context:
+            return (f"prompt is {n} tokens; with generation.max_new_tokens = {max_new_tokens} that is more than "
+                    f"{_context(context, checkpoint)}")
+        return None
+    return check
+
+
+# ---------------------------------------------------------------------------------------------- readers
+def _tokenizer_and_context(cfg: RunConfig, checkpoint: str | os.PathLike, key: str):
+    from raylhf.learners.models import context_length, load_tokenizer, require_checkpoint
+
+    require_checkpoint(checkpoint, key, weights=True, tokenizer=True)
+    tokenizer = load_tokenizer(checkpoint, cfg.trust_remote_code, key=key)
+    return tokenizer, context_length(checkpoint, cfg.trust_remote_code, key=key)
+
+
+def read_demonstrations(cfg: RunConfig, path: str | os.PathLike, tokenizer, context: int | None,
+                        checkpoint: str | os.PathLike) -> list[Demonstration]:
+    return read_data(cfg, path, Demonstration, demonstration_fits(tokenizer, context, checkpoint))
+
+
+def read_comparisons(cfg: RunConfig, path: str | os.PathLike, tokenizer, context: int | None,
+                     checkpoint: str | os.PathLike) -> list[Comparison]:
+    return read_data(cfg, path, Comparison, comparison_fits(tokenizer, context, checkpoint))
+
+
+def read_prompts(cfg: RunConfig, path: str | os.PathLike, tokenizer=None, context: int | None = None,
+                 checkpoint: str | os.PathLike = "") -> list[Prompt]:
+    """Prompts with unique ids; with a tokenizer, only those that leave room for a response in the context."""
+    check = prompt_fits(tokenizer, context, cfg.generation.max_new_tokens, checkpoint) if tokenizer else None
+    return read_data(cfg, path, Prompt, check)
+
+
+def split_sizes(n: int, fraction: float, path: str | os.PathLike, what: str, key: str) -> tuple[int, int]:
+    """(validation, training) sizes of `n` examples with `fraction` held out; at least one of each."""
+    n_val = max(1, int(round(fraction * n)))
+    if n - n_val < 1:
+        raise DataError(path, "", f"{n} {what} are too few to hold out a validation split ({key} = {fraction}) "
+                                  "and keep one to train on")
+    return n_val, n - n_val
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def check_pretrain_inputs(cfg: RunConfig, paths: RunPaths) -> None:
+    """The pretraining corpus (train and held-out splits) exists and has documents."""
+    for split in ("train", "heldout"):
+        read_data(cfg, paths.corpus(split), Document)
+
+
+def check_sft_inputs(cfg: RunConfig, model_path: Path, data_path: Path, model_key: str = "--model") -> None:
+    """A base checkpoint with a tokenizer; demonstrations that fit its context, enough to split off validation."""
+    tokenizer, context = _tokenizer_and_context(cfg, model_path, model_key)
+    demos = read_demonstrations(cfg, data_path, tokenizer, context, model_path)
+    split_sizes(len(demos), cfg.sft.val_fraction, data_path, "demonstrations", "sft.val_fraction")
+
+
+def check_rm_inputs(cfg: RunConfig, sft_path: Path, data_path: Path, demos_path: Path | None,
+                    model_key: str = "--model") -> None:
+    """An SFT checkpoint with a tokenizer; comparisons (and demonstrations for the normalisation, when
+    given) that fit its context, enough comparisons to split off validation."""
+    tokenizer, context = _tokenizer_and_context(cfg, sft_path, model_key)
+    comparisons = read_comparisons(cfg, data_path, tokenizer, context, sft_path)
+    split_sizes(len(comparisons), cfg.rm.val_fraction, data_path, "comparisons", "rm.val_fraction")
+    if demos_path is not None:
+        read_demonstrations(cfg, demos_path, tokenizer, context, sft_path)
+
+
+def check_collect_inputs(cfg: RunConfig, policies: dict[str, Path], prompts_path: Path,
+                         seed_comparisons: Path | None) -> None:
+    """Policies are checked where they are named (`resolve_policy`); here the prompts fit every policy's context."""
+    for name, path in policies.items():
+        tokenizer, context = _tokenizer_and_context(cfg, path, f"policy '{name}'")
+        read_prompts(cfg, prompts_path, tokenizer, context, path)
+    if seed_comparisons is not None and seed_comparisons.exists():
+        read_data(cfg, seed_comparisons, Comparison)
+
+
+def check_rm_eval_inputs(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path) -> None:
+    """SFT and reward-model checkpoints; held-out and generalization prompts that fit the SFT context."""
+    from raylhf.learners.models import require_checkpoint
+
+    tokenizer, context = _tokenizer_and_context(cfg, sft_path, "--sft")
+    require_checkpoint(rm_path, "--rm", weights=True)
+    for split in ("heldout", "generalization"):
+        read_prompts(cfg, paths.prompts(split), tokenizer, context, sft_path)
+
+
+def check_eval_inputs(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_path: Path | None,
+                      rm_key: str = "--rm") -> None:
+    """Every policy checkpoint (and the reward model, when scoring); prompts that fit each policy; the
+    held-out pretraining corpus."""
+    from raylhf.learners.models import require_checkpoint
+
+    if rm_path is not None:
+        require_checkpoint(rm_path, rm_key, weights=True)
+    for name, path in policies.items():
+        tokenizer, context = _tokenizer_and_context(cfg, path, f"policy '{name}'")
+        for split in ("heldout", "generalization"):
+            read_prompts(cfg, paths.prompts(split), tokenizer, context, path)
+    read_data(cfg, paths.corpus("heldout"), Document)
+
+
+def check_ppo_inputs(cfg: RunConfig, paths: RunPaths, policy_path: str | os.PathLike,
+                     rm_path: str | os.PathLike) -> None:
+    """Everything `raylhf ppo` reads, checked before Ray starts.
+
+    The policy (`--policy`) and reward model (`--rm`, also the value function's start) are local HF
+    checkpoints, as are the `reward.*_path` overrides that are in use; the train prompts exist, have
+    unique ids and leave room for `generation.max_new_tokens` in the policy's context (under `skip`, at
+    least one does); the held-out prompts exist when `ppo.eval_every > 0`; the pretraining corpus exists
+    when `ppo.ptx_coef > 0`.
+    """
+    from raylhf.learners.models import require_checkpoint
+
+    tokenizer, context = _tokenizer_and_context(cfg, policy_path, "--policy")
+    require_checkpoint(rm_path, "--rm", weights=True)
+    r = cfg.reward
+    if r.rm_path is not None and any(s.kind == "rm" for s in r.sources):
+        require_checkpoint(r.rm_path, "reward.rm_path", weights=True)
+    if r.ref_path is not None and r.ref_logprobs:
+        require_checkpoint(r.ref_path, "reward.ref_path", weights=True)
+    if r.tokenizer_path is not None and any(s.kind == "function" for s in r.sources):
+        require_checkpoint(r.tokenizer_path, "reward.tokenizer_path", model=False, tokenizer=True)
+    read_prompts(cfg, paths.prompts("train"), tokenizer, context, policy_path)
+    if cfg.ppo.eval_every > 0:
+        read_prompts(cfg, paths.prompts("heldout"), tokenizer, context, policy_path)
+    if cfg.ppo.ptx_coef > 0:
+        read_data(cfg, paths.corpus("train"), Document)
+
+
+def policy_prompts(cfg: RunConfig, path: str | os.PathLike, tokenizer, policy_path: str | os.PathLike
+                   ) -> list[Prompt]:
+    """The prompts of `path` that a PPO or sampling stage can use with the policy in `policy_path`."""
+    from raylhf.learners.models import context_length
+
+    return read_prompts(cfg, path, tokenizer, context_length(policy_path, cfg.trust_remote_code), policy_path)
+
