@@ -56,14 +56,16 @@ def actor_pids(class_name: str) -> list[int]:
 class Injector(threading.Thread):
     """Kills a random actor process every `every` s (± 50 %) until stopped."""
 
-    def __init__(self, every: float, seed: int):
+    def __init__(self, every: float, seed: int, started: threading.Event):
         super().__init__(daemon=True)
-        self.every, self.rng = every, random.Random(seed)
+        self.every, self.rng, self.started = every, random.Random(seed), started
         self.injected: list[dict] = []
         self.stop = threading.Event()
         self.t0 = time.monotonic()
 
     def run(self) -> None:
+        self.started.wait()  # faults during the run, not during its start-up
+        self.t0 = time.monotonic()
         while not self.stop.wait(self.every * self.rng.uniform(0.5, 1.5)):
             kind = self.rng.choice(sorted(ACTOR_CLASSES))
             pids = actor_pids(ACTOR_CLASSES[kind])
@@ -84,6 +86,7 @@ class MemoryProbe(threading.Thread):
     def __init__(self, metrics: Path, steps: int):
         super().__init__(daemon=True)
         self.metrics, self.marks = metrics, {"start": 1, "middle": steps // 2}
+        self.started = threading.Event()  # set once the first learner step is logged
         self.samples: dict[str, dict] = {}
         self.stop = threading.Event()
 
@@ -105,8 +108,10 @@ class MemoryProbe(threading.Thread):
         return step
 
     def run(self) -> None:
-        while not self.stop.wait(2.0):
+        while not self.stop.wait(1.0):
             step = self._step()
+            if step >= 1:
+                self.started.set()
             for name, at in self.marks.items():
                 if name not in self.samples and step >= at:
                     self.samples[name] = {"step": step, **self.sample()}
@@ -140,8 +145,8 @@ def main() -> None:
         "ppo.batch_size=16", "ppo.minibatch_size=16", "ppo.prompts_per_request=8", "ppo.buffer_size=32",
         "ppo.ptx_coef=0", "ppo.timeout_s=60", "reward.request_timeout_s=60", *args.overrides])
     paths = RunPaths(soak)
-    injector = Injector(args.every, args.seed)
     probe = MemoryProbe(paths.metrics, args.steps)
+    injector = Injector(args.every, args.seed, probe.started)
     print(f"soak: {args.steps} learner steps, a fault every ~{args.every:g} s", flush=True)
     t0 = time.monotonic()
     injector.start()

@@ -1,23 +1,25 @@
 """The PPO stage's actors as one unit: `PPOActors` (a context manager) and `check_resources`.
 
-`PPOActors` starts the learner, the generators and the reward pool together and always stops every one
-it started, whether the stage ends, fails or is interrupted.
+`PPOActors` starts the learner, the generators and the reward pool together (starting again an actor lost
+while it starts), replaces lost ones for the driver (`respawn_generator`, `respawn_learner`), and always
+stops every one it started, whether the stage ends, fails or is interrupted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from raylhf.configs.schema import RunConfig
 from raylhf.contracts import remote
-from raylhf.contracts.remote import NamedActor
 from raylhf.contracts.protocols import ScoringPool
+from raylhf.contracts.remote import ActorFailure, NamedActor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class PPOActors:
@@ -55,12 +57,40 @@ class PPOActors:
         cfg = self.cfg
         check_resources(cfg)
         self.learner = self._spawn_learner()  # loads while the generators and scorers start
-        self.generators = start_generators(cfg.generation, self.policy_path, seed=cfg.seed,
-                                           trust_remote_code=cfg.trust_remote_code)
+        self.generators = self._retrying("generators", lambda: start_generators(
+            cfg.generation, self.policy_path, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
+            ready_timeout_s=cfg.ppo.actor_startup_timeout_s))
         self.pool = RewardPool(cfg.reward, rm_path=self.rm_path, ref_path=self.policy_path,
                                trust_remote_code=cfg.trust_remote_code, rejects_path=self.rejects_path)
-        self.learner_info = remote.get(self.learner.handle.ready.remote(), actor=self.learner.name, what="start",
-                                       timeout_s=cfg.ppo.actor_startup_timeout_s)
+        first = [True]
+
+        def learner_ready() -> dict[str, Any]:
+            if not first[0]:
+                self.respawn_learner_handle()
+            first[0] = False
+            return remote.get(self.learner.handle.ready.remote(), actor=self.learner.name, what="start",
+                              timeout_s=cfg.ppo.actor_startup_timeout_s)
+
+        self.learner_info = self._retrying("learner", learner_ready)
+
+    def _retrying(self, what: str, start: Callable[[], T]) -> T:
+        """`start()`, again after an actor died or hung while starting, up to `ppo.max_consecutive_restarts`
+        more times (a killed or preempted process heals; a checkpoint that cannot load fails the same way
+        each time and then ends the run with its cause)."""
+        for attempt in range(self.cfg.ppo.max_consecutive_restarts + 1):
+            try:
+                return start()
+            except ActorFailure as e:
+                if e.kind == "error" or attempt == self.cfg.ppo.max_consecutive_restarts:
+                    raise
+                log.warning("%s lost while starting (%s); starting again", what, e)
+        raise AssertionError("unreachable")
+
+    def respawn_learner_handle(self) -> None:
+        import ray
+
+        ray.kill(self.learner.handle, no_restart=True)
+        self.learner = self._spawn_learner()
 
     def _spawn_learner(self) -> NamedActor:
         from raylhf.actors.engines import threads_for
@@ -90,10 +120,7 @@ class PPOActors:
 
     def respawn_learner(self) -> NamedActor:
         """Kill the learner and start a fresh one; returns once its models are loaded."""
-        import ray
-
-        ray.kill(self.learner.handle, no_restart=True)
-        self.learner = self._spawn_learner()
+        self.respawn_learner_handle()
         self.learner_info = remote.get(self.learner.handle.ready.remote(), actor=self.learner.name, what="start",
                                        timeout_s=self.cfg.ppo.actor_startup_timeout_s)
         return self.learner
