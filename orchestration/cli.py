@@ -3,7 +3,9 @@
 Every subcommand takes `--config` (a preset name or YAML path) and dotted overrides such as
 `ppo.kl_coef=0.05`. A command checks its inputs before it writes anything: bad config (a checkpoint path
 that is not a local Hugging Face checkpoint included) exits with status 2 and names the key or flag, bad
-data exits with status 3 and names the file and line; either way the error is one line on stderr.
+data exits with status 3 and names the file and line, a run that fails past what it can heal (an actor lost
+more than `ppo.max_consecutive_restarts` times in a row, rewards past `reward.max_reject_rate`) exits with
+status 4 and names the actor or key; each time the error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pathlib import Path
 from raylhf.configs.loader import DEFAULT_PRESET, ConfigError, explain, load_config, preset_names, save_config
 from raylhf.contracts.dataio import DataError
 from raylhf.contracts.hf_checkpoint import CheckpointError
+from raylhf.contracts.remote import ActorFailure
 from raylhf.orchestration.paths import RunPaths
+from raylhf.reward_service.errors import ScoringError
 
 EPILOG = """\
 overrides:
@@ -163,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"data error: {_one_line(e)}", file=sys.stderr)
         return 3
+    except (ActorFailure, ScoringError) as e:
+        # An actor that could not be healed (see ppo.max_consecutive_restarts), or a reward service past its
+        # reject rate: the cause in one line; the full trace is in the log above.
+        logging.getLogger(__name__).debug("run failed", exc_info=True)
+        print(f"run failed: {_one_line(e)}", file=sys.stderr)
+        return 4
 
 
 def _dispatch(args) -> int:

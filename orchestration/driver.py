@@ -198,7 +198,10 @@ class PPODriver:
         try:
             if self.resume:
                 with self.timer("restore"):
-                    self._restore(None)
+                    try:
+                        self._restore(None)
+                    except _LearnerLost as e:
+                        raise e.failure from e
             self._start_state = self._driver_state()  # what a learner lost before the first checkpoint restarts from
             while True:
                 try:

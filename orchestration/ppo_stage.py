@@ -168,8 +168,10 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
         driver = PPODriver(p, generators=actors.generators, learner=actors.learner, pool=actors.pool,
                            tokenizer=tokenizer, cursor=cursor, sampling=sampling, in_flight=cfg.generation.in_flight,
                            observer=reporter, checkpoint=checkpoint, respawn=actors, resume=resume)
-        stats = driver.run()
-        bar.close()
+        try:
+            stats = driver.run()
+        finally:
+            bar.close()  # before any error is reported, so the error is the last line
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(checkpoint.policy_dir, out)

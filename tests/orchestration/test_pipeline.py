@@ -220,3 +220,26 @@ def test_async_run_heals_lost_actors_and_finishes(pipeline_run, tmp_path, fault)
     if fault == "kill":
         assert summary["scorer_restarts"] >= 1
     assert sorted(_ppo_rows(run)) == list(range(1, total + 1))  # every step exactly once
+
+
+def test_unscorable_rollouts_are_quarantined_and_a_high_reject_rate_stops_the_run(pipeline_run, tmp_path):
+    # A reward function that returns NaN for about a quarter of the rollouts (imported by the scorer actors
+    # from the repository root). Under a 50 % limit the run trains on the rest and writes each reject with
+    # its cause; under a 5 % limit it stops with one line naming the key (exit status 4).
+    repo = Path(__file__).resolve().parents[2]
+    sources = ('reward.sources=[{kind: rm}, {kind: token_function, '
+               'path: "tests.reward_service.faulty_rewards:nan_every", kwargs: {every: 4}}]')
+    common = [sources, "ppo.eval_every=0", "ppo.total_steps=3", "reward.reject_rate_min_rollouts=32"]
+    out = _raylhf(_ppo_run(pipeline_run, tmp_path, "tolerant", *common, "reward.max_reject_rate=0.5"), cwd=repo)
+    summary = json.loads(out.stdout.split("[ppo] ", 1)[1].splitlines()[0])
+    assert summary["steps"] == 3 and summary["samples_rejected"] > 0 and summary["accounting_balanced"] is True
+    rejects = [json.loads(line) for line in (tmp_path / "tolerant" / "rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) >= summary["samples_rejected"] and {r["cause"] for r in rejects} == {"nonfinite_function_reward"}
+
+    strict = subprocess.run([sys.executable, "-m", "raylhf",
+                             *_ppo_run(pipeline_run, tmp_path, "strict", *common, "reward.max_reject_rate=0.05")],
+                            cwd=repo, capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0"))
+    assert strict.returncode == 4, strict.stderr[-3000:]
+    last = strict.stderr.strip().splitlines()[-1]
+    assert last.startswith("run failed:") and "reward.max_reject_rate" in last, last

@@ -23,3 +23,9 @@ def faulty(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[
             raise ValueError("cannot score a response that starts with RAISE_MARKER")
         out.append(float("nan") if head == NAN_MARKER else 0.0)
     return out
+
+
+def nan_every(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], every: int = 4
+              ) -> list[float]:
+    """0.0 per rollout, NaN for about one in `every` (those whose response token ids sum to a multiple of it)."""
+    return [float("nan") if sum(r) % every == 0 else 0.0 for r in response_ids]
