@@ -191,8 +191,10 @@ def _dispatch(args) -> int:
     # --address before validation: on a cluster the local CPU count does not bound the actors.
     address = [f"ray.address={args.address}"] if getattr(args, "address", None) else []
     cfg = load_config(args.config, [*args.overrides, *address])
-    paths = RunPaths(Path(cfg.output_dir) / cfg.name)
     from raylhf.orchestration import preflight
+
+    preflight.check_output_dir(cfg)
+    paths = RunPaths(Path(cfg.output_dir).expanduser() / cfg.name)
     from raylhf.tasks import load_task
 
     if args.command == "data":

@@ -202,3 +202,32 @@ def policy_prompts(cfg: RunConfig, path: str | os.PathLike, tokenizer, policy_pa
 
     return read_prompts(cfg, path, tokenizer, context_length(policy_path, cfg.trust_remote_code), policy_path)
 
+
+def submitted_job() -> dict | None:
+    """The job config when this process is the entry point of a submitted Ray job, else None."""
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return config if (config.get("metadata") or {}).get("job_submission_id") else None
+
+
+def check_output_dir(cfg: RunConfig) -> None:
+    """A submitted Ray job runs in a private copy of its uploaded working directory, deleted with the job:
+    a relative `output_dir` there would lose the run. Refuse it, naming the key and what to do."""
+    from raylhf.configs.loader import ConfigError
+
+    job = submitted_job()
+    if job is None or os.path.isabs(os.path.expanduser(cfg.output_dir)):
+        return
+    job_id = job["metadata"]["job_submission_id"]
+    raise ConfigError(
+        f"output_dir: {cfg.output_dir!r} is relative, and this is Ray job {job_id}, which runs in a private copy "
+        f"of its working directory: the run would be lost with it. Pass an absolute path that every node can "
+        f"reach, e.g. output_dir=$PWD/runs on a one-machine cluster or a shared file system's path")
+

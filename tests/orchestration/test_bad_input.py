@@ -7,6 +7,7 @@ directly (it is what `raylhf ppo` runs before Ray starts).
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -302,3 +303,21 @@ def test_ppo_heldout_prompts_and_corpus_only_when_used(ppo_run, tiny_checkpoint)
     with pytest.raises(DataError, match=r"corpus_train\.jsonl: file not found"):
         _ppo_check(ppo_run, tiny_checkpoint, overrides=["ppo.eval_every=0"])
     _ppo_check(ppo_run, tiny_checkpoint, overrides=["ppo.eval_every=0", "ppo.ptx_coef=0"])
+
+
+# ---------------------------------------------------------------------------------------------- Ray jobs
+def test_relative_output_dir_in_a_submitted_job_is_refused(tmp_path):
+    # A submitted job runs in a private copy of its uploaded working directory (Ray's job config says so);
+    # a relative output_dir there would be lost with the job.
+    job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_0.zip"}, "metadata": {"job_submission_id": "raysubmit_x"}}
+    env = dict(os.environ, RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(job))
+    out = subprocess.run([sys.executable, "-m", "raylhf", "data", "demo", "name=r"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 2
+    _assert_one_line(out.stderr, "output_dir: 'runs' is relative", "raysubmit_x", "absolute path")
+    assert not (tmp_path / "runs").exists()
+    ok = subprocess.run([sys.executable, "-m", "raylhf", "data", "demo", f"output_dir={tmp_path / 'abs'}", "name=r",
+                         "task.n_train_prompts=20", "task.n_heldout_prompts=5", "task.n_generalization_prompts=5",
+                         "task.n_pretrain_docs=20"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (tmp_path / "abs" / "r" / "data" / "prompts_train.jsonl").exists()
