@@ -264,8 +264,8 @@ class PPOConfig(Section):
     """Learner steps between checkpoints in <run>/checkpoints/ppo (learner weights, optimisers, KL controller, prompt
     cursor with the prompts in flight, sample ledger, reward normaliser). A lost learner is restored from the newest
     one and `raylhf ppo --resume` (and `raylhf run`) continue from it, so at most this many steps are redone. Each
-    costs one save of policy + value + optimiser state (about 0.1 s for the tiny model; proportional to size);
-    0: only before the first step and at the end."""
+    costs one save of policy + value + optimiser state (a few hundredths of a second for the tiny model, plus an
+    fsync; proportional to model size); 0: only before the first step and at the end."""
     eval_prompts: int = Field(100, ge=1)
     """Held-out prompts of each in-training evaluation."""
 
