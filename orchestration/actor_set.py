@@ -62,29 +62,26 @@ class PPOActors:
             ready_timeout_s=cfg.ppo.actor_startup_timeout_s))
         self.pool = RewardPool(cfg.reward, rm_path=self.rm_path, ref_path=self.policy_path,
                                trust_remote_code=cfg.trust_remote_code, rejects_path=self.rejects_path)
-        first = [True]
+        self.learner_info = self._retrying("learner", self._learner_ready,
+                                           again=self.respawn_learner_handle)
 
-        def learner_ready() -> dict[str, Any]:
-            if not first[0]:
-                self.respawn_learner_handle()
-            first[0] = False
-            return remote.get(self.learner.handle.ready.remote(), actor=self.learner.name, what="start",
-                              timeout_s=cfg.ppo.actor_startup_timeout_s)
+    def _learner_ready(self) -> dict[str, Any]:
+        return remote.get(self.learner.handle.ready.remote(), actor=self.learner.name, what="start",
+                          timeout_s=self.cfg.ppo.actor_startup_timeout_s)
 
-        self.learner_info = self._retrying("learner", learner_ready)
-
-    def _retrying(self, what: str, start: Callable[[], T]) -> T:
-        """`start()`, again after an actor died or hung while starting, up to `ppo.max_consecutive_restarts`
-        more times (a killed or preempted process heals; a checkpoint that cannot load fails the same way
-        each time and then ends the run with its cause)."""
-        for attempt in range(self.cfg.ppo.max_consecutive_restarts + 1):
+    def _retrying(self, what: str, start: Callable[[], T], again: Callable[[], None] = lambda: None) -> T:
+        """`start()`, again (after `again()`) when an actor died or hung while starting, up to
+        `ppo.max_consecutive_restarts` more times (a killed or preempted process heals; a checkpoint that
+        cannot load fails the same way each time and then ends the run with its cause)."""
+        attempts = self.cfg.ppo.max_consecutive_restarts + 1
+        for attempt in range(1, attempts + 1):
             try:
                 return start()
             except ActorFailure as e:
-                if e.kind == "error" or attempt == self.cfg.ppo.max_consecutive_restarts:
+                if e.kind == "error" or attempt == attempts:
                     raise
                 log.warning("%s lost while starting (%s); starting again", what, e)
-        raise AssertionError("unreachable")
+                again()
 
     def respawn_learner_handle(self) -> None:
         import ray
@@ -121,8 +118,7 @@ class PPOActors:
     def respawn_learner(self) -> NamedActor:
         """Kill the learner and start a fresh one; returns once its models are loaded."""
         self.respawn_learner_handle()
-        self.learner_info = remote.get(self.learner.handle.ready.remote(), actor=self.learner.name, what="start",
-                                       timeout_s=self.cfg.ppo.actor_startup_timeout_s)
+        self.learner_info = self._learner_ready()
         return self.learner
 
     def stop(self) -> None:

@@ -349,9 +349,9 @@ class PPODriver:
             raise _LearnerLost(e) from e
 
     def _after_step(self, batch: list[Rollout], metrics: dict[str, Any], learner_s: float) -> None:
-        stale = [r for r in batch if self.version - r.policy_version > self.cfg.max_staleness]
-        self.ledger.resolve(stale, "dropped_stale")  # the learner drops them by the same rule
-        self.ledger.resolve([r for r in batch if self.version - r.policy_version <= self.cfg.max_staleness], "trained")
+        for r in batch:  # the learner drops stale rollouts by this same rule
+            self.ledger.resolve([r], "dropped_stale" if self.version - r.policy_version > self.cfg.max_staleness
+                                else "trained")
         self.stats.steps += 1
         self._learner_failures = 0
         self.stats.learner_busy_s += learner_s

@@ -51,7 +51,7 @@ class SampleLedger:
     def taken(self, draws: Iterable[Draw]) -> None:
         """Draws handed out by the cursor; a draw already open was reissued after a restore."""
         for d in draws:
-            if d.key in self._open and not self._open[d.key].resolved and d.key in self._reissue:
+            if d.key in self._reissue:  # opened by `load_state_dict`, handed out now
                 self._reissue.discard(d.key)
                 self.counts["reissued"] += 1
                 continue
