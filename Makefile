@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast install clean
+.PHONY: run test test-fast install prometheus clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/raylhf run
 
-test: $(STAMP)
+# The live-metrics test scrapes a run with a real Prometheus server (Debian package `prometheus`).
+prometheus:
+	command -v prometheus >/dev/null || ( \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends prometheus )
+
+test: $(STAMP) prometheus
 	$(PY) -m pytest
 
 # Everything but the tests that start Ray or vLLM (marked `slow`): the math, the records, the config,

@@ -17,6 +17,7 @@ import ray
 from raylhf.actors.engines import create_engine, threads_for
 from raylhf.configs.schema import GenerationConfig
 from raylhf.contracts import remote
+from raylhf.contracts.model_files import ModelFiles
 from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.remote import NamedActor
@@ -31,15 +32,17 @@ class GeneratorActor:
     def __init__(
         self,
         cfg: GenerationConfig,
-        checkpoint: str,
+        checkpoint: str | ModelFiles,
         seed: int = 0,
         trust_remote_code: bool = False,
         version: int = 0,
         name: str = "generator",
     ):
+        from raylhf.contracts.model_files import local_dir  # on another node: the files, unpacked here
+
         self.name = name
         self._engine = create_engine(
-            cfg, checkpoint, seed=seed, trust_remote_code=trust_remote_code, version=version
+            cfg, local_dir(checkpoint), seed=seed, trust_remote_code=trust_remote_code, version=version
         )
 
     def ready(self) -> dict[str, Any]:
@@ -49,6 +52,7 @@ class GeneratorActor:
             "engine": type(e).__name__,
             "version": e.version,
             "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "start_s": e.start_s,
             "context_len": e.context_len,
             "vocab_size": e.vocab_size,
@@ -86,6 +90,7 @@ def generator_options(cfg: GenerationConfig, name: str | None = None) -> dict[st
     options: dict[str, Any] = {
         "num_cpus": cfg.num_cpus,
         "num_gpus": cfg.num_gpus,
+        "resources": dict(cfg.resources),
         "runtime_env": {
             "env_vars": {
                 "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine inside the actor process
@@ -102,19 +107,19 @@ def generator_options(cfg: GenerationConfig, name: str | None = None) -> dict[st
     return options
 
 
-def spawn_generator(cfg: GenerationConfig, checkpoint: str | os.PathLike, *, index: int, seed: int = 0,
+def spawn_generator(cfg: GenerationConfig, checkpoint: str | os.PathLike | ModelFiles, *, index: int, seed: int = 0,
                     trust_remote_code: bool = False, version: int = 0, name_prefix: str = "generator") -> NamedActor:
     """Create generator `index` (named `<name_prefix>-<index>`, engine seed `seed + index`) without waiting
     for it: calls made on it run once its engine has loaded."""
     name = f"{name_prefix}-{index}"
     handle = GeneratorActor.options(**generator_options(cfg)).remote(
-        cfg, str(checkpoint), seed + index, trust_remote_code, version, name)
+        cfg, checkpoint if isinstance(checkpoint, ModelFiles) else str(checkpoint), seed + index, trust_remote_code, version, name)
     return NamedActor(name, handle)
 
 
 def start_generators(
     cfg: GenerationConfig,
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | ModelFiles,
     *,
     seed: int = 0,
     trust_remote_code: bool = False,

@@ -16,6 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 
+# Ray's own names for what `num_cpus` / `num_gpus` / `memory` already reserve.
+_RAY_BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+def _custom_resources(value: dict[str, float]) -> dict[str, float]:
+    for name, amount in value.items():
+        if name in _RAY_BUILTIN_RESOURCES:
+            raise ValueError(f"{name!r} is set by num_cpus / num_gpus, not here")
+        if amount <= 0:
+            raise ValueError(f"{name!r}: amount must be > 0, got {amount}")
+    return value
+
+
 class Section(BaseModel):
     # allow_inf_nan=False: a NaN or infinite number in any field is a config error, never a silent poison.
     model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, frozen=True,
@@ -129,8 +142,8 @@ class RMConfig(Section):
 class CollectConfig(Section):
     k: int = Field(8, ge=2, le=9)
     """Responses ranked per prompt (InstructGPT: 4..9)."""
-    n_prompts: int = Field(4000, ge=1)
-    """Training prompts to collect rankings for."""
+    n_prompts: int = Field(3000, ge=1)
+    """Training prompts to collect rankings for (the first ones of the split; iteration rounds rank later ones)."""
     temperatures: list[float] = [0.7, 1.0, 1.4]
     """Sampling temperatures; responses of one prompt are spread over them for variety."""
     policies: list[str] = ["sft"]
@@ -163,6 +176,10 @@ class GenerationConfig(Section):
     """CPUs reserved per generator actor (fractions allowed); also its torch thread count."""
     num_gpus: float = Field(0.0, ge=0.0)
     """GPUs per generator actor; 0 runs on CPU."""
+    resources: dict[str, float] = {}
+    """Custom Ray resources each generator actor requires, e.g. `{generator_node: 1}`: pins generators to
+    the nodes started with that resource (`ray start --resources='{"generator_node": 4}'`)."""
+    _resources_valid = field_validator("resources")(_custom_resources)
     kv_cache_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
     """KV-cache memory per vLLM engine, in bytes (on CPU vLLM would otherwise reserve a share of RAM)."""
     enforce_eager: bool = True
@@ -238,6 +255,9 @@ class PPOConfig(Section):
     at least 1."""
     num_gpus: float = Field(0.0, ge=0.0)
     """GPUs for the learner actor; 0 trains on CPU."""
+    resources: dict[str, float] = {}
+    """Custom Ray resources the learner actor requires, e.g. `{learner_node: 1}` (pins it to those nodes)."""
+    _resources_valid = field_validator("resources")(_custom_resources)
     mode: Literal["async", "sync"] = "async"
     """`async`: generators, scorers and learner overlap (the actor/learner pipeline); `sync`: the same
     components strictly in sequence (generate -> score -> train -> publish), the throughput baseline."""
@@ -330,6 +350,9 @@ class RewardConfig(Section):
     """CPUs reserved per scorer actor (fractions allowed); its torch thread count is this, rounded, at least 1."""
     num_gpus: float = Field(0.0, ge=0.0)
     """GPUs per scorer actor; 0 runs on CPU."""
+    resources: dict[str, float] = {}
+    """Custom Ray resources each scorer actor requires, e.g. `{scorer_node: 1}` (pins scorers to those nodes)."""
+    _resources_valid = field_validator("resources")(_custom_resources)
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights and activations of the frozen models (logprobs are always computed in float32)."""
     max_tokens_per_microbatch: int = Field(4096, ge=1)
@@ -367,6 +390,50 @@ class RewardConfig(Section):
         return self
 
 
+class IterateConfig(Section):
+    rounds: int = Field(1, ge=0)
+    """Rounds of iterated RLHF (InstructGPT step 4) after the first reward model and PPO stage, in `raylhf run`
+    and `raylhf iterate`: each ranks samples of the current policy on fresh prompts, retrains the reward model
+    on every comparison so far and continues PPO-ptx from the current policy against it; 0: none."""
+    n_prompts: int = Field(1000, ge=1)
+    """Fresh training prompts ranked per round: prompts no earlier round collected rankings on (the first
+    round used `collect.n_prompts`); a run with rounds needs `collect.n_prompts + rounds x n_prompts <=
+    task.n_train_prompts` (checked before it starts)."""
+    policies: list[str] = ["current"]
+    """Policies a round samples its K responses per prompt from: `current` (the policy the round continues),
+    `sft`, `base`, `roundN` (the policy after round N; `round0` is the first PPO policy) or a checkpoint path.
+    Responses of one prompt are spread over policies x `temperatures`."""
+    temperatures: list[float] = [0.7, 1.0, 1.4]
+    """Sampling temperatures of a round's comparisons (as `collect.temperatures`)."""
+    samples_per_prompt: int = Field(24, ge=2)
+    """Samples drawn per prompt in a round (spread over policies x temperatures), of which up to `collect.k`
+    distinct ones are ranked: an aligned policy repeats its answers, so K samples give fewer than K distinct."""
+    rm_init: Literal["sft", "previous"] = "sft"
+    """Where a round's reward model starts: `sft`, a fresh scalar head on the SFT model (as the first reward
+    model), or `previous`, the previous round's reward model (warm start). Either way it trains on all
+    comparisons so far and is normalised on the demonstrations."""
+    value_init: Literal["rm", "previous"] = "rm"
+    """A round's PPO value function: `rm`, re-initialised from the round's new reward model (as in the first
+    PPO stage), or `previous`, carried over from the previous round's PPO."""
+    ppo_steps: int = Field(50, ge=1)
+    """Learner steps of each round's PPO-ptx (the first PPO stage runs `ppo.total_steps`). The policy continues
+    from the current one; the KL penalty stays against the SFT policy."""
+
+    @field_validator("policies", "temperatures")
+    @classmethod
+    def _not_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("needs at least one entry")
+        return v
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temperatures(cls, v: list[float]) -> list[float]:
+        if any(t < 0 for t in v):
+            raise ValueError(f"temperatures must be >= 0, got {v}")
+        return v
+
+
 class RayConfig(Section):
     address: str | None = None
     """Ray cluster address; unset starts a local embedded Ray."""
@@ -376,13 +443,35 @@ class RayConfig(Section):
     """Start the Ray dashboard (bound to `dashboard_host`)."""
     dashboard_host: str = "127.0.0.1"
     """Interface the dashboard binds to; 127.0.0.1 keeps it off the network."""
+    resources: dict[str, float] = {}
+    """Custom resources the local embedded Ray advertises (ignored when joining `address`), e.g. to try a
+    placement (`generation.resources`, ...) on one machine."""
+    _resources_valid = field_validator("resources")(_custom_resources)
+
+
+class MetricsConfig(Section):
+    enabled: bool = False
+    """Serve live Prometheus metrics of the PPO stage (throughput, phase seconds, queue depths, staleness,
+    faults, learner figures) over HTTP while it runs."""
+    host: str = "127.0.0.1"
+    """Interface the metrics endpoint binds to; 127.0.0.1 keeps it off the network (`0.0.0.0`: every interface)."""
+    port: int = Field(0, ge=0, le=65535)
+    """TCP port of the metrics endpoint; 0 picks a free one. The URL is logged and written to
+    `<run>/metrics_endpoint.txt` while the endpoint is up."""
+    linger_s: float = Field(0.0, ge=0.0)
+    """Seconds the endpoint stays up after the stage finished, so a scraper reads the final values."""
 
 
 class RunConfig(Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     """Run name: output goes to `<output_dir>/<name>/`."""
     output_dir: str = "runs"
-    """Directory that holds runs."""
+    """Where runs are kept: a path (relative to the working directory; inside a submitted Ray job it must be
+    absolute), or a storage URI `pyarrow.fs` opens (`file:///abs/path`, `s3://bucket/runs`, `gs://...`;
+    options as a query string, e.g. `?endpoint_override=host:9000&scheme=http`). A URI run is worked on in
+    `staging_dir` and mirrored to the URI after every stage and PPO checkpoint."""
+    staging_dir: str | None = None
+    """Local working copy of a run whose `output_dir` is a remote URI; default `~/.cache/raylhf/staging`."""
     seed: int = 0
     """Seed for model initialisation, data order and sampling."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -403,8 +492,10 @@ class RunConfig(Section):
     generation: GenerationConfig = GenerationConfig()
     eval: EvalConfig = EvalConfig()
     ppo: PPOConfig = PPOConfig()
+    iterate: IterateConfig = IterateConfig()
     reward: RewardConfig = RewardConfig()
     ray: RayConfig = RayConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _sections_fit_together(self) -> "RunConfig":

@@ -115,6 +115,16 @@ class Task(Protocol):
         ...
 
 
+@runtime_checkable
+class ContrastingTask(Protocol):
+    """A task that can tell what separates two of its responses (optional): reward-model accuracy is then
+    reported per kind of contrast, e.g. a correct answer against a wrong one, a concise against a rambling one."""
+
+    def contrast(self, prompt: str, a: str, b: str) -> str:
+        """The kind of difference between responses `a` and `b` (symmetric in them)."""
+        ...
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The driver's seams. The driver holds generator and learner *actors* (it calls `.remote` on the methods
 # below and waits on the refs through `raylhf.contracts.remote`) and one in-process scoring pool. Test fakes
@@ -160,10 +170,12 @@ class LearnerService(Protocol):
         """Returns once the models are loaded: name, pid, host and sizes."""
         ...
 
-    def save_checkpoint(self, path: str) -> None: ...
+    def save_checkpoint(self, path: str, driver_node_id: str | None = None) -> dict[str, bytes] | None:
+        """Write a checkpoint to `path`, or, from a node other than the driver's, return its files."""
+        ...
 
-    def load_checkpoint(self, path: str) -> int:
-        """Restore a checkpoint; returns the restored version."""
+    def load_checkpoint(self, path: Any) -> int:
+        """Restore a checkpoint (a path or `ModelFiles`); returns the restored version."""
         ...
 
 

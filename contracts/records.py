@@ -52,13 +52,16 @@ class Comparison:
     """K responses to one prompt and a labeler's ranking of them.
 
     `ranking` lists response indices from best to worst, a permutation of 0..K-1
-    (the same convention as the `order` argument of `ranking_loss`).
+    (the same convention as the `order` argument of `ranking_loss`). `round` and `source` say where the
+    row came from in an iterated run; files written without them load with the defaults.
     """
 
     prompt_id: str
     prompt: str
     responses: list[str]  # [K], 2 <= K <= 9
     ranking: list[int]  # [K], best -> worst
+    round: int = 0  # iteration round that collected the row (0: the first reward model's data)
+    source: str = ""  # policies the responses were sampled from, "+"-joined (e.g. "round0+sft"); "seed": written by the task
 
     SCHEMA: ClassVar[pa.Schema] = pa.schema(
         [
@@ -66,6 +69,8 @@ class Comparison:
             pa.field("prompt", pa.string(), nullable=False),
             pa.field("responses", pa.list_(pa.string()), nullable=False),
             pa.field("ranking", pa.list_(pa.int32()), nullable=False),
+            pa.field("round", pa.int32(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
         ]
     )
 

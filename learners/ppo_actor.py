@@ -5,10 +5,12 @@ from __future__ import annotations
 import collections
 import os
 import socket
+import tempfile
 from typing import TYPE_CHECKING, Any, Sequence
 
 import ray
 
+from raylhf.contracts.model_files import ModelFiles, PackedDir, local_dir, pack_dir
 from raylhf.contracts.records import Rollout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,17 +36,18 @@ class PPOLearnerActor:
     its weights live only here, so a crash surfaces in the driver (which resumes from a checkpoint).
     """
 
-    def __init__(self, cfg: PPOConfig, policy_path: str, value_path: str, *, name: str = "learner",
-                 **run_values: Any):
+    def __init__(self, cfg: PPOConfig, policy_path: str | ModelFiles, value_path: str | ModelFiles, *,
+                 name: str = "learner", **run_values: Any):
         from raylhf.learners.ppo import PPOLearner
 
         self.name = name
-        self.learner = PPOLearner(cfg, policy_path, value_path, **run_values)
+        self.learner = PPOLearner(cfg, local_dir(policy_path), local_dir(value_path), **run_values)
         self._published: collections.deque = collections.deque(maxlen=KEEP_SNAPSHOTS)
 
     def ready(self) -> dict[str, Any]:
         """Where the actor runs and what it holds; returns once the models are loaded."""
-        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), **self.learner.describe()}
+        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
+                "node_id": ray.get_runtime_context().get_node_id(), **self.learner.describe()}
 
     def version(self) -> int:
         return self.learner.version
@@ -63,10 +66,18 @@ class PPOLearnerActor:
     def logprobs(self, rollouts: Sequence[Rollout]) -> list[list[float]]:
         return self.learner.logprobs(rollouts)
 
-    def save_checkpoint(self, path: str) -> None:
-        self.learner.save_checkpoint(path)
+    def save_checkpoint(self, path: str, driver_node_id: str | None = None) -> PackedDir | None:
+        """Write a checkpoint to `path` when this actor runs on the driver's node `driver_node_id` (or
+        it is None); on another node, where that path is not the driver's, return its files instead
+        (through the object store) for the driver to write."""
+        if driver_node_id is None or driver_node_id == ray.get_runtime_context().get_node_id():
+            self.learner.save_checkpoint(path)
+            return None
+        with tempfile.TemporaryDirectory(prefix="raylhf-ckpt-") as tmp:
+            self.learner.save_checkpoint(tmp)
+            return pack_dir(tmp)
 
-    def load_checkpoint(self, path: str) -> int:
-        """Restore a checkpoint; returns the restored version."""
-        self.learner.load_checkpoint(path)
+    def load_checkpoint(self, path: str | ModelFiles) -> int:
+        """Restore a checkpoint (a path, or the driver's `ModelFiles` of one); returns the restored version."""
+        self.learner.load_checkpoint(local_dir(path))
         return self.learner.version

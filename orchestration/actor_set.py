@@ -15,6 +15,7 @@ import numpy as np
 
 from raylhf.configs.schema import RunConfig
 from raylhf.contracts import remote
+from raylhf.contracts.model_files import ModelFiles, share_dir
 from raylhf.contracts.protocols import ScoringPool
 from raylhf.contracts.remote import ActorFailure, NamedActor
 
@@ -27,14 +28,23 @@ class PPOActors:
 
     ``with PPOActors(cfg, policy_path=..., rm_path=..., pretrain_stream=...) as actors:`` starts them
     all (the learner loads while the generators and scorers start) and waits until each is ready;
-    leaving the block kills every actor that was started.
+    leaving the block kills every actor that was started. The policy starts from `policy_path`, which is
+    also the KL reference unless `ref_path` names another (an iteration round continues its policy and
+    keeps the SFT reference); the value function starts from `value_path`, by default the reward model.
     """
 
     def __init__(self, cfg: RunConfig, *, policy_path: str | os.PathLike, rm_path: str | os.PathLike,
-                 pretrain_stream: np.ndarray | None, rejects_path: str | os.PathLike | None = None):
+                 pretrain_stream: np.ndarray | None, rejects_path: str | os.PathLike | None = None,
+                 ref_path: str | os.PathLike | None = None, value_path: str | os.PathLike | None = None):
         self.cfg, self.policy_path, self.rm_path = cfg, str(policy_path), str(rm_path)
+        self.ref_path = str(ref_path) if ref_path is not None else None
+        self.value_path = str(value_path) if value_path is not None else None
         self.rejects_path = rejects_path
         self.pretrain_stream = pretrain_stream
+        self.policy_files: ModelFiles | None = None  # the checkpoints as every node reads them, set at start
+        self.rm_files: ModelFiles | None = None
+        self.ref_files: ModelFiles | None = None
+        self.value_files: ModelFiles | None = None
         self.learner: NamedActor | None = None
         self.generators: list[NamedActor] = []
         self.pool: ScoringPool | None = None
@@ -56,11 +66,14 @@ class PPOActors:
 
         cfg = self.cfg
         check_resources(cfg)
+        self.policy_files, self.rm_files = share_dir(self.policy_path), share_dir(self.rm_path)
+        self.ref_files = share_dir(self.ref_path) if self.ref_path is not None else self.policy_files
+        self.value_files = share_dir(self.value_path) if self.value_path is not None else self.rm_files
         self.learner = self._spawn_learner()  # loads while the generators and scorers start
         self.generators = self._retrying("generators", lambda: start_generators(
-            cfg.generation, self.policy_path, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
+            cfg.generation, self.policy_files, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
             ready_timeout_s=cfg.ppo.actor_startup_timeout_s))
-        self.pool = RewardPool(cfg.reward, rm_path=self.rm_path, ref_path=self.policy_path,
+        self.pool = RewardPool(cfg.reward, rm_path=self.rm_files, ref_path=self.ref_files,
                                trust_remote_code=cfg.trust_remote_code, rejects_path=self.rejects_path)
         self.learner_info = self._retrying("learner", self._learner_ready,
                                            again=self.respawn_learner_handle)
@@ -83,6 +96,13 @@ class PPOActors:
                 log.warning("%s lost while starting (%s); starting again", what, e)
                 again()
 
+    def placement(self) -> dict[str, str]:
+        """The Ray node id each actor runs on, by actor name (read from the actors)."""
+        actors = self.generators + [self.learner]
+        infos = remote.get_all([a.handle.ready.remote() for a in actors], [a.name for a in actors], "ready",
+                               self.cfg.ppo.timeout_s)
+        return {info["name"]: info["node_id"] for info in [*infos, *self.pool.actor_info]}
+
     def respawn_learner_handle(self) -> None:
         import ray
 
@@ -96,8 +116,8 @@ class PPOActors:
         from raylhf.learners.training import use_bf16
 
         cfg, p = self.cfg, self.cfg.ppo
-        handle = PPOLearnerActor.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus).remote(
-            p, self.policy_path, self.rm_path, name="learner",
+        handle = PPOLearnerActor.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus, resources=dict(p.resources)).remote(
+            p, self.policy_files, self.value_files, name="learner",
             pretrain_stream=self.pretrain_stream if p.ptx_coef > 0 else None, seed=cfg.seed, device=cfg.device,
             bf16=use_bf16(cfg.train_precision, pick_device(cfg.device)), snapshot_dtype=cfg.generation.dtype,
             torch_threads=threads_for(p.num_cpus), trust_remote_code=cfg.trust_remote_code)
@@ -111,7 +131,7 @@ class PPOActors:
         from raylhf.actors.generator import spawn_generator
 
         ray.kill(self.generators[index].handle, no_restart=True)
-        self.generators[index] = spawn_generator(self.cfg.generation, self.policy_path, index=index,
+        self.generators[index] = spawn_generator(self.cfg.generation, self.policy_files, index=index,
                                                  seed=self.cfg.seed, trust_remote_code=self.cfg.trust_remote_code)
         return self.generators[index]
 
@@ -131,18 +151,42 @@ class PPOActors:
         self.pool, self.generators, self.learner = None, [], None
 
 
+def actor_demands(cfg: RunConfig) -> list[tuple[str, int, dict[str, float]]]:
+    """`(config section, actor count, Ray resources of one actor)` for each kind of PPO actor."""
+    g, r, p = cfg.generation, cfg.reward, cfg.ppo
+    return [(section, count, {"CPU": s.num_cpus, "GPU": s.num_gpus, **s.resources})
+            for section, count, s in (("generation", g.num_generators, g), ("reward", r.num_actors, r), ("ppo", 1, p))]
+
+
 def check_resources(cfg: RunConfig) -> None:
-    """Fail fast, naming the keys, when the actors cannot all be scheduled at once (they would wait forever)."""
+    """Fail fast, naming the keys, when the actors cannot all be scheduled at once (they would wait forever):
+    the cluster's totals must cover every actor, and each actor must fit on one of its nodes."""
     import ray
 
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    check_fit(actor_demands(cfg), ray.cluster_resources(), nodes)
+
+
+def check_fit(demands: list[tuple[str, int, dict[str, float]]], totals: dict[str, float],
+              nodes: list[dict[str, float]]) -> None:
+    """`check_resources` on given cluster totals and per-node resources (pure, for tests)."""
     from raylhf.configs.loader import ConfigError
 
-    g, r, p = cfg.generation, cfg.reward, cfg.ppo
-    need_cpu = g.num_generators * g.num_cpus + r.num_actors * r.num_cpus + p.num_cpus
-    need_gpu = g.num_generators * g.num_gpus + r.num_actors * r.num_gpus + p.num_gpus
-    have = ray.cluster_resources()
-    if need_cpu > have.get("CPU", 0) + 1e-9 or need_gpu > have.get("GPU", 0) + 1e-9:
-        raise ConfigError(
-            f"the PPO actors need {need_cpu:g} CPUs and {need_gpu:g} GPUs (generation.num_generators x "
-            f"generation.num_cpus + reward.num_actors x reward.num_cpus + ppo.num_cpus, same for GPUs) but the Ray "
-            f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
+    def keys(section: str, name: str) -> str:
+        return {"CPU": f"{section}.num_cpus", "GPU": f"{section}.num_gpus"}.get(name, f"{section}.resources.{name}")
+
+    problems = []
+    for name in sorted({k for _, _, d in demands for k, v in d.items() if v > 0}):
+        parts = [(section, count, d[name]) for section, count, d in demands if d.get(name, 0) > 0]
+        need = sum(count * amount for _, count, amount in parts)
+        if need > totals.get(name, 0) + 1e-9:
+            terms = " + ".join(f"{count} x {keys(section, name)} = {count} x {amount:g}" for section, count, amount in parts)
+            problems.append(f"{name}: the PPO actors need {need:g} ({terms}) but the Ray cluster has "
+                            f"{totals.get(name, 0):g}")
+    for section, _, demand in demands:
+        wanted = {k: v for k, v in demand.items() if v > 0}
+        if not any(all(node.get(k, 0) + 1e-9 >= v for k, v in wanted.items()) for node in nodes):
+            problems.append(f"{section}: no node has all of one actor's resources {wanted} at once "
+                            f"({', '.join(keys(section, k) for k in wanted)})")
+    if problems:
+        raise ConfigError("cannot place the PPO actors: " + "; ".join(problems))

@@ -22,6 +22,7 @@ from raylhf.contracts.dataio import DataError
 from raylhf.contracts.hf_checkpoint import CheckpointError
 from raylhf.contracts.remote import ActorFailure
 from raylhf.orchestration.paths import RunPaths
+from raylhf.orchestration.storage import RunStorage
 from raylhf.reward_service.errors import ScoringError
 
 EPILOG = """\
@@ -31,7 +32,8 @@ overrides:
 
 output:
   A run keeps everything under <output_dir>/<name>/ (default runs/demo/): data/, models/<stage>/
-  (Hugging Face format), config.yaml (the resolved config), metrics.jsonl, summaries/.
+  (Hugging Face format), config.yaml (the resolved config), metrics.jsonl, summaries/, report.md;
+  iteration round r in rounds/<r>/ (comparisons.jsonl, models/{rm,ppo}, summaries/, metrics.jsonl).
 """
 
 
@@ -132,10 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rm", type=Path, help="reward model to score responses with (default: <run>/models/rm)")
     _common(p)
 
-    p = sub.add_parser("run", help="run the whole pipeline on the configured task",
-                       description="data -> base model -> SFT -> comparisons -> reward model -> PPO-ptx -> evaluation and "
-                                   "report.md, each stage skipped when its "
-                                   "output already exists (delete it to redo a stage).")
+    p = sub.add_parser("run", help="run the whole pipeline on the configured task, iteration rounds included",
+                       description="data -> base model -> SFT -> comparisons -> reward model -> PPO-ptx -> evaluation, "
+                                   "then iterate.rounds iteration rounds (see `raylhf iterate --help`) and report.md, "
+                                   "each stage skipped when its output already exists (delete it to redo a stage).")
+    _common(p)
+
+    p = sub.add_parser("iterate", help="iterated RLHF: rank the current policy, retrain the RM, continue PPO (step 4)",
+                       description="Continue a run whose first PPO stage has finished with iterate.rounds rounds "
+                                   "(InstructGPT step 4). Round r (in <run>/rounds/<r>/) samples K responses per fresh "
+                                   "training prompt (iterate.n_prompts, never ranked before) from the current policy "
+                                   "(iterate.policies x iterate.temperatures), has the labeler rank them and tags each "
+                                   "row with the round and the policies; retrains the reward model on every comparison "
+                                   "so far (iterate.rm_init: from SFT or warm) and evaluates it on held-out pairs of SFT "
+                                   "and of the current policy (overall, equal length, by kind of contrast); continues "
+                                   "PPO-ptx from the current policy for iterate.ppo_steps steps against it, the KL "
+                                   "penalty still to SFT (iterate.value_init: value function from the new RM or "
+                                   "carried over); and evaluates the policy against SFT and the previous round's "
+                                   "(win rates, true utility, instruction following, LM loss). An interrupted round "
+                                   "resumes at the stage it was in, a finished stage is skipped; report.md gains a "
+                                   "table and plots per round. `raylhf run` runs the rounds too.")
+    p.add_argument("--rounds", type=int, help="rounds after the first (overrides iterate.rounds)")
     _common(p)
     return parser
 
@@ -176,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from raylhf.orchestration import stages
-
     if args.command == "config":
         cfg = load_config(args.config, args.overrides)
         if args.explain:
@@ -190,11 +207,21 @@ def _dispatch(args) -> int:
 
     # --address before validation: on a cluster the local CPU count does not bound the actors.
     address = [f"ray.address={args.address}"] if getattr(args, "address", None) else []
-    cfg = load_config(args.config, [*args.overrides, *address])
+    rounds = [f"iterate.rounds={args.rounds}"] if getattr(args, "rounds", None) is not None else []
+    cfg = load_config(args.config, [*args.overrides, *address, *rounds])
     from raylhf.orchestration import preflight
 
     preflight.check_output_dir(cfg)
-    paths = RunPaths(Path(cfg.output_dir).expanduser() / cfg.name)
+    storage = RunStorage.resolve(cfg.output_dir, cfg.name, cfg.staging_dir)
+    storage.pull()  # a run kept at a URI continues from what is there
+    try:
+        return _run_command(args, cfg, RunPaths(storage.root, sync=storage.push), storage)
+    finally:
+        storage.push()  # also when the command failed: a later --resume continues from here
+
+
+def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
+    from raylhf.orchestration import preflight, stages
     from raylhf.tasks import load_task
 
     if args.command == "data":
@@ -253,10 +280,22 @@ def _dispatch(args) -> int:
     elif args.command == "run":
         from raylhf.orchestration.pipeline import run_pipeline
 
+        preflight.check_iterate_prompts(cfg)
         _start(cfg, paths)
         t0 = time.time()
         run_pipeline(cfg, paths, report=_report)
-        print(f"pipeline finished in {time.time() - t0:.0f} s; outputs in {paths.root}")
+        print(f"pipeline finished in {time.time() - t0:.0f} s; outputs in {storage}")
+    elif args.command == "iterate":
+        from raylhf.learners.models import require_checkpoint
+        from raylhf.orchestration.pipeline import run_pipeline
+
+        # Continues a run: the first round must have trained its policy (its finished stages are skipped).
+        require_checkpoint(paths.model("ppo"), "the first round's PPO policy (run `raylhf run` first)", weights=True)
+        preflight.check_iterate_prompts(cfg)
+        _start(cfg, paths)
+        t0 = time.time()
+        run_pipeline(cfg, paths, report=_report)
+        print(f"{cfg.iterate.rounds} rounds finished in {time.time() - t0:.0f} s; outputs in {storage}")
     return 0
 
 

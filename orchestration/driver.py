@@ -24,7 +24,8 @@ metrics rows logged for them are dropped (`StepObserver.on_rewind`). `ppo.max_co
 bounds the replacements of one actor without progress; past it the failure ends the run, naming the
 actor and its cause.
 
-Also here: `PhaseTimer`, `RunStats` (what the loop measured) and `StepObserver` (the per-step hook).
+Also here: `PhaseTimer`, `RunStats` (what the loop measured), `StepObserver` (the per-step hook) and
+`LoopState` (a look at the running loop, for live metrics).
 """
 
 from __future__ import annotations
@@ -93,6 +94,25 @@ class _SilentObserver:
         pass
 
 
+class StepObservers:
+    """Several observers, told in turn (the stage's reporter and its live metrics)."""
+
+    def __init__(self, *observers: StepObserver):
+        self.observers = observers
+
+    def on_rollouts(self, batch: list[Rollout]) -> None:
+        for o in self.observers:
+            o.on_rollouts(batch)
+
+    def on_step(self, step: int, metrics: dict[str, Any]) -> None:
+        for o in self.observers:
+            o.on_step(step, metrics)
+
+    def on_rewind(self, step: int) -> None:
+        for o in self.observers:
+            o.on_rewind(step)
+
+
 @dataclass
 class RunStats:
     """What the loop measured; the driver returns it and the benchmark reads it."""
@@ -127,6 +147,19 @@ class RunStats:
             "faults": [dataclasses.asdict(f) for f in self.faults],
             **self.accounting,
         }
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """A look at the loop between two steps, for live monitoring: what it measured so far (`RunStats` with
+    `wall_s` and `phases` filled in up to now, no metrics rows) and what it holds in flight."""
+
+    stats: RunStats
+    rollouts_in_system: int  # taken and not yet trained, dropped or rejected (at most ppo.buffer_size)
+    depths: dict[str, int]  # rollouts waiting at each hop: to_score, scoring, buffered, training
+    generate_calls: dict[str, int]  # generator name -> generate calls queued on it
+    generator_versions: dict[str, int]  # generator name -> policy version its weights hold
+    snapshot_ref: Any  # the newest published weight snapshot (None before the first publish)
 
 
 @dataclass
@@ -434,6 +467,19 @@ class PPODriver:
     def _accounting(self) -> dict[str, Any]:
         return {**self._fault_counts(), "samples_in_system": self.ledger.in_system,
                 "accounting_balanced": self.ledger.balance()["ok"]}
+
+    def loop_state(self) -> LoopState:
+        """What the loop measured so far and holds in flight; called by observers, or after `run`."""
+        stats = dataclasses.replace(self.stats, staleness=collections.Counter(self.stats.staleness), metrics=[])
+        if not stats.wall_s:  # still running (`run` fills these in when it ends)
+            stats.wall_s, stats.phases = time.perf_counter() - self._t0, dict(self.timer.seconds)
+        work = getattr(self, "_work", None) or Pipeline()  # sync mode holds nothing between hops
+        depths = {"to_score": sum(map(len, work.to_score)), "scoring": sum(map(len, work.scoring.values())),
+                  "buffered": len(work.buffer), "training": len(work.train_batch)}
+        names = [g.name for g in self.gens.actors]
+        return LoopState(stats, self.ledger.in_system, depths,
+                         {n: self.gens.queued(i) for i, n in enumerate(names)},
+                         {n: s.version for n, s in zip(names, self.gens.slots)}, self.snapshot_ref)
 
     def generators_match_learner(self) -> bool:
         """Whether every generator computes with exactly the newest published weights (read back)."""

@@ -32,3 +32,21 @@ def split_by_group(flat: Sequence[float], sizes: Sequence[int]) -> list[list[flo
         out.append(list(flat[i : i + n]))
         i += n
     return out
+
+
+def ranked_pairs(rankings: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
+    """`(group, winner, loser)` of every pair the rankings order (C(K,2) per group of K)."""
+    return [(g, order[i], order[j]) for g, order in enumerate(rankings) for i, j in combinations(range(len(order)), 2)]
+
+
+def agreement_by(scores: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int, int]],
+                 labels: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per label (one per pair of `ranked_pairs`): the fraction of its pairs `scores` order as the ranking does
+    (a tie counts half, as in `pairwise_agreement`) and how many pairs it has."""
+    agree: dict[str, float] = {}
+    total: dict[str, int] = {}
+    for (g, w, l), label in zip(pairs, labels, strict=True):
+        s = scores[g]
+        agree[label] = agree.get(label, 0.0) + (1.0 if s[w] > s[l] else 0.5 if s[w] == s[l] else 0.0)
+        total[label] = total.get(label, 0) + 1
+    return {label: {"accuracy": agree[label] / total[label], "pairs": total[label]} for label in sorted(total)}

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
+    sync: Callable[[], None] = field(default=_nothing, compare=False, repr=False)
+    """Mirror the run to its storage URI (`raylhf.orchestration.storage`); called after each stage and PPO
+    checkpoint. Nothing to do for a run kept at a path."""
 
     @property
     def data(self) -> Path:
@@ -46,3 +54,29 @@ class RunPaths:
 
     def stage_summary(self, stage: str) -> Path:
         return self.root / "summaries" / f"{stage}.json"
+
+    def round(self, r: int) -> RunPaths:
+        """Round `r` of iterated RLHF: round 0 is the run itself, a later one a `RoundPaths`."""
+        return self if r == 0 else RoundPaths(self.root / "rounds" / str(r), self.sync)
+
+
+@dataclass(frozen=True)
+class RoundPaths(RunPaths):
+    """Round r >= 1 of an iterated run, `<run>/rounds/<r>/`: its own comparisons (`comparisons.jsonl`, the
+    rows it collected), `models/{rm,ppo}`, `summaries/`, `metrics.jsonl` and PPO checkpoint; the prompts,
+    demonstrations and corpus are the run's."""
+
+    @property
+    def run(self) -> RunPaths:
+        return RunPaths(self.root.parent.parent, self.sync)
+
+    @property
+    def data(self) -> Path:
+        return self.run.data
+
+    @property
+    def comparisons(self) -> Path:
+        return self.root / "comparisons.jsonl"
+
+    def round(self, r: int) -> RunPaths:
+        return self.run.round(r)

@@ -1,13 +1,16 @@
-"""`raylhf run`: the whole pipeline on the configured task, each stage skipped when its output exists."""
+"""`raylhf run` and `raylhf iterate`: the whole pipeline on the configured task, round 0 and the iteration
+rounds after it, each stage skipped when its output exists."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable
 
 from raylhf.configs.schema import RunConfig
+from raylhf.contracts.protocols import Labeler
 from raylhf.learners.models import is_checkpoint
-from raylhf.orchestration import stages
+from raylhf.orchestration import rounds, stages
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
 from raylhf.orchestration.ppo_stage import finish_ppo, run_ppo
@@ -17,17 +20,38 @@ from raylhf.tasks import load_task
 log = logging.getLogger(__name__)
 
 
-def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], None]) -> dict[str, dict]:
-    task = load_task(cfg.task)
-    summaries: dict[str, dict] = {}
+class Stages:
+    """Runs the stages of a run, or of one iteration round, in order: a stage whose output and summary both
+    exist is skipped (a finished stage is never redone); any other runs, and its summary is saved."""
 
-    def stage(name: str, done: bool, fn: Callable[[], dict]) -> None:
-        if done and stages.load_summary(paths, name) is not None:  # output and its summary both exist
-            log.info("stage %s: output exists, skipped", name)
-            summaries[name] = stages.load_summary(paths, name)
+    def __init__(self, paths: RunPaths, report: Callable[[str, dict], None], label: str = ""):
+        self.paths, self.report, self.label = paths, report, label
+        self.summaries: dict[str, dict] = {}
+
+    def __call__(self, name: str, done: bool, fn: Callable[[], dict]) -> None:
+        summary = stages.load_summary(self.paths, name)
+        if done and summary is not None:
+            log.info("%sstage %s: output exists, skipped", self.label, name)
+            self.summaries[name] = summary
             return
-        summaries[name] = stages.save_summary(paths, name, fn())
-        report(name, summaries[name])
+        self.summaries[name] = stages.save_summary(self.paths, name, fn())
+        self.paths.sync()
+        self.report(self.label + name, self.summaries[name])
+
+    def evaluated(self, after: str = "ppo") -> bool:
+        """Whether the evaluation is newer than stage `after`'s summary: a redone PPO stage is evaluated again."""
+        ev, upstream = self.paths.stage_summary("eval"), self.paths.stage_summary(after)
+        return ev.exists() and upstream.exists() and ev.stat().st_mtime >= upstream.stat().st_mtime
+
+
+def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], None],
+                 labeler: Labeler | None = None) -> dict[str, dict]:
+    """Round 0 (data -> base model -> SFT -> comparisons on the SFT policy -> reward model -> PPO-ptx ->
+    evaluation), then `iterate.rounds` iteration rounds, then `report.md`. `labeler` ranks the comparisons
+    (default: the task's simulated labeler of `collect.labeler_seed`)."""
+    task = load_task(cfg.task)
+    labeler = labeler or task.labeler(cfg.collect.labeler_seed)
+    stage = Stages(paths, report)
 
     stage("data", paths.demonstrations.exists(), lambda: stages.stage_data(cfg, task, paths.data))
     stage("pretrain", is_checkpoint(paths.model("base")), lambda: stages.stage_pretrain(cfg, paths, task))
@@ -44,16 +68,51 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     stage("rm_eval", stages.load_summary(paths, "rm_eval") is not None,
           lambda: stages.stage_rm_eval(cfg, paths, paths.model("sft"), paths.model("rm")))
     stage("ppo", is_checkpoint(paths.model("ppo")),
-          lambda: _ppo(cfg, paths))
-    stage("eval", False, lambda: stages.stage_eval(cfg, paths, stages.eval_policies(paths, None), paths.model("rm")))
-    write_report(paths, summaries)
-    return summaries
+          lambda: ppo_resuming(cfg, paths, paths.model("sft"), paths.model("rm")))
+    stage("eval", stage.evaluated(),
+          lambda: stages.stage_eval(cfg, paths, stages.eval_policies(paths, None), paths.model("rm")))
+    iterations = {r: run_round(cfg, paths, r, labeler, report) for r in range(1, cfg.iterate.rounds + 1)}
+    write_report(paths, stage.summaries, iterations)
+    return stage.summaries
 
 
-def _ppo(cfg: RunConfig, paths: RunPaths) -> dict:
-    """An interrupted PPO stage continues from its newest checkpoint; one that stopped after its last
-    checkpoint, before writing its summary, finishes without training again."""
+def run_round(cfg: RunConfig, paths: RunPaths, r: int, labeler: Labeler,
+              report: Callable[[str, dict], None]) -> dict[str, dict]:
+    """Iteration round `r` >= 1 (InstructGPT step 4), in `<run>/rounds/<r>/`: rank samples of the current policy
+    on fresh prompts -> retrain the reward model on every comparison so far -> evaluate it -> continue PPO-ptx
+    from the current policy against it, the KL penalty still to SFT -> evaluate the policy against SFT and the
+    previous round's. Each stage the round finished before an interruption is skipped."""
+    here, sft = paths.round(r), paths.model("sft")
+    current = (rounds.policy_name(r - 1), rounds.policy_path(paths, r - 1))
+    new_policy = (rounds.policy_name(r), here.model("ppo"))
+    stage = Stages(here, report, label=f"round {r} ")
+
+    stage("collect", here.comparisons.exists(), lambda: stages.stage_round_collect(cfg, paths, r, labeler))
+    stage("rm", is_checkpoint(here.model("rm")),
+          lambda: stages.stage_rm(cfg, here, sft, rounds.comparison_files(paths, r), here.model("rm"),
+                                  paths.demonstrations, init=rounds.rm_init_path(cfg, paths, r)))
+    stage("rm_eval", stages.load_summary(here, "rm_eval") is not None,
+          lambda: stages.stage_rm_eval(cfg, here, sft, here.model("rm"), current=current,
+                                       previous_rm=paths.round(r - 1).model("rm")))
+    stage("ppo", is_checkpoint(here.model("ppo")),
+          lambda: ppo_resuming(rounds.ppo_config(cfg, r), here, current[1], here.model("rm"), ref_path=sft,
+                               value_path=rounds.value_init_path(cfg, paths, r)))
+    stage("eval", stage.evaluated(),
+          lambda: stages.stage_eval(cfg, here, dict([("sft", sft), current, new_policy]), here.model("rm")))
+    return stage.summaries
+
+
+def ppo_resuming(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, ref_path: Path | None = None,
+                 value_path: Path | None = None) -> dict:
+    """The PPO stage of a run or round into `paths.model("ppo")`. An interrupted one continues from its newest
+    checkpoint; one that stopped after its last checkpoint, before writing its summary, finishes without
+    training again."""
     step = PPOCheckpoint(paths.root).step()
     if step is not None and step >= cfg.ppo.total_steps:
-        return finish_ppo(paths, paths.model("ppo"))
-    return run_ppo(cfg, paths, paths.model("sft"), paths.model("rm"), paths.model("ppo"), resume=step is not None)
+        summary = finish_ppo(paths, paths.model("ppo"))
+    else:
+        summary = run_ppo(cfg, paths, policy_path, rm_path, paths.model("ppo"), resume=step is not None,
+                          ref_path=ref_path, value_path=value_path)
+    reference = cfg.reward.ref_path or ref_path or policy_path  # as the scorers resolve it
+    return {**summary, "policy_init": str(policy_path), "kl_reference": str(reference),
+            "value_init": str(value_path or rm_path), "reward_model": str(rm_path)}

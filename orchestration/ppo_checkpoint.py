@@ -4,6 +4,10 @@ A checkpoint is the learner's own (`policy/`, `value/`, optimiser, KL-controller
 plus the driver's state (`driver_state.json`: step, prompt cursor with the prompts still in flight,
 sample ledger, reward normaliser), written last, so its presence marks a complete checkpoint.
 
+The learner writes into the run directory itself when it runs on the driver's node; from another node its
+files come back through the object store and the driver writes them (and sends them on restore), so the
+run directory never has to be shared between nodes.
+
 A new checkpoint is written to `ppo.tmp`, fsynced, and swapped in (`ppo` -> `ppo.old`, `ppo.tmp` ->
 `ppo`, then `ppo.old` removed). A crash at any point leaves a complete checkpoint: before the swap the
 previous one is untouched; during it, `latest()` finds whichever of the three is complete, newest first,
@@ -16,9 +20,10 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from raylhf.contracts import remote
+from raylhf.contracts.model_files import share_dir, unpack_into
 from raylhf.contracts.remote import NamedActor
 
 DRIVER_STATE = "driver_state.json"
@@ -47,8 +52,9 @@ def _fsync_dir(path: Path) -> None:
 class PPOCheckpoint:
     """The newest PPO checkpoint of a run directory."""
 
-    def __init__(self, run_root: str | Path):
+    def __init__(self, run_root: str | Path, on_saved: Callable[[], None] = lambda: None):
         self.dir = Path(run_root) / "checkpoints" / "ppo"
+        self.on_saved = on_saved  # e.g. mirror the run to its storage URI
         self._tmp = self.dir.with_name("ppo.tmp")
         self._old = self.dir.with_name("ppo.old")
 
@@ -95,8 +101,12 @@ class PPOCheckpoint:
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         self._settle()
         shutil.rmtree(self._tmp, ignore_errors=True)
-        remote.get(learner.handle.save_checkpoint.remote(str(self._tmp)), actor=learner.name,
-                   what="save_checkpoint", timeout_s=timeout_s)
+        import ray
+
+        files = remote.get(learner.handle.save_checkpoint.remote(str(self._tmp), ray.get_runtime_context().get_node_id()),
+                           actor=learner.name, what="save_checkpoint", timeout_s=timeout_s)
+        if files is not None:  # a learner on another node sent its files through the object store
+            unpack_into(files, self._tmp)
         (self._tmp / DRIVER_STATE).write_text(json.dumps({"steps": step, **driver_state}))  # last: marks complete
         _fsync_tree(self._tmp)
         if self.dir.exists():
@@ -104,6 +114,7 @@ class PPOCheckpoint:
         self._tmp.rename(self.dir)
         _fsync_dir(self.dir.parent)
         shutil.rmtree(self._old, ignore_errors=True)
+        self.on_saved()
 
     def restore(self, learner: NamedActor, timeout_s: float) -> tuple[int, int, dict[str, Any]]:
         """Load the newest checkpoint into the learner; returns ``(step, policy version, driver state)``."""
@@ -112,7 +123,7 @@ class PPOCheckpoint:
         if latest is None:
             raise FileNotFoundError(f"nothing to resume: no PPO checkpoint under {self.dir.parent}")
         state = json.loads((latest / DRIVER_STATE).read_text())
-        version = remote.get(learner.handle.load_checkpoint.remote(str(latest)), actor=learner.name,
+        version = remote.get(learner.handle.load_checkpoint.remote(share_dir(latest)), actor=learner.name,
                              what="load_checkpoint", timeout_s=timeout_s)
         return int(state.pop("steps")), int(version), state
 

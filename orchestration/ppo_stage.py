@@ -3,7 +3,8 @@
 The loop itself is `raylhf.orchestration.driver.PPODriver.run` (which also writes and restores the
 checkpoints). Around it: `PPOActors` (start, replace and always stop the actors), `PPOCheckpoint`,
 `StepReporter` (metrics log, progress bar, in-training evaluation after each learner step),
-`InTrainingEval`, and `finish_ppo` for a stage that stopped after its last checkpoint.
+`InTrainingEval`, the live Prometheus metrics (`metrics_exporter`, with `metrics.enabled`), and `finish_ppo`
+for a stage that stopped after its last checkpoint.
 """
 
 from __future__ import annotations
@@ -114,28 +115,37 @@ def pretrain_stream(cfg: RunConfig, paths: RunPaths, tokenizer) -> np.ndarray | 
 
 
 def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, out: Path,
-            with_eval: bool = True, resume: bool = False, fresh: bool = False) -> dict[str, Any]:
+            with_eval: bool = True, resume: bool = False, fresh: bool = False,
+            ref_path: Path | None = None, value_path: Path | None = None) -> dict[str, Any]:
     """Align `policy_path` against the reward model `rm_path` with PPO-ptx; save the policy to `out`.
+
+    The KL reference is `ref_path`, by default `policy_path` itself (the SFT policy of the first PPO stage;
+    an iteration round continues an aligned policy and keeps the SFT reference). The value function starts
+    from `value_path`, by default the reward model. The in-training win rate is against the policy the stage
+    starts from.
 
     With `resume`, continue from the run's newest PPO checkpoint up to `ppo.total_steps`: learner weights,
     optimisers, KL controller, prompt cursor (prompts that were in flight are issued again), sample ledger
-    and reward normaliser are restored; `policy_path` stays the KL reference. With `fresh`, an existing
-    checkpoint is deleted and the stage starts over; with neither, an existing checkpoint is an error (a run
-    is never restarted silently).
+    and reward normaliser are restored. With `fresh`, an existing checkpoint is deleted and the stage starts
+    over; with neither, an existing checkpoint is an error (a run is never restarted silently).
     """
     from raylhf.actors.sampling import sampling_spec
-    from raylhf.learners.models import load_tokenizer
+    from raylhf.learners.models import load_tokenizer, require_checkpoint
     from raylhf.learners.training import MetricsLog
     from raylhf.orchestration.actor_set import PPOActors
-    from raylhf.orchestration.driver import PPODriver
+    from raylhf.orchestration.driver import PPODriver, StepObservers
+    from raylhf.orchestration.metrics_exporter import serve_ppo_metrics
     from raylhf.orchestration.preflight import check_ppo_inputs, policy_prompts
     from raylhf.orchestration.ray_runtime import init_ray
     from raylhf.tasks import load_task
 
     t0, p = time.time(), cfg.ppo
-    checkpoint = PPOCheckpoint(paths.root)
+    checkpoint = PPOCheckpoint(paths.root, on_saved=paths.sync)
     check_checkpoint_choice(checkpoint, p.total_steps, resume, fresh)  # before anything starts
     check_ppo_inputs(cfg, paths, policy_path, rm_path)
+    for path, key in ((ref_path, "KL reference"), (value_path, "value function")):
+        if path is not None:
+            require_checkpoint(path, key, weights=True)
     if fresh:
         checkpoint.clear()
     init_ray(cfg.ray)
@@ -148,15 +158,17 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
     if not resume:
         metrics_log.truncate_after(-1)  # rows of an earlier attempt of this stage
 
-    with PPOActors(cfg, policy_path=policy_path, rm_path=rm_path, pretrain_stream=pretrain_stream(cfg, paths, tokenizer),
-                   rejects_path=paths.root / "rejects.jsonl") as actors:
+    live_metrics = serve_ppo_metrics(cfg.metrics, paths.root, max_staleness=p.max_staleness, run=cfg.name, mode=p.mode)
+    with (live_metrics as live,
+          PPOActors(cfg, policy_path=policy_path, rm_path=rm_path, pretrain_stream=pretrain_stream(cfg, paths, tokenizer),
+                    rejects_path=paths.root / "rejects.jsonl", ref_path=ref_path, value_path=value_path) as actors):
         setup_s = time.time() - t0
         evaluator = None
         if with_eval and p.eval_every > 0:
             heldout, _ = read_records(paths.prompts("heldout"), Prompt, on_bad_rows=cfg.data.on_bad_rows)
             evaluator = InTrainingEval(task, task.labeler(cfg.eval.labeler_seed), tokenizer, heldout[: p.eval_prompts],
                                        dataclasses.replace(sampling, n=1, temperature=cfg.eval.temperature), p.timeout_s)
-            first = evaluator.start(actors.generators[0])  # the generators still hold the SFT policy here
+            first = evaluator.start(actors.generators[0])  # the generators still hold the initial policy here
             if not resume:
                 metrics_log(0, first)
         start_step = checkpoint.step() if resume else 0
@@ -167,19 +179,25 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
                                 eval_generator=lambda: driver.generators[0])
         driver = PPODriver(p, generators=actors.generators, learner=actors.learner, pool=actors.pool,
                            tokenizer=tokenizer, cursor=cursor, sampling=sampling, in_flight=cfg.generation.in_flight,
-                           observer=reporter, checkpoint=checkpoint, respawn=actors, resume=resume)
+                           observer=reporter if live is None else StepObservers(reporter, live),
+                           checkpoint=checkpoint, respawn=actors, resume=resume)
+        if live is not None:
+            live.watch(driver.loop_state)
         try:
             stats = driver.run()
         finally:
             bar.close()  # before any error is reported, so the error is the last line
+        if live is not None:
+            live.finish(driver.loop_state())
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(checkpoint.policy_dir, out)
         weights_match = driver.generators_match_learner()
+        placement = actors.placement()
 
     summary = stats.summary(cfg.generation.num_generators)
     last = stats.metrics[-1] if stats.metrics else {}
-    summary.update(setup_s=setup_s, seconds=time.time() - t0, generators_match_learner=weights_match,
+    summary.update(setup_s=setup_s, seconds=time.time() - t0, generators_match_learner=weights_match, placement=placement,
                    final_reward=last.get("reward"), final_kl=last.get("kl"))
     return summary
 

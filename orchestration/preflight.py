@@ -195,6 +195,20 @@ def check_ppo_inputs(cfg: RunConfig, paths: RunPaths, policy_path: str | os.Path
         read_data(cfg, paths.corpus("train"), Document)
 
 
+def check_iterate_prompts(cfg: RunConfig) -> None:
+    """Each iteration round ranks `iterate.n_prompts` prompts no earlier round ranked: the training split must
+    hold them all, after the first round's `collect.n_prompts`. Checked before a run with rounds starts."""
+    from raylhf.configs.loader import ConfigError
+
+    it, n_train = cfg.iterate, cfg.task.n_train_prompts
+    need = min(cfg.collect.n_prompts, n_train) + it.rounds * it.n_prompts
+    if it.rounds and need > n_train:
+        raise ConfigError(f"iterate.n_prompts: {it.rounds} rounds x {it.n_prompts} fresh prompts after the first "
+                          f"round's collect.n_prompts = {cfg.collect.n_prompts} need {need} training prompts, but "
+                          f"task.n_train_prompts = {n_train}; lower iterate.n_prompts, iterate.rounds or "
+                          "collect.n_prompts, or raise task.n_train_prompts")
+
+
 def policy_prompts(cfg: RunConfig, path: str | os.PathLike, tokenizer, policy_path: str | os.PathLike
                    ) -> list[Prompt]:
     """The prompts of `path` that a PPO or sampling stage can use with the policy in `policy_path`."""
@@ -222,12 +236,15 @@ def check_output_dir(cfg: RunConfig) -> None:
     a relative `output_dir` there would lose the run. Refuse it, naming the key and what to do."""
     from raylhf.configs.loader import ConfigError
 
+    from raylhf.orchestration.storage import is_remote_uri, local_output_dir
+
     job = submitted_job()
-    if job is None or os.path.isabs(os.path.expanduser(cfg.output_dir)):
+    if job is None or is_remote_uri(cfg.output_dir) or local_output_dir(cfg.output_dir).is_absolute():
         return
     job_id = job["metadata"]["job_submission_id"]
     raise ConfigError(
         f"output_dir: {cfg.output_dir!r} is relative, and this is Ray job {job_id}, which runs in a private copy "
         f"of its working directory: the run would be lost with it. Pass an absolute path that every node can "
-        f"reach, e.g. output_dir=$PWD/runs on a one-machine cluster or a shared file system's path")
+        f"reach, e.g. output_dir=$PWD/runs on a one-machine cluster, a shared file system's path, or a storage URI "
+        f"such as s3://bucket/runs")
 

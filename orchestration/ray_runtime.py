@@ -23,6 +23,7 @@ def init_ray(cfg: RayConfig) -> None:
     ray.init(
         address="local",  # a fresh embedded Ray, never whichever cluster happens to be running here
         num_cpus=cfg.num_cpus,
+        resources=dict(cfg.resources) or None,
         include_dashboard=cfg.include_dashboard,
         dashboard_host=cfg.dashboard_host,
         configure_logging=False,

@@ -62,8 +62,13 @@ def plot_ppo(paths: RunPaths) -> list[str]:
     return files
 
 
-def write_report(paths: RunPaths, summaries: dict[str, dict[str, Any]]) -> Path:
+def write_report(paths: RunPaths, summaries: dict[str, dict[str, Any]],
+                 rounds: dict[int, dict[str, dict[str, Any]]] | None = None) -> Path:
+    """`report.md` of round 0's `summaries` and, with iteration `rounds` ({round: its summaries}), a table
+    and plots per round."""
     lines = [f"# raylhf run `{paths.root.name}`", ""]
+    if rounds:
+        lines += round_section(paths, {0: summaries, **rounds})
     ev = summaries.get("eval")
     if ev:
         lines += ["## Win rates (simulated labeler, ties count half)", "", "| comparison | held-out | generalization |",
@@ -136,5 +141,134 @@ def write_report(paths: RunPaths, summaries: dict[str, dict[str, Any]]) -> Path:
     for stage, s in summaries.items():
         if isinstance(s, dict) and "seconds" in s:
             lines.append(f"| {stage} | {s['seconds']:.0f} |")
+    for r, round_summaries in (rounds or {}).items():
+        seconds = {stage: s["seconds"] for stage, s in round_summaries.items() if "seconds" in s}
+        lines.append(f"| round {r}: {', '.join(seconds)} | {sum(seconds.values()):.0f} "
+                     f"({', '.join(f'{v:.0f}' for v in seconds.values())}) |")
     paths.report.write_text("\n".join(lines) + "\n")
     return paths.report
+
+
+# ---------------------------------------------------------------------------------------------- rounds
+def round_rows(paths: RunPaths, by_round: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row of headline numbers per round (round 0 is the first pipeline), from its summaries and metrics:
+    what the per-round table and plots show. Missing numbers (a round still running) are None."""
+    rows = []
+    for r, s in sorted(by_round.items()):
+        # The policy a round ends with and the one it started from, as its evaluation names them.
+        policy, previous = ("ppo", "sft") if r == 0 else (f"round{r}", f"round{r - 1}")
+        rm, ev = s.get("rm_eval") or {}, s.get("eval") or {}
+        held = rm.get("heldout", {})
+        current = (rm.get("current") or {}).get("heldout", held)  # round 0 continues SFT: its pairs are SFT's
+        wins = ev.get("win_rates", {}).get("heldout", {})
+        pol = ev.get("policies", {}).get(policy, {})
+        n = ev.get("n_prompts", {}).get("heldout")
+        win = wins.get(f"{policy}_vs_sft")
+        kl = [m["kl"] for m in _read_metrics(paths.round(r).metrics, "ppo") if "kl" in m]
+        contrast = held.get("by_contrast_equal_length", {})
+        rows.append({
+            "round": r,
+            "comparisons": (s.get("collect") or {}).get("total"),
+            "rm_accuracy": held.get("rm_accuracy"),
+            "rm_accuracy_equal_length": held.get("rm_accuracy_equal_length"),
+            "rm_accuracy_current": current.get("rm_accuracy"),
+            "rm_accuracy_current_equal_length": current.get("rm_accuracy_equal_length"),
+            "ceiling_current": current.get("ceiling_accuracy"),
+            "sft_logprob_current": current.get("sft_logprob_accuracy"),
+            "rm_correct_vs_wrong_equal_length": contrast.get("correct_vs_wrong", {}).get("rm"),
+            "win_vs_sft": win,
+            "win_vs_sft_se": (win * (1 - win) / n) ** 0.5 if win is not None and n else None,
+            "win_vs_previous": wins.get(f"{policy}_vs_{previous}"),
+            "utility": pol.get("heldout", {}).get("utility"),
+            "sft_utility": ev.get("policies", {}).get("sft", {}).get("heldout", {}).get("utility"),
+            "follows": pol.get("heldout", {}).get("follows", {}).get("all"),
+            "words": pol.get("heldout", {}).get("mean_words"),
+            "kl": sum(kl[-10:]) / len(kl[-10:]) if kl else None,  # the last 10 learner steps: one step is noisy
+            "lm_loss": pol.get("pretrain_heldout_loss"),
+        })
+    return rows
+
+
+def round_section(paths: RunPaths, by_round: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
+    rows = round_rows(paths, by_round)
+    lines = ["## Iterated RLHF, per round", "",
+             "Round 0 is the first pipeline (comparisons on the SFT policy); round r ranks samples of round r-1's "
+             "policy on fresh prompts, retrains the reward model on every comparison so far and continues PPO-ptx "
+             "from round r-1's policy (KL to SFT). RM accuracy is on held-out pairs sampled from SFT and from the "
+             "policy the round's PPO continues (where PPO uses the RM); win rates are the held-out labeler's, with "
+             "their standard error.", "",
+             "| round | comparisons | RM acc (SFT pairs) | equal length | RM acc (current policy's pairs) "
+             "| equal length | ceiling / SFT log-prob there | win vs SFT | win vs previous round | true utility "
+             "| follows | words | KL to SFT | LM loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        win = _fmt(row["win_vs_sft"])
+        if row["win_vs_sft_se"] is not None:
+            win += f" ± {row['win_vs_sft_se']:.3f}"
+        lines.append(
+            f"| {row['round']} | {_fmt(row['comparisons'])} | {_fmt(row['rm_accuracy'])} | "
+            f"{_fmt(row['rm_accuracy_equal_length'])} | {_fmt(row['rm_accuracy_current'])} | "
+            f"{_fmt(row['rm_accuracy_current_equal_length'])} | {_fmt(row['ceiling_current'])} / "
+            f"{_fmt(row['sft_logprob_current'])} | {win} | {_fmt(row['win_vs_previous'])} | {_fmt(row['utility'])} | "
+            f"{_fmt(row['follows'])} | {_fmt(row['words'], 2)} | {_fmt(row['kl'])} | {_fmt(row['lm_loss'])} |")
+    sft_utility = next((row["sft_utility"] for row in rows if row["sft_utility"] is not None), None)
+    lines += ["", f"SFT's true utility on the same prompts: {_fmt(sft_utility)}.", ""]
+    latest = max(by_round)
+    contrast = ((by_round[latest].get("rm_eval") or {}).get("current") or by_round[latest].get("rm_eval") or {})
+    table = contrast.get("heldout", {}).get("by_contrast_equal_length")
+    if table:
+        lines += [f"Round {latest}'s reward model on equal-length held-out pairs of the policy it trains, by what "
+                  "separates the two responses:", "", "| contrast | pairs | RM | ceiling | SFT log-prob |",
+                  "|---|---|---|---|---|"]
+        for kind, v in table.items():
+            lines.append(f"| {kind.replace('_', ' ')} | {v['pairs']} | {_fmt(v.get('rm'))} | "
+                         f"{_fmt(v.get('ceiling'))} | {_fmt(v.get('sft_logprob'))} |")
+        lines.append("")
+    name = plot_rounds(paths, rows)
+    if name:
+        lines += [f"![{name}]({name})", ""]
+    return lines
+
+
+def plot_rounds(paths: RunPaths, rows: list[dict[str, Any]]) -> str | None:
+    """rounds.png: RM accuracy, win rate vs SFT, true utility, KL and response length per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return None
+    x = [row["round"] for row in rows]
+
+    def series(key):
+        return [float("nan") if row[key] is None else row[key] for row in rows]
+
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4))
+    ax = axes[0]
+    for key, label in (("rm_accuracy", "SFT pairs"), ("rm_accuracy_equal_length", "SFT pairs, equal length"),
+                       ("rm_accuracy_current", "current policy's pairs"),
+                       ("rm_accuracy_current_equal_length", "current policy's pairs, equal length")):
+        ax.plot(x, series(key), marker="o", label=label)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_title("reward-model accuracy (held-out)")
+    ax.legend(fontsize=7)
+    axes[1].errorbar(x, series("win_vs_sft"), yerr=[e or 0 for e in series("win_vs_sft_se")], marker="o", capsize=3)
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
+    axes[1].set_title("win rate vs SFT (held-out)")
+    axes[2].plot(x, series("utility"), marker="o", label="policy")
+    axes[2].plot(x, [r["sft_utility"] if r["sft_utility"] is not None else float("nan") for r in rows], ls="--",
+                 color="grey", label="SFT")
+    axes[2].set_title("true utility (held-out)")
+    axes[2].legend(fontsize=7)
+    axes[3].plot(x, series("kl"), marker="o", color="tab:red")
+    axes[3].set_title("KL to SFT per sequence (last steps)")
+    axes[4].plot(x, series("words"), marker="o", color="tab:green")
+    axes[4].set_title("mean words per response")
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.set_xticks(x)
+    fig.tight_layout()
+    fig.savefig(paths.root / "rounds.png", dpi=100)
+    plt.close(fig)
+    return "rounds.png"

@@ -6,12 +6,13 @@ metrics) and returns a summary dict that is also saved to `summaries/<stage>.jso
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from raylhf.contracts.formatting import encode_prompt, encode_response
 from raylhf.contracts.records import Comparison, Demonstration, Document, Prompt
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.preflight import read_comparisons, read_data, read_demonstrations, split_sizes
+from raylhf.orchestration.rounds import SEED_SOURCE, source_tag, tagged
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def stage_data(cfg: RunConfig, task, out_dir: Path) -> dict[str, Any]:
     demos = task.demonstrations()
     write_records(out_dir / "demonstrations.jsonl", demos, Demonstration)
     comparisons = task.seed_comparisons(n=min(1000, cfg.task.n_train_prompts), k=cfg.collect.k, seed=cfg.seed)
-    write_records(out_dir / "demo_comparisons.jsonl", comparisons, Comparison)
+    write_records(out_dir / "demo_comparisons.jsonl", tagged(comparisons, 0, SEED_SOURCE), Comparison)
     for split in ("train", "heldout"):
         docs = [Document(f"{split}-{i:06d}", text) for i, text in enumerate(task.pretraining_corpus(split))]
         write_records(out_dir / f"corpus_{split}.jsonl", docs, Document)
@@ -143,23 +145,34 @@ def comparison_groups(tokenizer, comparisons) -> list[tuple[list[list[int]], lis
     return groups
 
 
-def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path, out: Path,
-             demos_path: Path | None = None) -> dict[str, Any]:
-    """Train the reward model from the SFT checkpoint on ranked comparisons; normalise on demonstrations."""
+def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path | Sequence[Path], out: Path,
+             demos_path: Path | None = None, init: Path | None = None) -> dict[str, Any]:
+    """Train the reward model on ranked comparisons (one file, or the files of every round so far) and
+    normalise it on demonstrations. It starts as a fresh scalar head on the SFT checkpoint, or from the
+    reward model `init` (a warm start)."""
     from raylhf.learners.models import context_length, load_tokenizer
-    from raylhf.learners.reward_model import normalise_rewards, reward_model_from_policy, train_reward_model
+    from raylhf.learners.reward_model import (
+        load_reward_model,
+        normalise_rewards,
+        reward_model_from_policy,
+        train_reward_model,
+    )
     from raylhf.learners.training import MetricsLog
 
     t0 = time.time()
     device, bf16 = _setup_torch(cfg)
     tokenizer = load_tokenizer(sft_path, cfg.trust_remote_code, key="--model")
     context = context_length(sft_path, cfg.trust_remote_code, key="--model")
-    comparisons = read_comparisons(cfg, data_path, tokenizer, context, sft_path)
-    n_val, _ = split_sizes(len(comparisons), cfg.rm.val_fraction, data_path, "comparisons", "rm.val_fraction")
+    files = [data_path] if isinstance(data_path, (str, Path)) else list(data_path)
+    comparisons = [c for f in files for c in read_comparisons(cfg, f, tokenizer, context, sft_path)]
+    n_val, _ = split_sizes(len(comparisons), cfg.rm.val_fraction, files[-1], "comparisons", "rm.val_fraction")
     demos = None
     if demos_path is not None and demos_path.exists():
         demos = read_demonstrations(cfg, demos_path, tokenizer, context, sft_path)
-    model = reward_model_from_policy(sft_path, cfg.device, cfg.trust_remote_code, key="--model")
+    if init is None:
+        model = reward_model_from_policy(sft_path, cfg.device, cfg.trust_remote_code, key="--model")
+    else:
+        model = load_reward_model(init, cfg.device, cfg.trust_remote_code, key="iterate.rm_init")
     groups = comparison_groups(tokenizer, comparisons)
     rng = np.random.default_rng(cfg.seed)
     idx = rng.permutation(len(groups))
@@ -174,8 +187,10 @@ def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path, o
         shift = normalise_rewards(model, seqs, tokenizer.pad_token_id, device)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    by_round = collections.Counter(c.round for c in comparisons)
     return {**metrics, "train_prompts": len(train), "val_prompts": len(val), "normalisation_shift": shift,
-            "seconds": time.time() - t0}
+            "comparisons_by_round": {str(r): by_round[r] for r in sorted(by_round)},
+            "init": str(init or sft_path), "seconds": time.time() - t0}
 
 
 # ---------------------------------------------------------------------------------------------- collect
@@ -206,26 +221,27 @@ def eval_policies(paths: RunPaths, specs: list[str] | None) -> dict[str, Path]:
 
 
 def _sample_sources(cfg: RunConfig, policies: dict[str, Path], prompts, n_per_source: int, temperatures,
-                    seed: int) -> list[list[str]]:
-    """Responses per prompt pooled over every (policy, temperature) source, via generator actors."""
+                    seed: int) -> dict[str, list[list[str]]]:
+    """Per policy, its responses to each prompt over every temperature, via generator actors (one set for
+    all the policies, their weights swapped in turn)."""
     from raylhf.actors.sampling import sampling_spec
     from raylhf.learners.models import load_tokenizer
-    from raylhf.orchestration.fleet import GeneratorFleet
+    from raylhf.orchestration.fleet import policy_fleets
     from raylhf.orchestration.ray_runtime import init_ray
     from raylhf.orchestration.sampling import sample_texts
 
     init_ray(cfg.ray)
-    pooled: list[list[str]] = [[] for _ in prompts]
-    for name, path in policies.items():
+    out: dict[str, list[list[str]]] = {}
+    for name, path, fleet in policy_fleets(cfg.generation, policies, seed=seed,
+                                           trust_remote_code=cfg.trust_remote_code, name_prefix="collect"):
         tokenizer = load_tokenizer(path, cfg.trust_remote_code)
-        with GeneratorFleet(cfg.generation, path, seed=seed, trust_remote_code=cfg.trust_remote_code,
-                            name_prefix=f"collect-{name}") as fleet:
-            for t in temperatures:
-                spec = dataclasses.replace(sampling_spec(cfg.generation, seed=seed), n=n_per_source, temperature=t)
-                texts = sample_texts(fleet, tokenizer, prompts, spec, desc=f"{name} T={t}")
-                for acc, rs in zip(pooled, texts):
-                    acc.extend(rs)
-    return pooled
+        out[name] = [[] for _ in prompts]
+        for t in temperatures:
+            spec = dataclasses.replace(sampling_spec(cfg.generation, seed=seed), n=n_per_source, temperature=t)
+            texts = sample_texts(fleet, tokenizer, prompts, spec, desc=f"{name} T={t}")
+            for acc, rs in zip(out[name], texts):
+                acc.extend(rs)
+    return out
 
 
 def interleave_sources(responses: list[str], n_sources: int) -> list[str]:
@@ -234,38 +250,86 @@ def interleave_sources(responses: list[str], n_sources: int) -> list[str]:
     return [responses[s * per + i] for i in range(per) for s in range(n_sources)] if per else responses
 
 
+def collect_comparisons(cfg: RunConfig, policies: dict[str, Path], prompts: list[Prompt], labeler,
+                        temperatures: list[float], seed: int, samples: int | None = None) -> list[Comparison]:
+    """Up to `collect.k` distinct responses per prompt, spread over policies x temperatures, ranked by `labeler`
+    (any `raylhf.contracts.protocols.Labeler`: the task's simulated one, or human rankings behind the same
+    calls). `samples` per prompt are drawn to find them (default: K and a spare one per source)."""
+    from raylhf.orchestration.sampling import rank_into_comparisons
+
+    k = cfg.collect.k
+    n_sources = len(policies) * len(temperatures)
+    # Duplicates are dropped: a spare sample per source by default, more for a policy that repeats itself.
+    n_per_source = -(-samples // n_sources) if samples else -(-k // n_sources) + 1
+    by_policy = _sample_sources(cfg, policies, prompts, n_per_source, temperatures, seed)
+    pooled = [[r for rs in per_prompt for r in rs] for per_prompt in zip(*by_policy.values())]
+    mixed = [interleave_sources(rs, n_sources) for rs in pooled]
+    return rank_into_comparisons(prompts, mixed, labeler, k)
+
+
 def stage_collect(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], prompts_path: Path, out: Path,
                   n_prompts: int, labeler_seed: int, seed_comparisons: Path | None = None) -> dict[str, Any]:
-    """Sample K responses per prompt from the policies and have the task's labeler rank them."""
-    from raylhf.orchestration.sampling import rank_into_comparisons
+    """Sample K responses per prompt from the policies and have the task's labeler rank them (round 0)."""
     from raylhf.tasks import load_task
 
     t0 = time.time()
     task = load_task(cfg.task)
     prompts = _read(cfg, prompts_path, Prompt)[:n_prompts]
-    k, temps = cfg.collect.k, cfg.collect.temperatures
-    n_sources = len(policies) * len(temps)
-    n_per_source = -(-k // n_sources) + 1  # a spare sample per source: duplicates are dropped
-    pooled = _sample_sources(cfg, policies, prompts, n_per_source, temps, cfg.seed)
-    mixed = [interleave_sources(rs, n_sources) for rs in pooled]
-    comparisons = rank_into_comparisons(prompts, mixed, task.labeler(labeler_seed), k)
+    comparisons = collect_comparisons(cfg, policies, prompts, task.labeler(labeler_seed), cfg.collect.temperatures,
+                                      cfg.seed)
+    comparisons = tagged(comparisons, 0, source_tag(policies))
     collected = len(comparisons)
     if seed_comparisons is not None and seed_comparisons.exists():
-        comparisons += _read(cfg, seed_comparisons, Comparison)
+        comparisons += tagged(_read(cfg, seed_comparisons, Comparison), 0, SEED_SOURCE)
     write_records(out, comparisons, Comparison)
     return {"prompts": len(prompts), "collected": collected, "total": len(comparisons),
             "mean_k": float(np.mean([len(c.responses) for c in comparisons])), "seconds": time.time() - t0}
 
 
+def stage_round_collect(cfg: RunConfig, paths: RunPaths, r: int, labeler) -> dict[str, Any]:
+    """Iteration round `r`'s comparisons: K samples per fresh training prompt (`iterate.n_prompts`, none ranked
+    by an earlier round) from `iterate.policies` x `iterate.temperatures`, ranked by `labeler`, tagged with the
+    round and the policies, written to the round's `comparisons.jsonl`."""
+    from raylhf.configs.loader import ConfigError
+    from raylhf.learners.models import require_checkpoint
+    from raylhf.orchestration import rounds
+
+    t0 = time.time()
+    n = cfg.iterate.n_prompts
+    earlier = [c for f in rounds.comparison_files(paths, r - 1) for c in _read(cfg, f, Comparison)]
+    prompts = rounds.fresh_prompts(_read(cfg, paths.prompts("train"), Prompt), earlier, n)
+    if len(prompts) < n:
+        raise ConfigError(f"iterate.n_prompts: round {r} needs {n} training prompts no earlier round ranked, "
+                          f"only {len(prompts)} are left in {paths.prompts('train')}; lower it or raise "
+                          "task.n_train_prompts")
+    policies = rounds.round_policies(paths, r, cfg.iterate.policies)
+    for name, path in policies.items():
+        require_checkpoint(path, f"iterate.policies '{name}'", weights=True)
+    source = rounds.source_tag(policies)
+    comparisons = rounds.tagged(
+        collect_comparisons(cfg, policies, prompts, labeler, cfg.iterate.temperatures, cfg.seed + r,
+                            samples=cfg.iterate.samples_per_prompt), r, source)
+    write_records(paths.round(r).comparisons, comparisons, Comparison)
+    return {"prompts": len(prompts), "collected": len(comparisons), "source": source,
+            "total": len(earlier) + len(comparisons),
+            "mean_k": float(np.mean([len(c.responses) for c in comparisons])), "seconds": time.time() - t0}
+
+
 # ---------------------------------------------------------------------------------------------- rm eval
-def stage_rm_eval(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path) -> dict[str, Any]:
+def stage_rm_eval(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path,
+                  current: tuple[str, Path] | None = None, previous_rm: Path | None = None) -> dict[str, Any]:
     """RM pairwise accuracy on held-out prompts against the labeler, with its ceiling (the noiseless utility's
-    accuracy against the same labels) and the baseline of scoring by the SFT model's own log-probability."""
+    accuracy against the same labels) and the baseline of scoring by the SFT model's own log-probability;
+    overall, on pairs of equal token length, and per kind of contrast when the task can tell them apart
+    (`ContrastingTask`).
+
+    The pairs are K samples per prompt of the SFT policy (`heldout`, `generalization`) and, with `current`
+    (name, checkpoint), also of that policy (under `current`): in an iteration round, the policy PPO continues
+    from, whose samples are where PPO uses the RM. With `previous_rm`, the previous round's reward model is
+    scored on that policy's pairs too (`previous_rm_accuracy`, ...; on SFT's pairs, which every round samples
+    alike, the previous round's own evaluation has it)."""
     from raylhf.learners.models import load_causal_lm, load_tokenizer
-    from raylhf.learners.reward_model import load_reward_model, score_sequences
-    from raylhf.learners.sft import response_logprobs
-    from raylhf.orchestration.evaluation import pairwise_agreement, split_by_group
-    from raylhf.orchestration.sampling import rank_into_comparisons
+    from raylhf.learners.reward_model import load_reward_model
     from raylhf.tasks import load_task
 
     t0 = time.time()
@@ -274,34 +338,67 @@ def stage_rm_eval(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path
     labeler = task.labeler(cfg.collect.labeler_seed)
     tokenizer = load_tokenizer(sft_path, cfg.trust_remote_code, key="--sft")
     sft = load_causal_lm(sft_path, cfg.device, cfg.trust_remote_code, key="--sft")
-    rm = load_reward_model(rm_path, cfg.device, cfg.trust_remote_code, key="--rm")
+    rms = {"rm": load_reward_model(rm_path, cfg.device, cfg.trust_remote_code, key="--rm")}
+    if current is not None and previous_rm is not None:
+        previous = load_reward_model(previous_rm, cfg.device, cfg.trust_remote_code, key="previous_rm")
     n, k = cfg.eval.rm_eval_prompts, cfg.collect.k
     summary: dict[str, Any] = {}
     by_split = {split: _read(cfg, paths.prompts(split), Prompt)[:n] for split in ("heldout", "generalization")}
     everything = [p for ps in by_split.values() for p in ps]
-    pooled_all = _sample_sources(cfg, {"sft": sft_path}, everything, k + 1, [1.0], cfg.seed + 7)
-    offset = 0
-    for split, prompts in by_split.items():
-        pooled, offset = pooled_all[offset : offset + len(prompts)], offset + len(prompts)
-        comparisons = rank_into_comparisons(prompts, pooled, labeler, k)
-        groups = comparison_groups(tokenizer, comparisons)
-        sizes = [len(c.responses) for c in comparisons]
-        rankings = [c.ranking for c in comparisons]
-        rm_scores = score_sequences(rm, [s for g in groups for s in g[0]], tokenizer.pad_token_id, device)
-        pairs = [(encode_prompt(tokenizer, c.prompt), encode_response(tokenizer, r))
-                 for c in comparisons for r in c.responses]
-        logp = response_logprobs(sft, pairs, tokenizer.pad_token_id, device)
-        utility = [task.utility(c.prompt, r) for c in comparisons for r in c.responses]
-        lengths = split_by_group([len(r) for _, r in pairs], sizes)
-        s = summary[split] = {"comparisons": len(comparisons)}
-        for name, scores in (("rm", rm_scores), ("ceiling", utility), ("sft_logprob", logp)):
-            by_group = split_by_group(scores, sizes)
-            s[f"{name}_accuracy"] = pairwise_agreement(by_group, rankings)
-            # Pairs of equal token length: what a score knows beyond "shorter is better".
-            s[f"{name}_accuracy_equal_length"] = pairwise_agreement(by_group, rankings, lengths)
-        s["rm_vs_ceiling"] = s["rm_accuracy"] / s["ceiling_accuracy"]
+    sources = {"sft": sft_path, **({current[0]: current[1]} if current is not None else {})}
+    sampled = _sample_sources(cfg, sources, everything, k + 1, [1.0], cfg.seed + 7)
+    for source, pooled_all in sampled.items():
+        out = summary if source == "sft" else summary.setdefault("current", {"policy": source})
+        scorers = rms if source == "sft" or previous_rm is None else {**rms, "previous_rm": previous}
+        offset = 0
+        for split, prompts in by_split.items():
+            pooled, offset = pooled_all[offset : offset + len(prompts)], offset + len(prompts)
+            out[split] = _rm_accuracies(task, labeler, tokenizer, sft, scorers, prompts, pooled, k, device)
     summary["seconds"] = time.time() - t0
     return summary
+
+
+def _rm_accuracies(task, labeler, tokenizer, sft, rms: dict[str, Any], prompts: list[Prompt],
+                   responses: list[list[str]], k: int, device) -> dict[str, Any]:
+    """Pairwise accuracies of the reward models `rms`, the ceiling and the SFT log-prob on the labeler's
+    rankings of `responses` (K per prompt): overall, on equal-length pairs, per kind of contrast."""
+    from raylhf.contracts.protocols import ContrastingTask
+    from raylhf.learners.reward_model import score_sequences
+    from raylhf.learners.sft import response_logprobs
+    from raylhf.orchestration.evaluation import agreement_by, pairwise_agreement, ranked_pairs, split_by_group
+    from raylhf.orchestration.sampling import rank_into_comparisons
+
+    comparisons = rank_into_comparisons(prompts, responses, labeler, k)
+    groups = comparison_groups(tokenizer, comparisons)
+    sizes = [len(c.responses) for c in comparisons]
+    rankings = [c.ranking for c in comparisons]
+    pairs = [(encode_prompt(tokenizer, c.prompt), encode_response(tokenizer, r))
+             for c in comparisons for r in c.responses]
+    scores = {name: score_sequences(rm, [seq for g in groups for seq in g[0]], tokenizer.pad_token_id, device)
+              for name, rm in rms.items()}
+    scores["ceiling"] = [task.utility(c.prompt, r) for c in comparisons for r in c.responses]
+    scores["sft_logprob"] = response_logprobs(sft, pairs, tokenizer.pad_token_id, device)
+    lengths = split_by_group([len(r) for _, r in pairs], sizes)
+    s: dict[str, Any] = {"comparisons": len(comparisons)}
+    by_group = {name: split_by_group(flat, sizes) for name, flat in scores.items()}
+    for name, grouped in by_group.items():
+        s[f"{name}_accuracy"] = pairwise_agreement(grouped, rankings)
+        # Pairs of equal token length: what a score knows beyond "shorter is better".
+        s[f"{name}_accuracy_equal_length"] = pairwise_agreement(grouped, rankings, lengths)
+    s["rm_vs_ceiling"] = s["rm_accuracy"] / s["ceiling_accuracy"]
+    if isinstance(task, ContrastingTask):
+        # What the RM gets right per kind of difference between the two responses (correct vs wrong, ...).
+        ranked = ranked_pairs(rankings)
+        kinds = [task.contrast(comparisons[g].prompt, comparisons[g].responses[w], comparisons[g].responses[l])
+                 for g, w, l in ranked]
+        equal = [i for i, (g, w, l) in enumerate(ranked) if lengths[g][w] == lengths[g][l]]
+        for key, subset in (("by_contrast", range(len(ranked))), ("by_contrast_equal_length", equal)):
+            table: dict[str, dict[str, float]] = {}
+            for name, grouped in by_group.items():
+                for kind, v in agreement_by(grouped, [ranked[i] for i in subset], [kinds[i] for i in subset]).items():
+                    table.setdefault(kind, {"pairs": v["pairs"]})[name] = v["accuracy"]
+            s[key] = table
+    return s
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -326,7 +423,8 @@ def stage_eval(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_pa
     summary: dict[str, Any] = {"policies": {}, "win_rates": {}}
     by_split = {split: _read(cfg, paths.prompts(split), Prompt)[: cfg.eval.n_prompts]
                 for split in ("heldout", "generalization")}
-    responses = {name: _sample_splits(cfg, name, path, by_split, spec) for name, path in policies.items()}
+    summary["n_prompts"] = {split: len(prompts) for split, prompts in by_split.items()}  # for standard errors
+    responses = _sample_splits(cfg, policies, by_split, spec)
     for split, prompts in by_split.items():
         for name, path in policies.items():
             texts = responses[name][split]
@@ -356,19 +454,22 @@ def stage_eval(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_pa
     return summary
 
 
-def _sample_splits(cfg: RunConfig, name: str, path: Path, by_split: dict[str, list], spec) -> dict[str, list[str]]:
-    """One response per prompt of every split, from one set of generators for the policy."""
+def _sample_splits(cfg: RunConfig, policies: dict[str, Path], by_split: dict[str, list], spec
+                   ) -> dict[str, dict[str, list[str]]]:
+    """Per policy, one response per prompt of every split (one set of generators, the policies' weights
+    swapped in turn)."""
     from raylhf.learners.models import load_tokenizer
-    from raylhf.orchestration.fleet import GeneratorFleet
+    from raylhf.orchestration.fleet import policy_fleets
     from raylhf.orchestration.ray_runtime import init_ray
     from raylhf.orchestration.sampling import sample_texts
 
     init_ray(cfg.ray)
-    tokenizer = load_tokenizer(path, cfg.trust_remote_code)
-    out = {}
-    with GeneratorFleet(cfg.generation, path, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
-                        name_prefix=f"eval-{name}") as fleet:
+    out: dict[str, dict[str, list[str]]] = {}
+    for name, path, fleet in policy_fleets(cfg.generation, policies, seed=cfg.seed,
+                                           trust_remote_code=cfg.trust_remote_code, name_prefix="eval"):
+        tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+        out[name] = {}
         for split, prompts in by_split.items():
             texts = sample_texts(fleet, tokenizer, prompts, spec, desc=f"eval {name} {split}")
-            out[split] = [t[0] if t else "" for t in texts]
+            out[name][split] = [t[0] if t else "" for t in texts]
     return out

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import ray
 
 from raylhf.configs.schema import RewardConfig
+from raylhf.contracts.model_files import ModelFiles, local_dir
 from raylhf.contracts.records import Rollout
 from raylhf.reward_service.rejects import Reject
 
@@ -35,7 +36,8 @@ class ScorerActor:
     """
 
     def __init__(
-        self, name: str, cfg: RewardConfig, *, rm_path: str | None, ref_path: str | None, trust_remote_code: bool
+        self, name: str, cfg: RewardConfig, *, rm_path: str | ModelFiles | None, ref_path: str | ModelFiles | None,
+        trust_remote_code: bool
     ):
         import torch
         from transformers.utils import logging as hf_logging
@@ -47,8 +49,8 @@ class ScorerActor:
         self.name = name
         self.scorer = RewardScorer(
             cfg,
-            rm_path=rm_path,
-            ref_path=ref_path,
+            rm_path=local_dir(rm_path),  # on another node than the driver: the files, unpacked here
+            ref_path=local_dir(ref_path),
             trust_remote_code=trust_remote_code,
             device="cuda" if cfg.num_gpus > 0 else "cpu",
             apply_transform=False,
@@ -56,7 +58,8 @@ class ScorerActor:
         self.requests = 0
 
     def ready(self) -> dict[str, Any]:
-        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), **self.scorer.describe()}
+        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
+                "node_id": ray.get_runtime_context().get_node_id(), **self.scorer.describe()}
 
     def score(self, rollouts: Sequence[Rollout]) -> tuple[list[Rollout], list[Reject]]:
         """(scored rollouts in request order, quarantined rollouts): `RewardScorer.score_with_rejects`."""

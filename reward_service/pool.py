@@ -58,6 +58,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayTaskError
 
 from raylhf.configs.schema import RewardConfig
+from raylhf.contracts.model_files import ModelFiles, share_dir
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.remote import ActorFailure, actor_lost_errors, cause, get_all
 from raylhf.reward_service.actor import ScorerActor
@@ -118,7 +119,8 @@ class RewardPool:
         name: prefix of the actors' labels ("scorer-0", "scorer-1", ...).
         rejects_path: JSON Lines file the quarantined rollouts are appended to (format in
             `raylhf.reward_service.rejects`); None: they are only counted and logged.
-    The paths are resolved inside each actor, where the checkpoints must be readable.
+    The checkpoints are read where the driver runs; scorers on other nodes get their files through the
+    object store (`raylhf.contracts.model_files`).
     `score()` and `ready()` return the scored rollouts only, so `submitted - returned` rollouts of a
     request were quarantined.
     """
@@ -127,8 +129,8 @@ class RewardPool:
         self,
         cfg: RewardConfig,
         *,
-        rm_path: str | None,
-        ref_path: str | None,
+        rm_path: str | os.PathLike | ModelFiles | None,
+        ref_path: str | os.PathLike | ModelFiles | None,
         trust_remote_code: bool = False,
         name: str = "scorer",
         rejects_path: str | os.PathLike | None = None,
@@ -136,8 +138,9 @@ class RewardPool:
         validate_sources(cfg.sources)  # a bad import path fails here, in the driver, before any actor starts
         self.cfg = cfg
         self._actor_args = dict(
-            rm_path=None if rm_path is None else str(rm_path),
-            ref_path=None if ref_path is None else str(ref_path),
+            # `cfg.*_path` wins, as in `RewardScorer`; shared so that scorers on any node can read them
+            rm_path=share_dir(cfg.rm_path or rm_path),
+            ref_path=share_dir(cfg.ref_path or ref_path),
             trust_remote_code=trust_remote_code,
         )
         self.transform = RewardTransform(cfg)
@@ -305,8 +308,9 @@ class RewardPool:
             raise RuntimeError("RewardPool is shut down")
 
     def _spawn(self, label: str) -> Any:
-        return ScorerActor.options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus).remote(
-            label, self.cfg, **self._actor_args
+        return ScorerActor.options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus,
+                                   resources=dict(self.cfg.resources)).remote(
+            label, self.cfg.model_copy(update={"rm_path": None, "ref_path": None}), **self._actor_args
         )
 
     def _await_ready(self, labels: list[str], handles: list[Any]) -> list[dict[str, Any]]:

@@ -71,6 +71,24 @@ class DemoWorld:
     def judge(self, prompt: str, response: str) -> Judgement:
         return judge(prompt, response)
 
+    def contrast(self, prompt: str, a: str, b: str) -> str:
+        """What separates two responses in the hidden utility (`raylhf.contracts.protocols.ContrastingTask`),
+        the first that applies: `empty_vs_nonempty`, `correct_vs_wrong` (one follows the instruction, the other
+        does not),
+        `more_vs_less_correct` (both or neither do, with different graded correctness), `concise_vs_rambling`
+        (equally correct, different numbers of extra words), `equal_utility` (only the labeler's noise
+        separates them)."""
+        ja, jb = judge(prompt, a), judge(prompt, b)
+        if (ja.n_words == 0) != (jb.n_words == 0):
+            return "empty_vs_nonempty"
+        if ja.exact != jb.exact:
+            return "correct_vs_wrong"
+        if ja.correctness != jb.correctness:
+            return "more_vs_less_correct"
+        if ja.extra_words != jb.extra_words:
+            return "concise_vs_rambling"
+        return "equal_utility"
+
     def ideal_response(self, prompt: str) -> str:
         return ideal_answer(prompt)
 

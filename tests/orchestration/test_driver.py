@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import ray
 
+from raylhf.contracts.model_files import local_dir
 from raylhf.configs.schema import PPOConfig
 from raylhf.contracts.protocols import GeneratorService, LearnerService, RequestError, SamplingSpec, ScoringPool
 from raylhf.contracts.records import Prompt, Rollout
@@ -89,12 +90,12 @@ class FakeLearner:
         self._refs = (self._refs + [ref])[-2:]
         return self.version, ref
 
-    def save_checkpoint(self, path):
+    def save_checkpoint(self, path, driver_node_id=None):
         Path(path).mkdir(parents=True)
         (Path(path) / "learner_state.json").write_text(json.dumps({"version": self.version}))
 
     def load_checkpoint(self, path):
-        self.version = json.loads((Path(path) / "learner_state.json").read_text())["version"]
+        self.version = json.loads((Path(local_dir(path)) / "learner_state.json").read_text())["version"]
         return self.version
 
     def staleness(self):

@@ -13,30 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # the whole pipeline, end to end
 
-SMALL = [
-    "task.n_train_prompts=300", "task.n_heldout_prompts=40", "task.n_generalization_prompts=40",
-    "task.n_pretrain_docs=2000",
-    "pretrain.steps=80", "pretrain.batch_size=16", "pretrain.seq_len=64", "pretrain.warmup_steps=10",
-    "sft.epochs=2", "collect.n_prompts=150", "collect.k=4", "collect.temperatures=[1.0]",
-    "ppo.total_steps=30", "ppo.batch_size=32", "ppo.minibatch_size=16", "ppo.prompts_per_request=16",
-    "ppo.lr=1e-3", "ppo.kl_coef=0.02", "ppo.eval_every=15", "ppo.eval_prompts=16", "ppo.max_staleness=2", "ppo.buffer_size=64",
-    "eval.n_prompts=24", "eval.rm_eval_prompts=24", "torch_threads=1",
-]
-
-
-def _raylhf(args, cwd):
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
-    out = subprocess.run([sys.executable, "-m", "raylhf", *args], cwd=cwd, capture_output=True, text=True,
-                         timeout=1200, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    return out
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    _raylhf(["run", f"output_dir={root}", "name=short", *SMALL], cwd=root)
-    return root / "short"
+from cli_runs import SMALL, raylhf as _raylhf  # noqa: E402  (tests/orchestration/conftest.py puts it on the path)
 
 
 def _metrics(run: Path, stage: str):
