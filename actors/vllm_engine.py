@@ -185,6 +185,8 @@ class VLLMEngine:
         check_signature(snapshot, self.signature, f"the engine's model ({self.checkpoint}, {self.dtype})")
         t0 = time.perf_counter()
         self._llm.collective_rpc("apply_snapshot", args=(snapshot,))
+        # A cached prompt prefix holds keys and values computed with the old weights: never reuse it.
+        self._llm.reset_prefix_cache()
         self._version = snapshot.version
         self.stats["syncs"] += 1
         self.stats["sync_s"] += time.perf_counter() - t0

@@ -4,7 +4,18 @@ Both modes run the same config (same actors, resources, batch sizes) one after t
 invocation, so the ratio is comparable even on a noisy shared machine. Needs a run's SFT and RM
 checkpoints (e.g. after `make run`: runs/demo).
 
+Next to the achieved async / sync ratio the script prints slime's bound on it, from the phase times the
+sync run measured (per learner step: generate, score, train, and the serial rest — publish, weight
+apply, checkpoints — which no mode overlaps):
+
+    speedup <= (t_gen + t_score + t_train + t_sync) / (max(t_gen, t_score, t_train) + t_sync)
+
+and the learner's own per-phase profile (`time_<phase>_s` metrics of `PPOLearner.train_step`, median per
+step) in each mode: on shared cores the learner's step is slower in async, where it competes with the
+generator and the scorer, than in sync, where it runs alone.
+
     .venv/bin/python benchmarks/bench_pipeline.py --run runs/demo --steps 40
+    .venv/bin/python benchmarks/bench_pipeline.py --run runs/demo --steps 40 ppo.ptx_coef=0
 """
 
 from __future__ import annotations
@@ -14,7 +25,28 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def slime_bound(sync: dict, steps: int) -> dict[str, float]:
+    """Per-step phase times of the sync run and slime's bound on the async / sync speedup."""
+    phases = sync["phase_s"]
+    t = {"gen": phases.get("generate", 0.0) / steps, "score": phases.get("score", 0.0) / steps,
+         "train": phases.get("train", 0.0) / steps,
+         "sync": sum(phases.get(k, 0.0) for k in ("publish", "apply_weights", "checkpoint")) / steps}
+    bound = (t["gen"] + t["score"] + t["train"] + t["sync"]) / (max(t["gen"], t["score"], t["train"]) + t["sync"])
+    return {**{f"t_{k}_s": v for k, v in t.items()}, "bound": bound}
+
+
+def learner_profile(metrics_path: Path, since: float) -> dict[str, float]:
+    """Median per step of the learner's `time_*_s` metrics in the rows logged after `since`."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("stage") == "ppo" and r.get("time", 0) >= since and "step_time_s" in r]
+    keys = [k for k in rows[0] if k.startswith("time_") and k.endswith("_s")] if rows else []
+    return {k[len("time_"):-len("_s")]: float(np.median([r[k] for r in rows])) for k in keys} | (
+        {"step": float(np.median([r["step_time_s"] for r in rows]))} if rows else {})
 
 
 def main() -> None:
@@ -34,25 +66,35 @@ def main() -> None:
     for stage in ("sft", "rm"):
         if not (paths.model(stage) / "config.json").exists():
             raise SystemExit(f"{paths.model(stage)} missing: run `make run` (or `raylhf run`) first")
-    results = {}
+    results, profiles = {}, {}
     for mode in ("sync", "async"):
         cfg = load_config(args.config, [*args.overrides, f"ppo.mode={mode}", f"ppo.total_steps={args.steps}",
                                         "ppo.eval_every=0", f"output_dir={args.run.parent}", f"name={args.run.name}"])
         t0 = time.time()
         summary = run_ppo(cfg, paths, paths.model("sft"), paths.model("rm"), Path("/tmp") / f"bench_ppo_{mode}",
-                          with_eval=False)
+                          with_eval=False, fresh=True)
         summary["total_s"] = time.time() - t0
         results[mode] = summary
+        profiles[mode] = learner_profile(paths.metrics, t0)
 
     cols = ["samples_per_s", "tokens_per_s", "generator_busy", "learner_busy", "max_staleness_seen", "wall_s"]
     print(f"{'mode':<6} " + " ".join(f"{c:>18}" for c in cols))
     for mode, s in results.items():
         print(f"{mode:<6} " + " ".join(f"{s[c]:>18.3f}" if isinstance(s[c], float) else f"{s[c]:>18}" for c in cols))
     ratio = results["async"]["samples_per_s"] / results["sync"]["samples_per_s"]
-    print(f"async / sync throughput: {ratio:.2f}x")
+    bound = slime_bound(results["sync"], results["sync"]["steps"])
+    print("sync phase times per step (s): " + ", ".join(f"{k[2:-2]} {v:.3f}" for k, v in bound.items() if k.startswith("t_")))
+    print(f"async / sync throughput: {ratio:.2f}x; slime bound {bound['bound']:.2f}x; "
+          f"achieved {ratio / bound['bound']:.0%} of the bound")
     print("staleness histogram (async):", results["async"]["staleness_histogram"])
+    print("\nlearner step profile, ms (median per step)")
+    print(f"{'phase':<17}{'sync':>10}{'async':>10}")
+    for phase in profiles["sync"]:
+        print(f"{phase:<17}" + "".join(f"{1e3 * profiles[m].get(phase, float('nan')):>10.1f}" for m in ("sync", "async")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"steps": args.steps, "ratio": ratio, "modes": results}, indent=2))
+    args.out.write_text(json.dumps({"steps": args.steps, "overrides": args.overrides, "ratio": ratio, "slime": bound,
+                                    "fraction_of_bound": ratio / bound["bound"], "learner_profile": profiles,
+                                    "modes": results}, indent=2))
 
 
 if __name__ == "__main__":

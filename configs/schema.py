@@ -222,6 +222,16 @@ class PPOConfig(Section):
     (InstructGPT: 64)."""
     ppo_epochs: int = Field(1, ge=1)
     """Passes over each batch (InstructGPT: 1)."""
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    """Attention kernel of the learner's policy and value models. `eager`: matmuls and a softmax; `sdpa`:
+    PyTorch's fused scaled-dot-product attention; `auto`: eager on CPU, sdpa on GPU. Same attention either way
+    (up to float rounding); on CPU the fused kernel's backward was ~12x its forward for the demo's short
+    sequences, and eager made the tiny and small learner steps 1.24x faster (benchmarks/README.md)."""
+    microbatch_tokens: int = Field(0, ge=0)
+    """Most padded tokens (rows x longest prompt + response) per learner forward pass: a minibatch's rows are
+    sorted by length and cut into micro-batches of at most this many, whose token-weighted gradients add up to
+    the minibatch's (the same update, up to float rounding), so short responses are not padded to the longest
+    one of the minibatch. 0: one forward pass per minibatch."""
     lr: float = Field(1e-4, gt=0.0)
     """Policy learning rate (AdamW, constant, no weight decay; InstructGPT: 9.65e-6 at 1.3B parameters, the
     tiny demo model needs more)."""
@@ -241,8 +251,13 @@ class PPOConfig(Section):
     """Normalise advantages to mean 0, std 1 over the batch's response tokens."""
     ptx_coef: float = Field(1.0, ge=0.0)
     """γ_ptx: weight of the pretraining LM loss in PPO-ptx (InstructGPT: 27.8); 0 is plain PPO."""
-    ptx_per_rl: int = Field(1, ge=1)
-    """Pretraining sequences per RL rollout in each minibatch (InstructGPT: 8; 1 keeps a 2-core step short)."""
+    ptx_per_rl: float = Field(0.25, gt=0.0)
+    """Pretraining windows per RL rollout in each minibatch: `round(ptx_per_rl x rollouts)`, at least one
+    (InstructGPT: 8). Below 1 the windows are a random subsample: the ptx loss is a mean over windows drawn
+    uniformly from the corpus, so its expected gradient is the same for any number of windows (fewer add
+    variance, not bias), and each costs a policy forward and backward of `ptx_seq_len` tokens. The demo's
+    0.25 (8 windows of 64 tokens per minibatch of 32) made the learner's step 1.3x faster than 1.0 with the
+    same in-training win rate over SFT, within noise (benchmarks/README.md)."""
     ptx_seq_len: int = Field(64, ge=8)
     """Tokens per pretraining sequence of the ptx term (random windows of the packed corpus)."""
     is_clip_c: float = Field(2.0, gt=0.0)
@@ -261,8 +276,9 @@ class PPOConfig(Section):
     mode: Literal["async", "sync"] = "async"
     """`async`: generators, scorers and learner overlap (the actor/learner pipeline); `sync`: the same
     components strictly in sequence (generate -> score -> train -> publish), the throughput baseline."""
-    total_steps: int = Field(150, ge=1)
-    """Learner steps (batches of `batch_size` rollouts) of the PPO stage."""
+    total_steps: int = Field(100, ge=1)
+    """Learner steps (batches of `batch_size` rollouts) of the PPO stage (the first round's; each iteration round
+    runs `iterate.ppo_steps`). On the demo, win rate and true utility level off by about step 100."""
     sync_every: int = Field(1, ge=1)
     """Learner steps between published weight snapshots (each generator applies it before its next generate)."""
     prompts_per_request: int = Field(32, ge=1)

@@ -36,13 +36,16 @@ References:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -80,11 +83,26 @@ log = logging.getLogger(__name__)
 STATE_FILE = "learner_state.pt"  # optimiser and KL-controller state (torch.load(weights_only=True))
 META_FILE = "learner_state.json"  # version, step count, RNG state, settings
 _SNAPSHOT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Phases of `train_step`, each timed into a `time_<phase>_s` metric (wall seconds, summed over minibatches):
+# collate, the π_old / V_old forward passes (`evaluate`), rewards + GAE + importance weights (`advantages`), per
+# minibatch the policy and value forward passes and losses, the pretraining-mix forward, each model's backward
+# (the policy's includes the ptx term's), gradient clipping and the optimiser steps (`optimizer`).
+PHASES = ("collate", "evaluate", "advantages", "policy_forward", "value_forward", "ptx_forward", "policy_backward",
+          "value_backward", "optimizer")
 # Metrics that measure wall time, not the computation (they differ between identical runs).
-TIMING_METRICS = ("step_time_s", "tokens_per_s")
+TIMING_METRICS = ("step_time_s", "tokens_per_s", *(f"time_{phase}_s" for phase in PHASES))
 # Metrics of `_optimise`, token-weighted over the minibatch steps taken.
 _STEP_METRICS = ("policy_loss", "value_loss", "clipfrac", "approx_kl", "ratio_mean", "vf_clipfrac", "value_mean",
                  "policy_grad_norm", "value_grad_norm")
+
+
+@dataclass
+class _Forward:
+    """A minibatch's forward passes at the current weights, graph kept for its optimiser step."""
+
+    batch: RolloutBatch
+    logprobs: Tensor  # [B, T] log π_θ(response token), autograd graph to the policy
+    values: Tensor  # [B, T] V(s_t), autograd graph to the value model
 
 
 class PPOLearner:
@@ -107,6 +125,10 @@ class PPOLearner:
         torch_threads: torch intra-op threads of this process (None leaves the setting alone).
         trust_remote_code: let the checkpoints run their own code.
     """
+
+    # False repeats the first minibatch's forward passes in its optimiser step instead of reusing those of
+    # π_old (same result up to float rounding; the learner profile's baseline, `benchmarks/bench_training.py`).
+    reuse_first_forward: bool = True
 
     def __init__(
         self,
@@ -151,6 +173,7 @@ class PPOLearner:
         self.rng = np.random.default_rng(self.seed)
         self._version = 0
         self.steps = 0
+        self._phase_s = dict.fromkeys(PHASES, 0.0)
 
     # ----------------------------------------------------------------------------------------------
     # setup
@@ -161,6 +184,11 @@ class PPOLearner:
         self.policy.float().eval()
         self.value_model = load_reward_model(value_path, device=str(self.device), trust_remote_code=self.trust_remote_code)
         self.value_model.float().eval()
+        attention = self.cfg.attention
+        if attention == "auto":
+            attention = "eager" if self.device.type == "cpu" else "sdpa"
+        for model in (self.policy, self.value_model):
+            model.set_attn_implementation(attention)
         self.policy_params = [p for p in self.policy.parameters() if p.requires_grad]
         self.value_params = [p for p in self.value_model.parameters() if p.requires_grad]
         # eps 1e-5 as in OpenAI's PPO implementations; no weight decay, so a zero gradient moves nothing.
@@ -191,22 +219,40 @@ class PPOLearner:
             values = per_token_values(self.value_model, batch.ids, batch.attention_mask)
         return gather_positions(values.float(), batch.positions)
 
-    @torch.no_grad()
-    def _evaluate(self, batch: RolloutBatch) -> tuple[Tensor, Tensor, Tensor]:
-        """π_old logprobs, V_old and entropy, all [B, T], with the current weights, in minibatch-sized chunks."""
+    def _evaluate(self, batch: RolloutBatch, plan: Sequence[Sequence[Tensor]], keep_first: bool = False,
+                  ) -> tuple[Tensor, Tensor, Tensor, list[_Forward] | None]:
+        """π_old logprobs, V_old and entropy, all [B, T], with the current weights, one forward pass per
+        micro-batch of `plan` (minibatches, each a list of row-index tensors). With `keep_first`, the first
+        minibatch's forward passes keep their autograd graph and are returned as well, for that minibatch's
+        optimiser step (else None)."""
         old_logprobs = torch.zeros(batch.mask.shape, dtype=torch.float32, device=self.device)
         old_values = torch.zeros_like(old_logprobs)
         entropy = torch.zeros_like(old_logprobs)
-        n = batch.mask.shape[0]
-        for start in range(0, n, self.cfg.minibatch_size):
-            rows = torch.arange(start, min(start + self.cfg.minibatch_size, n), device=self.device)
-            chunk = batch.select(rows)
-            t = chunk.response_len
-            logits = self._response_logits(chunk)
-            old_logprobs[rows, :t] = token_logprobs(logits, chunk.response_ids).float()
-            entropy[rows, :t] = entropy_from_logits(logits).float()
-            old_values[rows, :t] = self._response_values(chunk)
-        return old_logprobs, old_values, entropy
+        first: list[_Forward] | None = [] if keep_first else None
+        for i, minibatch in enumerate(plan):
+            for rows in minibatch:
+                chunk = batch.select(rows)
+                t = chunk.response_len
+                with torch.set_grad_enabled(keep_first and i == 0):
+                    logits = self._response_logits(chunk)
+                    logprobs = token_logprobs(logits, chunk.response_ids)
+                    values = self._response_values(chunk)
+                old_logprobs[rows, :t] = logprobs.detach().float()
+                with torch.no_grad():
+                    entropy[rows, :t] = entropy_from_logits(logits.detach()).float()
+                old_values[rows, :t] = values.detach()
+                if keep_first and i == 0:
+                    first.append(_Forward(chunk, logprobs, values))
+        return old_logprobs, old_values, entropy, first
+
+    def _plan(self, batch: RolloutBatch, order: Tensor) -> list[list[Tensor]]:
+        """Minibatches of `minibatch_size` rows in `order`, each cut into micro-batches (`microbatch_tokens`)."""
+        size = self.cfg.minibatch_size
+        return [batch.microbatches(order[start : start + size], self.cfg.microbatch_tokens)
+                for start in range(0, len(order), size)]
+
+    def _permutation(self, n: int) -> Tensor:
+        return torch.from_numpy(self.rng.permutation(n)).to(self.device)
 
     @torch.no_grad()
     def logprobs(self, rollouts: Sequence[Rollout]) -> list[list[float]]:
@@ -214,7 +260,7 @@ class PPOLearner:
         if not rollouts:
             return []
         batch = collate(as_scored(rollouts), self.pad_id, self.device)
-        logprobs, _, _ = self._evaluate(batch)
+        logprobs, _, _, _ = self._evaluate(batch, self._plan(batch, torch.arange(len(rollouts), device=self.device)))
         return [logprobs[i, : len(r.response_ids)].tolist() for i, r in enumerate(rollouts)]
 
     # ----------------------------------------------------------------------------------------------
@@ -226,6 +272,13 @@ class PPOLearner:
         One call per phase: staleness filter (`filter_stale`) -> `collate` -> π_old, V_old (`_evaluate`)
         -> per-token rewards (`kl_shaped_rewards`) -> GAE (`gae`, then `_normalise_advantages`) ->
         `truncated_importance_weights` -> ppo_epochs × minibatches (`_optimise`) -> KL control (`_control_kl`).
+
+        The first epoch's minibatch order is drawn before π_old is computed, and π_old is computed on those
+        same minibatches: the first minibatch's forward pass then *is* π_θ of its optimiser step (no step was
+        taken yet, θ = θ_old), so the step reuses it, graph and all, instead of repeating it; its PPO ratio is
+        exactly 1, as the algorithm defines it. Later minibatches run their own forward pass. Each forward
+        pass covers one micro-batch of rows of similar length (`microbatch_tokens`); a minibatch's loss is
+        the token-weighted sum of its micro-batches' losses, so its gradient is the minibatch's.
 
         Raises ValueError for unscored or malformed rollouts and for rollouts from a future version.
 
@@ -242,12 +295,13 @@ class PPOLearner:
             (nan if none). ptx_loss (only when ptx_coef > 0): mean pretraining NLL; ptx_windows:
             pretraining windows drawn. optimizer_steps, skipped_steps: minibatch steps taken / skipped
             by the non-finite guard. response_len, tokens_per_s (response tokens per second of this
-            call), step_time_s.
+            call), step_time_s, and time_<phase>_s for each phase of `PHASES` (the learner's profile).
         When every rollout is too stale, only rollouts, dropped_stale, kl_coef, skipped_steps and
         step_time_s are returned and nothing is trained.
         """
         cfg = self.cfg
         t_start = time.perf_counter()
+        self._phase_s = dict.fromkeys(PHASES, 0.0)
         validate_rollouts(rollouts)
         kept, staleness, dropped = filter_stale(rollouts, self._version, cfg.max_staleness)
         if not kept:
@@ -255,16 +309,21 @@ class PPOLearner:
             return {"rollouts": 0.0, "dropped_stale": float(dropped), "kl_coef": self.kl_coef, "skipped_steps": 0.0,
                     "step_time_s": time.perf_counter() - t_start}
 
-        batch = collate(kept, self.pad_id, self.device)
-        old_logprobs, old_values, entropy = self._evaluate(batch)
-        beta = self.kl_coef
-        rewards, kl = kl_shaped_rewards(batch.scores, old_logprobs, batch.ref_logprobs, batch.mask, beta,
-                                        cfg.kl_estimator)
-        raw_advantages, returns = gae(rewards, old_values, batch.mask, cfg.gamma, cfg.lam)
-        advantages = self._normalise_advantages(raw_advantages, batch.mask)
-        is_weights, is_metrics = truncated_importance_weights(old_logprobs, batch.behaviour_logprobs, batch.mask,
-                                                              cfg.is_clip_c)
-        opt = self._optimise(batch, old_logprobs, old_values, advantages, returns, is_weights)
+        with self._timed("collate"):
+            batch = collate(kept, self.pad_id, self.device)
+        first_plan = self._plan(batch, self._permutation(len(kept)))
+        with self._timed("evaluate"):
+            old_logprobs, old_values, entropy, first = self._evaluate(batch, first_plan,
+                                                                      keep_first=self.reuse_first_forward)
+        with self._timed("advantages"):
+            beta = self.kl_coef
+            rewards, kl = kl_shaped_rewards(batch.scores, old_logprobs, batch.ref_logprobs, batch.mask, beta,
+                                            cfg.kl_estimator)
+            raw_advantages, returns = gae(rewards, old_values, batch.mask, cfg.gamma, cfg.lam)
+            advantages = self._normalise_advantages(raw_advantages, batch.mask)
+            is_weights, is_metrics = truncated_importance_weights(old_logprobs, batch.behaviour_logprobs, batch.mask,
+                                                                  cfg.is_clip_c)
+        opt = self._optimise(batch, first_plan, first, old_logprobs, old_values, advantages, returns, is_weights)
         kl_mean = self._control_kl(kl, len(kept))
         self.steps += 1
 
@@ -291,7 +350,16 @@ class PPOLearner:
             "tokens_per_s": response_tokens / step_time,
             "step_time_s": step_time,
             **opt,
+            **{f"time_{phase}_s": seconds for phase, seconds in self._phase_s.items()},
         }
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._phase_s[phase] += time.perf_counter() - t0
 
     def _normalise_advantages(self, advantages: Tensor, mask: Tensor) -> Tensor:
         """Whitened over the batch's valid tokens when configured (and there are two to whiten)."""
@@ -309,20 +377,21 @@ class PPOLearner:
         return kl_mean
 
     def _optimise(
-        self, batch: RolloutBatch, old_logprobs: Tensor, old_values: Tensor, advantages: Tensor, returns: Tensor,
-        is_weights: Tensor,
+        self, batch: RolloutBatch, first_plan: list[list[Tensor]], first: list[_Forward] | None, old_logprobs: Tensor,
+        old_values: Tensor, advantages: Tensor, returns: Tensor, is_weights: Tensor,
     ) -> dict[str, float]:
-        """`ppo_epochs` passes of shuffled minibatches; metrics are token-weighted means over the steps taken."""
+        """`ppo_epochs` passes of shuffled minibatches (the first pass in `first_plan`, whose first minibatch's
+        forward passes are `first`); metrics are token-weighted means over the steps taken."""
         n = batch.mask.shape[0]
-        size = self.cfg.minibatch_size
         sums = dict.fromkeys(_STEP_METRICS, 0.0)
         tokens_done = ptx_sum = 0.0
         steps_done = skipped = ptx_windows = 0
-        for _ in range(self.cfg.ppo_epochs):
-            order = torch.from_numpy(self.rng.permutation(n)).to(self.device)
-            for start in range(0, n, size):
-                rows = order[start : start + size]
-                step = self._minibatch_step(batch, rows, old_logprobs, old_values, advantages, returns, is_weights)
+        for epoch in range(self.cfg.ppo_epochs):
+            plan = first_plan if epoch == 0 else self._plan(batch, self._permutation(n))
+            for k, microbatches in enumerate(plan):
+                forwards = first if epoch == 0 and k == 0 else None
+                step = self._minibatch_step(batch, microbatches, forwards, old_logprobs, old_values, advantages,
+                                            returns, is_weights)
                 ptx_windows += step.pop("ptx_windows")
                 if step.pop("skipped"):
                     skipped += 1
@@ -342,56 +411,94 @@ class PPOLearner:
         return out
 
     def _minibatch_step(
-        self, batch: RolloutBatch, rows: Tensor, old_logprobs: Tensor, old_values: Tensor, advantages: Tensor,
-        returns: Tensor, is_weights: Tensor,
+        self, batch: RolloutBatch, microbatches: Sequence[Tensor], forwards: Sequence[_Forward] | None,
+        old_logprobs: Tensor, old_values: Tensor, advantages: Tensor, returns: Tensor, is_weights: Tensor,
     ) -> dict[str, float]:
-        """One optimiser step of both models on the given rows: clipped surrogate (importance-weighted)
-        plus γ_ptx times the pretraining NLL for the policy, clipped value loss for the value model.
-        Returns the step's metrics, its valid token count and whether the non-finite guard skipped it."""
+        """One optimiser step of both models on a minibatch (given as its micro-batches of rows): clipped
+        surrogate (importance-weighted) plus γ_ptx times the pretraining NLL for the policy, clipped value
+        loss for the value model. `forwards`: the micro-batches' forward passes at the current weights, if
+        already run (else they run here).
+
+        The losses are token means over the minibatch; a micro-batch with n of the minibatch's N response
+        tokens contributes its own token mean times n / N (its gradient is accumulated right away, which
+        frees its activations), so loss, gradient and metrics are the minibatch's, up to float rounding.
+        A non-finite loss or gradient anywhere skips the whole minibatch: weights and optimiser state stay
+        untouched. Returns the step's metrics, its valid token count and whether it was skipped."""
         cfg = self.cfg
-        mb = batch.select(rows)
-        t = mb.response_len
-        logprobs = token_logprobs(self._response_logits(mb), mb.response_ids)
-        pg_loss, pg_metrics = ppo_policy_loss(logprobs, old_logprobs[rows, :t], advantages[rows, :t], mb.mask,
-                                              cfg.clip_eps, is_weights=is_weights[rows, :t])
-        vf_loss, vf_metrics = value_loss(self._response_values(mb), old_values[rows, :t], returns[rows, :t], mb.mask,
-                                         cfg.value_clip_eps)
-        policy_objective, ptx_loss, ptx_windows = pg_loss, None, 0
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        self.value_optimizer.zero_grad(set_to_none=True)
+        tokens = float(sum(int(batch.mask[rows].sum()) for rows in microbatches))
+        n_rows = sum(len(rows) for rows in microbatches)
+        metrics: dict[str, float] = collections.defaultdict(float)
+        windows, ptx_windows = None, 0
         if cfg.ptx_coef > 0:
-            windows = sample_windows(self.pretrain_stream, cfg.ptx_per_rl * len(rows), cfg.ptx_seq_len, self.rng)
+            windows = sample_windows(self.pretrain_stream, self._ptx_windows(n_rows), cfg.ptx_seq_len, self.rng)
             ptx_windows = windows.shape[0]
-            with autocast(self.device, self.bf16):
-                ptx_loss, _ = causal_lm_loss(self.policy, windows.to(self.device))
-            policy_objective = policy_objective + cfg.ptx_coef * ptx_loss
-        grad_norms = self._guarded_step(policy_objective, vf_loss)
+        for j, rows in enumerate(microbatches):
+            forward = forwards[j] if forwards is not None else None
+            with self._timed("policy_forward"):
+                mb = forward.batch if forward is not None else batch.select(rows)
+                t = mb.response_len
+                logprobs = forward.logprobs if forward is not None else token_logprobs(self._response_logits(mb),
+                                                                                       mb.response_ids)
+                pg_loss, pg_metrics = ppo_policy_loss(logprobs, old_logprobs[rows, :t], advantages[rows, :t],
+                                                      mb.mask, cfg.clip_eps, is_weights=is_weights[rows, :t])
+            with self._timed("value_forward"):
+                values = forward.values if forward is not None else self._response_values(mb)
+                vf_loss, vf_metrics = value_loss(values, old_values[rows, :t], returns[rows, :t], mb.mask,
+                                                 cfg.value_clip_eps)
+            if not (torch.isfinite(pg_loss) and torch.isfinite(vf_loss)):
+                return self._skip(f"non-finite loss (policy {pg_loss.item()}, value {vf_loss.item()})", ptx_windows)
+            share = float(mb.mask.sum()) / tokens
+            # The two models share no parameters and no activations: a backward of each gives the same
+            # gradients as one backward through their sum, and lets the profile time them apart.
+            with self._timed("policy_backward"):
+                (share * pg_loss).backward()
+            with self._timed("value_backward"):
+                (share * vf_loss).backward()
+            metrics["policy_loss"] += share * pg_loss.item()
+            metrics["value_loss"] += share * vf_loss.item()
+            for key, value in {**pg_metrics, **vf_metrics}.items():
+                metrics[key] += share * value
+        ptx_loss = None
+        if windows is not None:
+            with self._timed("ptx_forward"):
+                with autocast(self.device, self.bf16):
+                    ptx_loss, _ = causal_lm_loss(self.policy, windows.to(self.device))
+            if not torch.isfinite(ptx_loss):
+                return self._skip(f"non-finite pretraining loss {ptx_loss.item()}", ptx_windows)
+            with self._timed("policy_backward"):
+                (cfg.ptx_coef * ptx_loss).backward()
+        with self._timed("optimizer"):
+            grad_norms = self._clip_and_step()
         if grad_norms is None:
             return {"skipped": True, "ptx_windows": ptx_windows}
-        out = {"skipped": False, "ptx_windows": ptx_windows, "tokens": float(mb.mask.sum()),
-               "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), **pg_metrics, **vf_metrics, **grad_norms}
+        out = {"skipped": False, "ptx_windows": ptx_windows, "tokens": tokens, **metrics, **grad_norms}
         if ptx_loss is not None:
             out["ptx_loss"] = ptx_loss.item()
         return out
 
-    def _guarded_step(self, policy_objective: Tensor, vf_loss: Tensor) -> dict[str, float] | None:
-        """Backward, clip and step both models, or neither: a non-finite loss or gradient in either skips
-        the minibatch and leaves weights and optimiser state untouched. Returns the gradient norms, or
-        None when skipped."""
+    def _skip(self, why: str, ptx_windows: int) -> dict[str, Any]:
         self.policy_optimizer.zero_grad(set_to_none=True)
         self.value_optimizer.zero_grad(set_to_none=True)
-        if not (torch.isfinite(policy_objective) and torch.isfinite(vf_loss)):
-            log.warning("skipping a PPO minibatch: non-finite loss (policy %s, value %s)",
-                        policy_objective.item(), vf_loss.item())
-            return None
-        # The two models share no parameters: one backward through the sum gives each its own gradient.
-        (policy_objective + vf_loss).backward()
+        log.warning("skipping a PPO minibatch: %s", why)
+        return {"skipped": True, "ptx_windows": ptx_windows}
+
+    def _ptx_windows(self, rollouts: int) -> int:
+        """Pretraining windows for a minibatch of `rollouts` rollouts: `ptx_per_rl` per rollout, at least one.
+        The ptx loss is a mean over windows drawn uniformly at random, so its gradient is an unbiased estimate
+        of the corpus gradient whatever their number: fewer windows add variance, not bias."""
+        return max(1, round(self.cfg.ptx_per_rl * rollouts))
+
+    def _clip_and_step(self) -> dict[str, float] | None:
+        """Clip and step both models on their accumulated gradients, or neither: a non-finite gradient norm in
+        either skips the minibatch and leaves weights and optimiser state untouched. Returns the gradient
+        norms, or None when skipped."""
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         policy_norm = torch.nn.utils.clip_grad_norm_(self.policy_params, max_norm)
         value_norm = torch.nn.utils.clip_grad_norm_(self.value_params, max_norm)
         if not (torch.isfinite(policy_norm) and torch.isfinite(value_norm)):
-            self.policy_optimizer.zero_grad(set_to_none=True)
-            self.value_optimizer.zero_grad(set_to_none=True)
-            log.warning("skipping a PPO minibatch: non-finite gradient (policy norm %s, value norm %s)",
-                        float(policy_norm), float(value_norm))
+            self._skip(f"non-finite gradient (policy norm {float(policy_norm)}, value norm {float(value_norm)})", 0)
             return None
         self.policy_optimizer.step()
         self.value_optimizer.step()

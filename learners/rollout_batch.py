@@ -57,6 +57,22 @@ class RolloutBatch:
     def response_len(self) -> int:
         return self.mask.shape[1]
 
+    def microbatches(self, rows: Tensor, max_tokens: int) -> list[Tensor]:
+        """`rows` cut into groups for separate forward passes: sorted by length (prompt + response), longest
+        first, each group with ``rows x its longest <= max_tokens`` padded tokens (a longer row goes alone).
+        Rows of similar length share a pass, so less compute goes to padding. ``max_tokens`` 0: one group."""
+        if max_tokens <= 0:
+            return [rows]
+        lengths = self.attention_mask[rows].sum(dim=1).tolist()
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+        groups: list[list[int]] = []
+        for i in order:
+            if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return [rows[torch.tensor(g, dtype=torch.long, device=rows.device)] for g in groups]
+
 
 def collate(rollouts: Sequence[Rollout], pad_id: int, device: torch.device) -> RolloutBatch:
     """Right-padded tensors of a list of scored rollouts (see the module docstring for the layout)."""

@@ -212,7 +212,15 @@ def round_section(paths: RunPaths, by_round: dict[int, dict[str, dict[str, Any]]
             f"{_fmt(row['sft_logprob_current'])} | {win} | {_fmt(row['win_vs_previous'])} | {_fmt(row['utility'])} | "
             f"{_fmt(row['follows'])} | {_fmt(row['words'], 2)} | {_fmt(row['kl'])} | {_fmt(row['lm_loss'])} |")
     sft_utility = next((row["sft_utility"] for row in rows if row["sft_utility"] is not None), None)
-    lines += ["", f"SFT's true utility on the same prompts: {_fmt(sft_utility)}.", ""]
+    lines += ["", f"SFT's true utility on the same prompts: {_fmt(sft_utility)}."]
+    for r, s in sorted(by_round.items()):
+        current = ((s.get("rm_eval") or {}).get("current") or {}).get("heldout", {})
+        if "previous_rm_accuracy" in current:
+            lines.append(f"On round {r}'s pairs of its current policy the previous round's reward model scores "
+                         f"{_fmt(current['previous_rm_accuracy'])} (equal length "
+                         f"{_fmt(current.get('previous_rm_accuracy_equal_length'))}), the new one "
+                         f"{_fmt(current['rm_accuracy'])} ({_fmt(current.get('rm_accuracy_equal_length'))}).")
+    lines.append("")
     latest = max(by_round)
     contrast = ((by_round[latest].get("rm_eval") or {}).get("current") or by_round[latest].get("rm_eval") or {})
     table = contrast.get("heldout", {}).get("by_contrast_equal_length")

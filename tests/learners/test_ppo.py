@@ -262,6 +262,123 @@ def test_ptx_term(tiny_checkpoint, value_const, stream, monkeypatch):
     assert_unchanged(before, plain.policy)
 
 
+@pytest.mark.parametrize(("ptx_per_rl", "windows"), [
+    (0.25, [1, 1, 1]),  # round(0.25 x 3) = 1, round(0.25 x 1) = 0 -> at least 1
+    (0.5, [2, 2, 1]),  # round(1.5) = 2 (half to even), round(0.5) = 0 -> 1
+    (2.0, [6, 6, 2]),
+])
+def test_ptx_windows_per_minibatch(tiny_checkpoint, value_const, stream, monkeypatch, ptx_per_rl, windows):
+    # 7 rollouts in minibatches of 3, 3, 1: round(ptx_per_rl x rows) windows each, never fewer than one.
+    import raylhf.learners.ppo as ppo_module
+
+    drawn = []
+    real = ppo_module.sample_windows
+
+    def recording(stream_, n, seq_len, rng):
+        drawn.append(n)
+        return real(stream_, n, seq_len, rng)
+
+    monkeypatch.setattr(ppo_module, "sample_windows", recording)
+    learner = make_learner(tiny_checkpoint, value_const, ptx_coef=1.0, ptx_per_rl=ptx_per_rl, ptx_seq_len=16,
+                           pretrain_stream=stream, minibatch_size=3)
+    metrics = learner.train_step(mixed_batch(7, seed=5))
+    assert drawn == windows and metrics["ptx_windows"] == sum(windows)
+
+
+@pytest.mark.parametrize("ppo_epochs", [1, 2])
+def test_reusing_the_first_forward_pass_changes_nothing_but_rounding(tiny_checkpoint, value_zero, stream, ppo_epochs):
+    # The first minibatch's optimiser step reuses the forward passes that computed its π_old (θ = θ_old there).
+    # Recomputing them instead must give the same step: same metrics and weights up to float rounding.
+    settings = dict(kl_coef=0.1, minibatch_size=3, ppo_epochs=ppo_epochs, ptx_coef=0.5, ptx_seq_len=16,
+                    pretrain_stream=stream)
+    reused = make_learner(tiny_checkpoint, value_zero, **settings)
+    recomputed = make_learner(tiny_checkpoint, value_zero, **settings)
+    recomputed.reuse_first_forward = False
+    for k in range(2):
+        batch = mixed_batch(7, seed=20 + k, version=k)
+        a, b = reused.train_step(batch), recomputed.train_step(batch)
+        reused.publish()
+        recomputed.publish()
+        for key in set(a) - set(TIMING_METRICS):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    for (name, x), y in zip(reused.policy.named_parameters(), recomputed.policy.parameters()):
+        assert torch.allclose(x, y, atol=1e-5), name
+    for (name, x), y in zip(reused.value_model.named_parameters(), recomputed.value_model.parameters()):
+        assert torch.allclose(x, y, atol=1e-5), name
+
+
+def test_first_minibatch_ratio_is_exactly_one(tiny_checkpoint, value_zero):
+    # One minibatch, one epoch: the step's π_θ is the forward pass that gave π_old, so ρ = exp(0) = 1 exactly
+    # on every token, and the sampled KL estimate (mean of log π_old - log π_θ) is exactly 0.
+    learner = make_learner(tiny_checkpoint, value_zero, kl_coef=0.1, minibatch_size=8)
+    metrics = learner.train_step(mixed_batch(8, seed=6))
+    assert metrics["ratio_mean"] == 1.0 and metrics["approx_kl"] == 0.0 and metrics["clipfrac"] == 0.0
+
+
+def test_microbatches_group_rows_of_similar_length():
+    from raylhf.learners.rollout_batch import collate
+
+    # prompt 4 tokens + responses of 1, 6, 2, 5, 3 tokens: lengths 5, 10, 6, 9, 7
+    batch = collate([rollout([50] * t, 0.0, i=i) for i, t in enumerate([1, 6, 2, 5, 3])], 0, torch.device("cpu"))
+    rows = torch.tensor([0, 1, 2, 3, 4])
+    groups = [g.tolist() for g in batch.microbatches(rows, 20)]
+    # longest first: 10 + 9 -> 2 x 10 = 20 fits, a third row would make 30; then 7 + 6 (2 x 7 = 14) + 5 (3 x 7 = 21 > 20)
+    assert groups == [[1, 3], [4, 2], [0]]
+    assert [g.tolist() for g in batch.microbatches(rows, 0)] == [[0, 1, 2, 3, 4]]  # 0: one group
+    assert [g.tolist() for g in batch.microbatches(rows, 3)] == [[1], [3], [4], [2], [0]]  # too long: one row each
+    assert [g.tolist() for g in batch.microbatches(torch.tensor([4, 0]), 100)] == [[4, 0]]  # row ids, not positions
+
+
+@pytest.mark.parametrize("microbatch_tokens", [16, 40])
+def test_microbatches_give_the_minibatch_update(tiny_checkpoint, value_zero, stream, microbatch_tokens):
+    # Token-weighted micro-batch losses add up to the minibatch's token-mean loss: the same gradient, so the same
+    # metrics and weights (up to float rounding) as one forward pass per minibatch, over two epochs with ptx.
+    # A small learning rate keeps every value far from its clip boundary, where float rounding could flip a
+    # token's vf_clipfrac vote (a count, not a smooth function of the weights).
+    settings = dict(kl_coef=0.1, minibatch_size=4, ppo_epochs=2, ptx_coef=0.5, ptx_seq_len=16, pretrain_stream=stream,
+                    lr=1e-4, value_lr=1e-4)
+    whole = make_learner(tiny_checkpoint, value_zero, **settings)
+    split = make_learner(tiny_checkpoint, value_zero, microbatch_tokens=microbatch_tokens, **settings)
+    from raylhf.learners.rollout_batch import collate
+
+    collated = collate(mixed_batch(9, seed=30), split.pad_id, split.device)
+    assert len(split._plan(collated, torch.arange(4))[0]) > 1  # a minibatch really is split
+    for k in range(2):
+        batch = mixed_batch(9, seed=30 + k, version=k)
+        a, b = whole.train_step(batch), split.train_step(batch)
+        whole.publish()
+        split.publish()
+        for key in set(a) - set(TIMING_METRICS):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    for (name, x), y in zip(whole.policy.named_parameters(), split.policy.parameters()):
+        assert torch.allclose(x, y, atol=1e-5), name
+    for (name, x), y in zip(whole.value_model.named_parameters(), split.value_model.parameters()):
+        assert torch.allclose(x, y, atol=1e-5), name
+
+
+def test_attention_kernels_give_the_same_step(tiny_checkpoint, value_zero):
+    eager = make_learner(tiny_checkpoint, value_zero, kl_coef=0.1, attention="auto")  # CPU: eager
+    fused = make_learner(tiny_checkpoint, value_zero, kl_coef=0.1, attention="sdpa")
+    assert eager.policy.config._attn_implementation == eager.value_model.config._attn_implementation == "eager"
+    assert fused.policy.config._attn_implementation == "sdpa"
+    batch = mixed_batch(8, seed=8)
+    a, b = eager.train_step(batch), fused.train_step(batch)
+    for key in set(a) - set(TIMING_METRICS):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    for (name, x), y in zip(eager.policy.named_parameters(), fused.policy.parameters()):
+        assert torch.allclose(x, y, atol=1e-5), name
+
+
+def test_train_step_reports_its_phase_times(tiny_checkpoint, value_zero, stream):
+    from raylhf.learners.ppo import PHASES
+
+    learner = make_learner(tiny_checkpoint, value_zero, ptx_coef=0.5, ptx_seq_len=16, pretrain_stream=stream)
+    metrics = learner.train_step(mixed_batch(8, seed=7))
+    times = [metrics[f"time_{phase}_s"] for phase in PHASES]
+    assert all(t > 0 for t in times)  # every phase ran (with ptx on)
+    assert sum(times) <= metrics["step_time_s"]  # disjoint intervals inside the step
+
+
 def test_publish_increments_version_and_round_trips_weights(tiny_checkpoint, value_zero):
     from safetensors import safe_open
 

@@ -61,14 +61,6 @@ def _ppo_run(pipeline_run, root, name, *overrides):
             *SMALL, *overrides]
 
 
-def test_sync_mode_completes_on_the_same_checkpoints(pipeline_run, tmp_path):
-    out = _raylhf(_ppo_run(pipeline_run, tmp_path, "sync", "ppo.mode=sync", "ppo.total_steps=3", "ppo.eval_every=0"),
-                  cwd=tmp_path)
-    summary = json.loads(out.stdout.split("[ppo] ", 1)[1].splitlines()[0])
-    assert summary["steps"] == 3 and summary["generators_match_learner"] is True
-    assert set(summary["staleness_histogram"]) == {"0"}  # strictly sequential: always on-policy
-
-
 # -- interrupted and faulty runs ---------------------------------------------------------------------------
 
 TIMING = {"step_time_s", "tokens_per_s", "wall_s", "time"}
@@ -125,7 +117,10 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(pipeline_run, tmp_pa
     from safetensors.torch import load_file
 
     steps = ["ppo.mode=sync", "ppo.eval_every=0", "ppo.checkpoint_every=1", "ppo.total_steps=4"]
-    _raylhf(_ppo_run(pipeline_run, tmp_path, "straight", *steps), cwd=tmp_path)
+    out = _raylhf(_ppo_run(pipeline_run, tmp_path, "straight", *steps), cwd=tmp_path)
+    summary = json.loads(out.stdout.split("[ppo] ", 1)[1].splitlines()[0])  # sync mode on the pipeline's models
+    assert summary["steps"] == 4 and summary["generators_match_learner"] is True
+    assert set(summary["staleness_histogram"]) == {"0"}  # strictly sequential: always on-policy
     killed_args = _ppo_run(pipeline_run, tmp_path, "killed", *steps)
     proc = _start(killed_args, tmp_path)
     run = tmp_path / "killed"

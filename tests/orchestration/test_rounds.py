@@ -185,3 +185,25 @@ def test_report_has_a_row_per_round(tmp_path):
     report = "\n".join(round_section(run, by_round))
     assert "## Iterated RLHF, per round" in report and "0.640 ± 0.048" in report
     assert "correct vs wrong" in report and (tmp_path / "rounds.png").exists()
+
+
+# -- stage bookkeeping ------------------------------------------------------------------------------------------
+def test_a_finished_stage_is_skipped_and_a_redone_ppo_stage_is_evaluated_again(tmp_path):
+    import os
+
+    from raylhf.orchestration.pipeline import Stages
+
+    reported, ran = [], []
+    stage = Stages(RunPaths(tmp_path).round(1), lambda name, s: reported.append(name), label="round 1 ")
+    stage("rm", True, lambda: ran.append("rm") or {"seconds": 1.0})  # output there, no summary yet: runs
+    stage("rm", True, lambda: ran.append("rm again") or {})  # output and summary: skipped
+    stage("rm", False, lambda: ran.append("rm redone") or {})  # output missing: runs again
+    assert ran == ["rm", "rm redone"] and reported == ["round 1 rm", "round 1 rm"]
+    assert not stage.evaluated()
+    stage("ppo", False, lambda: {"steps": 3})
+    stage("eval", stage.evaluated(), lambda: {"win_rates": {}})
+    assert stage.evaluated()
+    ppo = stage.paths.stage_summary("ppo")
+    later = stage.paths.stage_summary("eval").stat().st_mtime + 10
+    os.utime(ppo, (later, later))  # the PPO stage was redone after the evaluation
+    assert not stage.evaluated()
