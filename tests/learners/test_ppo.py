@@ -285,6 +285,21 @@ def test_ptx_windows_per_minibatch(tiny_checkpoint, value_const, stream, monkeyp
     assert drawn == windows and metrics["ptx_windows"] == sum(windows)
 
 
+def _assert_same_steps(first, second, *, n_rollouts: int, seed: int) -> None:
+    """Two learners trained in lockstep on the same two batches end with the same metrics (timings aside) and
+    weights, up to float rounding."""
+    for k in range(2):
+        batch = mixed_batch(n_rollouts, seed=seed + k, version=k)
+        a, b = first.train_step(batch), second.train_step(batch)
+        first.publish()
+        second.publish()
+        for key in set(a) - set(TIMING_METRICS):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    for model in ("policy", "value_model"):
+        for (name, x), y in zip(getattr(first, model).named_parameters(), getattr(second, model).parameters()):
+            assert torch.allclose(x, y, atol=1e-5), name
+
+
 @pytest.mark.parametrize("ppo_epochs", [1, 2])
 def test_reusing_the_first_forward_pass_changes_nothing_but_rounding(tiny_checkpoint, value_zero, stream, ppo_epochs):
     # The first minibatch's optimiser step reuses the forward passes that computed its π_old (θ = θ_old there).
@@ -294,17 +309,7 @@ def test_reusing_the_first_forward_pass_changes_nothing_but_rounding(tiny_checkp
     reused = make_learner(tiny_checkpoint, value_zero, **settings)
     recomputed = make_learner(tiny_checkpoint, value_zero, **settings)
     recomputed.reuse_first_forward = False
-    for k in range(2):
-        batch = mixed_batch(7, seed=20 + k, version=k)
-        a, b = reused.train_step(batch), recomputed.train_step(batch)
-        reused.publish()
-        recomputed.publish()
-        for key in set(a) - set(TIMING_METRICS):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
-    for (name, x), y in zip(reused.policy.named_parameters(), recomputed.policy.parameters()):
-        assert torch.allclose(x, y, atol=1e-5), name
-    for (name, x), y in zip(reused.value_model.named_parameters(), recomputed.value_model.parameters()):
-        assert torch.allclose(x, y, atol=1e-5), name
+    _assert_same_steps(reused, recomputed, n_rollouts=7, seed=20)
 
 
 def test_first_minibatch_ratio_is_exactly_one(tiny_checkpoint, value_zero):
@@ -343,17 +348,7 @@ def test_microbatches_give_the_minibatch_update(tiny_checkpoint, value_zero, str
 
     collated = collate(mixed_batch(9, seed=30), split.pad_id, split.device)
     assert len(split._plan(collated, torch.arange(4))[0]) > 1  # a minibatch really is split
-    for k in range(2):
-        batch = mixed_batch(9, seed=30 + k, version=k)
-        a, b = whole.train_step(batch), split.train_step(batch)
-        whole.publish()
-        split.publish()
-        for key in set(a) - set(TIMING_METRICS):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
-    for (name, x), y in zip(whole.policy.named_parameters(), split.policy.parameters()):
-        assert torch.allclose(x, y, atol=1e-5), name
-    for (name, x), y in zip(whole.value_model.named_parameters(), split.value_model.parameters()):
-        assert torch.allclose(x, y, atol=1e-5), name
+    _assert_same_steps(whole, split, n_rollouts=9, seed=30)
 
 
 def test_attention_kernels_give_the_same_step(tiny_checkpoint, value_zero):
