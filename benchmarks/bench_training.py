@@ -100,19 +100,24 @@ def bench(preset: str, bf16: bool, steps: int) -> dict[str, float]:
     return out
 
 
-# name -> (PPOConfig overrides, reuse the first minibatch's π_old forward[, bf16 autocast if not the default]). "before" is the learner as it was
-# profiled first: every minibatch runs its own forward pass, one pretraining window per rollout, no micro-batches.
-# Each of the next three columns adds one change to the one before it; the last three vary the default config:
-# micro-batches of <= 512 padded tokens, float32 instead of bf16 autocast, plain PPO.
+# name -> (PPOConfig overrides, learner switches (`PPOLearner` class attributes)[, bf16 autocast if not the default]).
+# "before" is the learner as it was profiled first: every minibatch runs its own forward pass, one pretraining
+# window per rollout, the output layer on every position, AdamW's foreach implementation. Each of the next five
+# columns adds one change to the one before it; the last four vary the default config: micro-batches of <= 512
+# padded tokens, float32 instead of bf16 autocast, half the pretraining windows, plain PPO.
+_BEFORE = {"reuse_first_forward": False, "split_output_layer": False, "fused_optimizer": False}
+_OLD_CFG = {"ptx_per_rl": 1.0, "attention": "sdpa", "microbatch_tokens": 0}
 PPO_VARIANTS = {
-    "before": ({"ptx_per_rl": 1.0, "attention": "sdpa", "microbatch_tokens": 0}, False),
-    "+ reuse 1st fwd": ({"ptx_per_rl": 1.0, "attention": "sdpa", "microbatch_tokens": 0}, True),
-    "+ ptx_per_rl 0.25": ({"ptx_per_rl": 0.25, "attention": "sdpa", "microbatch_tokens": 0}, True),
-    "+ eager attention": ({"ptx_per_rl": 0.25, "attention": "eager", "microbatch_tokens": 0}, True),
-    "default config": ({}, True),
-    "default, mb 512": ({"microbatch_tokens": 512}, True),
-    "default, fp32": ({}, True, False),
-    "default, no ptx": ({"ptx_coef": 0.0}, True),
+    "before": (_OLD_CFG, _BEFORE),
+    "+ reuse 1st fwd": (_OLD_CFG, {**_BEFORE, "reuse_first_forward": True}),
+    "+ ptx_per_rl 0.25": ({**_OLD_CFG, "ptx_per_rl": 0.25}, {**_BEFORE, "reuse_first_forward": True}),
+    "+ eager attention": ({**_OLD_CFG, "ptx_per_rl": 0.25, "attention": "eager"}, {**_BEFORE, "reuse_first_forward": True}),
+    "+ head on responses": ({}, {"fused_optimizer": False}),
+    "+ fused AdamW": ({}, {}),  # = the default config
+    "default, mb 512": ({"microbatch_tokens": 512}, {}),
+    "default, fp32": ({}, {}, False),
+    "default, ptx 0.125": ({"ptx_per_rl": 0.125}, {}),
+    "default, no ptx": ({"ptx_coef": 0.0}, {}),
 }
 
 
@@ -145,11 +150,12 @@ def profile_ppo(preset: str, steps: int, workdir: Path) -> list[dict]:
     stream = np.random.default_rng(1).integers(3, 1024, 200_000).astype(np.int64)
     auto_bf16 = use_bf16(RunConfig().train_precision, pick_device("auto"))
     rows = []
-    for name, (overrides, reuse, *precision) in PPO_VARIANTS.items():
+    for name, (overrides, switches, *precision) in PPO_VARIANTS.items():
         bf16 = precision[0] if precision else auto_bf16
         cfg = PPOConfig(**overrides)
-        learner = PPOLearner(cfg, policy_path, value_path, pretrain_stream=stream, seed=0, device="cpu", bf16=bf16)
-        learner.reuse_first_forward = reuse
+        # Switches are class attributes read while the learner is built: set them on a subclass.
+        variant = type("VariantLearner", (PPOLearner,), dict(switches))
+        learner = variant(cfg, policy_path, value_path, pretrain_stream=stream, seed=0, device="cpu", bf16=bf16)
         rng = np.random.default_rng(0)
         samples = []
         for i in range(steps + 1):  # the first is a warm-up

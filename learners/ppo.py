@@ -96,6 +96,30 @@ _STEP_METRICS = ("policy_loss", "value_loss", "clipfrac", "approx_kl", "ratio_me
                  "policy_grad_norm", "value_grad_norm")
 
 
+def response_head_split(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder, output layer) of a causal LM whose logits are exactly ``head(decoder(ids).last_hidden_state)``,
+    else None. Checked numerically on a few tokens rather than trusted by class: some models scale or cap
+    their logits after the output layer (Gemma 2's soft-capping, Cohere's logit scale), and for those the
+    split would compute something else."""
+    try:
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or head is None:
+        return None
+    device = next(model.parameters()).device
+    ids = torch.arange(1, 5, device=device).unsqueeze(0) % model.config.vocab_size
+    with torch.no_grad():
+        try:
+            split = head(decoder(input_ids=ids).last_hidden_state)
+        except (TypeError, AttributeError):
+            return None
+        whole = model(input_ids=ids).logits
+    if split.shape != whole.shape or not torch.allclose(split, whole, rtol=1e-4, atol=1e-5):
+        return None
+    return decoder, head
+
+
 @dataclass
 class _Forward:
     """A minibatch's forward passes at the current weights, graph kept for its optimiser step."""
@@ -129,6 +153,10 @@ class PPOLearner:
     # False repeats the first minibatch's forward passes in its optimiser step instead of reusing those of
     # π_old (same result up to float rounding; the learner profile's baseline, `benchmarks/bench_training.py`).
     reuse_first_forward: bool = True
+    # False: AdamW's default (foreach) implementation instead of the fused kernel (the profile's baseline).
+    fused_optimizer: bool = True
+    # False: the output layer runs on every position, as the model's own forward does (the profile's baseline).
+    split_output_layer: bool = True
 
     def __init__(
         self,
@@ -189,11 +217,16 @@ class PPOLearner:
             attention = "eager" if self.device.type == "cpu" else "sdpa"
         for model in (self.policy, self.value_model):
             model.set_attn_implementation(attention)
+        self._decoder_and_head = response_head_split(self.policy) if self.split_output_layer else None
         self.policy_params = [p for p in self.policy.parameters() if p.requires_grad]
         self.value_params = [p for p in self.value_model.parameters() if p.requires_grad]
         # eps 1e-5 as in OpenAI's PPO implementations; no weight decay, so a zero gradient moves nothing.
-        self.policy_optimizer = torch.optim.AdamW(self.policy_params, lr=self.cfg.lr, eps=1e-5, weight_decay=0.0)
-        self.value_optimizer = torch.optim.AdamW(self.value_params, lr=self.cfg.value_lr, eps=1e-5, weight_decay=0.0)
+        # The fused kernel updates every parameter in one pass (one call per model instead of several per tensor).
+        fused = {"fused": True} if self.fused_optimizer else {}
+        self.policy_optimizer = torch.optim.AdamW(self.policy_params, lr=self.cfg.lr, eps=1e-5, weight_decay=0.0,
+                                                  **fused)
+        self.value_optimizer = torch.optim.AdamW(self.value_params, lr=self.cfg.value_lr, eps=1e-5, weight_decay=0.0,
+                                                 **fused)
 
     @property
     def version(self) -> int:
@@ -208,8 +241,15 @@ class PPOLearner:
     # forward passes
 
     def _response_logits(self, batch: RolloutBatch) -> Tensor:
-        """[B, T, V] policy logits that predict each response token."""
+        """[B, T, V] policy logits that predict each response token.
+
+        Where the model allows it (`response_head_split`), the output layer runs on the response positions'
+        hidden states only: the vocabulary projection and its backward skip the prompt and padding positions."""
         with autocast(self.device, self.bf16):
+            if self._decoder_and_head is not None:
+                decoder, head = self._decoder_and_head
+                hidden = decoder(input_ids=batch.ids, attention_mask=batch.attention_mask).last_hidden_state
+                return head(gather_positions(hidden, batch.positions))
             logits = self.policy(input_ids=batch.ids, attention_mask=batch.attention_mask).logits
         return gather_positions(logits, batch.positions)
 

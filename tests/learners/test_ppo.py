@@ -66,13 +66,13 @@ def stream(tiny_checkpoint):
     return pack_documents(docs, tok.bos_token_id, tok.eos_token_id)
 
 
-def make_learner(policy, value, **overrides) -> PPOLearner:
+def make_learner(policy, value, learner_class=PPOLearner, **overrides) -> PPOLearner:
     """A learner on CPU, seed 0; `overrides` are `PPOConfig` fields or `PPOLearner` run-level keywords."""
     settings = dict(lr=1e-3, value_lr=1e-3, kl_coef=0.0, minibatch_size=4, ptx_coef=0.0)
     run = dict(device="cpu", seed=0)
     for key, setting in overrides.items():
         (settings if key in PPOConfig.model_fields else run)[key] = setting
-    return PPOLearner(PPOConfig(**settings), policy, value, **run)
+    return learner_class(PPOConfig(**settings), policy, value, **run)
 
 
 def rollout(response, score=0.0, logprobs=None, ref_logprobs=None, version=0, prompt=PROMPT, i=0) -> Rollout:
@@ -487,3 +487,31 @@ def test_learner_reads_its_section(tiny_checkpoint, value_zero, stream):
     with pytest.raises(ValueError, match="fewer than one window"):
         PPOLearner(cfg.model_copy(update={"ptx_seq_len": 64}), tiny_checkpoint, value_zero,
                    pretrain_stream=stream[:40], device="cpu")
+
+
+def test_output_layer_on_response_positions_and_fused_adamw_change_nothing_but_rounding(tiny_checkpoint, value_zero,
+                                                                                      stream):
+    # The output layer run on the response positions' hidden states gives the logits the full forward gathers at
+    # those positions; the fused AdamW kernel takes the steps the foreach one does.
+    settings = dict(kl_coef=0.1, minibatch_size=3, ppo_epochs=2, ptx_coef=0.5, ptx_seq_len=16, pretrain_stream=stream)
+    fast = make_learner(tiny_checkpoint, value_zero, **settings)
+    assert fast._decoder_and_head is not None
+    baseline = type("Baseline", (PPOLearner,), {"split_output_layer": False, "fused_optimizer": False})
+    slow = make_learner(tiny_checkpoint, value_zero, learner_class=baseline, **settings)
+    assert slow._decoder_and_head is None
+    _assert_same_steps(fast, slow, n_rollouts=7, seed=40)
+
+
+def test_output_layer_split_refused_where_logits_are_transformed_after_it(tiny_checkpoint):
+    from transformers import LlamaForCausalLM
+
+    from raylhf.learners.ppo import response_head_split
+
+    class SoftCapped(LlamaForCausalLM):  # as Gemma 2 does: logits squashed after the output layer
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = 3.0 * torch.tanh(out.logits / 3.0)
+            return out
+
+    assert response_head_split(LlamaForCausalLM.from_pretrained(tiny_checkpoint)) is not None
+    assert response_head_split(SoftCapped.from_pretrained(tiny_checkpoint)) is None
