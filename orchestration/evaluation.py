@@ -50,3 +50,14 @@ def agreement_by(scores: Sequence[Sequence[float]], pairs: Sequence[tuple[int, i
         agree[label] = agree.get(label, 0.0) + (1.0 if s[w] > s[l] else 0.5 if s[w] == s[l] else 0.0)
         total[label] = total.get(label, 0) + 1
     return {label: {"accuracy": agree[label] / total[label], "pairs": total[label]} for label in sorted(total)}
+
+
+def agreement_table(scores: dict[str, Sequence[Sequence[float]]], pairs: Sequence[tuple[int, int, int]],
+                    labels: Sequence[str]) -> dict[str, dict[str, float]]:
+    """`agreement_by` of several scorers side by side: per label, its number of pairs and each scorer's
+    accuracy on them (`{label: {"pairs": n, name: accuracy, ...}}`), labels sorted."""
+    table: dict[str, dict[str, float]] = {}
+    for name, grouped in scores.items():
+        for label, v in agreement_by(grouped, pairs, labels).items():
+            table.setdefault(label, {"pairs": v["pairs"]})[name] = v["accuracy"]
+    return table

@@ -362,42 +362,84 @@ def _rm_accuracies(task, labeler, tokenizer, sft, rms: dict[str, Any], prompts: 
                    responses: list[list[str]], k: int, device) -> dict[str, Any]:
     """Pairwise accuracies of the reward models `rms`, the ceiling and the SFT log-prob on the labeler's
     rankings of `responses` (K per prompt): overall, on equal-length pairs, per kind of contrast."""
-    from raylhf.contracts.protocols import ContrastingTask
-    from raylhf.learners.reward_model import score_sequences
+    return pair_accuracies(task, score_pairs(task, labeler, tokenizer, sft, rms, prompts, responses, k, device))
+
+
+@dataclasses.dataclass
+class ScoredPairs:
+    """The labeler's rankings of up to K distinct responses per prompt, every response's score under each
+    scorer (`scores[name][g][i]`: comparison g's response i) and its token length (`lengths[g][i]`)."""
+
+    comparisons: list[Comparison]
+    scores: dict[str, list[list[float]]]
+    lengths: list[list[int]]
+
+    @property
+    def rankings(self) -> list[list[int]]:
+        return [list(c.ranking) for c in self.comparisons]
+
+    def ranked(self) -> list[tuple[int, int, int]]:
+        """`(group, winner, loser)` of every ranked pair."""
+        from raylhf.orchestration.evaluation import ranked_pairs
+
+        return ranked_pairs(self.rankings)
+
+    def equal_length(self, ranked: list[tuple[int, int, int]]) -> list[int]:
+        """Indices into `ranked` of the pairs whose two responses have the same token length."""
+        return [i for i, (g, w, l) in enumerate(ranked) if self.lengths[g][w] == self.lengths[g][l]]
+
+    def add_reward_model(self, name: str, rm, tokenizer, device) -> None:
+        """Score every response with the reward model `rm`, as scorer `name`."""
+        from raylhf.learners.reward_model import score_sequences
+        from raylhf.orchestration.evaluation import split_by_group
+
+        seqs = [seq for g in comparison_groups(tokenizer, self.comparisons) for seq in g[0]]
+        flat = score_sequences(rm, seqs, tokenizer.pad_token_id, device)
+        self.scores[name] = split_by_group(flat, [len(c.responses) for c in self.comparisons])
+
+
+def score_pairs(task, labeler, tokenizer, sft, rms: dict[str, Any], prompts: list[Prompt],
+                responses: list[list[str]], k: int, device) -> ScoredPairs:
+    """Rank `responses` (up to K distinct per prompt) with `labeler` and score them with the reward models
+    `rms`, the ceiling (`ceiling`: the task's noiseless utility) and the SFT log-prob (`sft_logprob`)."""
     from raylhf.learners.sft import response_logprobs
-    from raylhf.orchestration.evaluation import agreement_by, pairwise_agreement, ranked_pairs, split_by_group
+    from raylhf.orchestration.evaluation import split_by_group
     from raylhf.orchestration.sampling import rank_into_comparisons
 
     comparisons = rank_into_comparisons(prompts, responses, labeler, k)
-    groups = comparison_groups(tokenizer, comparisons)
     sizes = [len(c.responses) for c in comparisons]
-    rankings = [c.ranking for c in comparisons]
     pairs = [(encode_prompt(tokenizer, c.prompt), encode_response(tokenizer, r))
              for c in comparisons for r in c.responses]
-    scores = {name: score_sequences(rm, [seq for g in groups for seq in g[0]], tokenizer.pad_token_id, device)
-              for name, rm in rms.items()}
-    scores["ceiling"] = [task.utility(c.prompt, r) for c in comparisons for r in c.responses]
-    scores["sft_logprob"] = response_logprobs(sft, pairs, tokenizer.pad_token_id, device)
-    lengths = split_by_group([len(r) for _, r in pairs], sizes)
+    scored = ScoredPairs(comparisons, {}, split_by_group([len(r) for _, r in pairs], sizes))
+    for name, rm in rms.items():
+        scored.add_reward_model(name, rm, tokenizer, device)
+    scored.scores["ceiling"] = split_by_group([task.utility(c.prompt, r) for c in comparisons for r in c.responses],
+                                              sizes)
+    scored.scores["sft_logprob"] = split_by_group(response_logprobs(sft, pairs, tokenizer.pad_token_id, device), sizes)
+    return scored
+
+
+def pair_accuracies(task, scored: ScoredPairs) -> dict[str, Any]:
+    """Every scorer's pairwise accuracy on `scored`: overall, on equal-length pairs, per kind of contrast."""
+    from raylhf.contracts.protocols import ContrastingTask
+    from raylhf.orchestration.evaluation import agreement_table, pairwise_agreement
+
+    comparisons, rankings, lengths = scored.comparisons, scored.rankings, scored.lengths
     s: dict[str, Any] = {"comparisons": len(comparisons)}
-    by_group = {name: split_by_group(flat, sizes) for name, flat in scores.items()}
-    for name, grouped in by_group.items():
+    for name, grouped in scored.scores.items():
         s[f"{name}_accuracy"] = pairwise_agreement(grouped, rankings)
         # Pairs of equal token length: what a score knows beyond "shorter is better".
         s[f"{name}_accuracy_equal_length"] = pairwise_agreement(grouped, rankings, lengths)
-    s["rm_vs_ceiling"] = s["rm_accuracy"] / s["ceiling_accuracy"]
+    if "rm" in scored.scores:
+        s["rm_vs_ceiling"] = s["rm_accuracy"] / s["ceiling_accuracy"]
     if isinstance(task, ContrastingTask):
         # What the RM gets right per kind of difference between the two responses (correct vs wrong, ...).
-        ranked = ranked_pairs(rankings)
+        ranked = scored.ranked()
         kinds = [task.contrast(comparisons[g].prompt, comparisons[g].responses[w], comparisons[g].responses[l])
                  for g, w, l in ranked]
-        equal = [i for i, (g, w, l) in enumerate(ranked) if lengths[g][w] == lengths[g][l]]
-        for key, subset in (("by_contrast", range(len(ranked))), ("by_contrast_equal_length", equal)):
-            table: dict[str, dict[str, float]] = {}
-            for name, grouped in by_group.items():
-                for kind, v in agreement_by(grouped, [ranked[i] for i in subset], [kinds[i] for i in subset]).items():
-                    table.setdefault(kind, {"pairs": v["pairs"]})[name] = v["accuracy"]
-            s[key] = table
+        for key, subset in (("by_contrast", range(len(ranked))), ("by_contrast_equal_length",
+                                                                    scored.equal_length(ranked))):
+            s[key] = agreement_table(scored.scores, [ranked[i] for i in subset], [kinds[i] for i in subset])
     return s
 
 

@@ -9,7 +9,7 @@ from raylhf.configs.loader import ConfigError, explain, load_config
 from raylhf.contracts.dataio import read_records, write_records
 from raylhf.contracts.records import Comparison, Prompt
 from raylhf.orchestration import rounds
-from raylhf.orchestration.evaluation import agreement_by, ranked_pairs
+from raylhf.orchestration.evaluation import agreement_by, agreement_table, ranked_pairs
 from raylhf.orchestration.paths import RoundPaths, RunPaths
 
 
@@ -118,9 +118,10 @@ def test_a_run_with_more_rounds_than_fresh_prompts_is_refused_before_it_starts()
     from raylhf.orchestration.preflight import check_iterate_prompts
 
     check_iterate_prompts(load_config())
+    many = ["iterate.rounds=5", "collect.n_prompts=3000"]
     with pytest.raises(ConfigError, match=r"iterate\.n_prompts: 5 rounds x 1000 fresh prompts .* need 8000 training"):
-        check_iterate_prompts(load_config("tiny", ["iterate.rounds=5"]))
-    check_iterate_prompts(load_config("tiny", ["iterate.rounds=5", "task.n_train_prompts=8000"]))
+        check_iterate_prompts(load_config("tiny", many))
+    check_iterate_prompts(load_config("tiny", [*many, "task.n_train_prompts=8000"]))
     check_iterate_prompts(load_config("tiny", ["iterate.rounds=0", "task.n_train_prompts=20"]))  # no rounds
 
 
@@ -133,6 +134,16 @@ def test_agreement_by_label_counts_each_ranked_pair_once():
     # (2>0): 0.9 > 0.5 agrees; (2>1): agrees; (0>1): 0.5 > 0.1 agrees; (1>0): tie, half.
     out = agreement_by(scores, pairs, ["a", "b", "a", "b"])
     assert out == {"a": {"accuracy": 1.0, "pairs": 2}, "b": {"accuracy": 0.75, "pairs": 2}}
+
+
+def test_agreement_table_puts_scorers_side_by_side_per_label():
+    pairs = ranked_pairs([[2, 0, 1], [1, 0]])  # (2>0), (2>1), (0>1) | (1>0)
+    scores = {"rm": [[0.5, 0.1, 0.9], [0.3, 0.3]],  # agrees, agrees, agrees | tie (half)
+              "flip": [[0.5, 0.9, 1.0], [0.9, 0.3]]}  # agrees, agrees, disagrees | disagrees
+    out = agreement_table(scores, pairs, ["b", "a", "a", "b"])
+    # Label a = pairs (2>1), (0>1): rm 2/2, flip 1/2; label b = (2>0), (1>0): rm 1.5/2, flip 1/2.
+    assert out == {"a": {"pairs": 2, "rm": 1.0, "flip": 0.5}, "b": {"pairs": 2, "rm": 0.75, "flip": 0.5}}
+    assert list(out) == ["a", "b"]
 
 
 def test_demo_task_tells_what_separates_two_responses():

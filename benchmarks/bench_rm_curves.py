@@ -1,0 +1,416 @@
+"""What the demo reward model learns, and what moves it: held-out pairwise accuracy against the simulated
+labeler as a function of comparison data, K, initialisation, model size and which policy's samples it ranks.
+
+Every reward model here is trained by the pipeline's own `rm` stage (`stage_rm`: InstructGPT's K-wise loss,
+the config's `rm.*`, one epoch, `rm.val_fraction` of the prompts kept out) on a slice of a finished run's
+rankings, so no labels are collected and the points differ only in what the curve varies:
+
+- **data**: 1x, 2x, 4x, 8x of the round-0 rankings of SFT samples (`data/comparisons.jsonl`, rows of
+  source `sft`: up to K = 8 distinct responses per prompt, fewer where the policy repeats itself), 1x =
+  `--unit` prompts (375: the demo's ~3,000 round-0 prompts are 8x);
+- **K**: the first K of each prompt's ranked responses with the ranking restricted to them (what the labeler
+  gives when shown those K: its ranking is a sort by a per-response score), cut from the rows that have all
+  8 (so every K sees the same kind of prompt): K = 2, 4, 8 at an equal number of ranked responses
+  (`--k-unit` 192 x 8 = 1,536; equal compute, a step costs one forward pass per response) and at an equal
+  number of prompts (384);
+- **init**: round 1's rankings of the current policy's samples (`rounds/1/comparisons.jsonl`), as a fresh
+  head on SFT and continuing the run's round-0 reward model (`iterate.rm_init: previous`);
+- **size**: a `tiny` and a `small` (configs/small.yaml) reward model both initialised at random (no `small`
+  SFT checkpoint exists), on the same rankings, next to `tiny` from the base model and from SFT (what
+  pretraining and SFT give the reward model); and the measured cost of
+  pretraining the `small` base model (`stage_pretrain`, a few steps of each preset, scaled to
+  `pretrain.steps`);
+- **source**: 1x of the SFT samples' rankings against 1x of round 1's (samples of round 0's PPO policy).
+
+All of them, and the run's own reward models, are scored on the same held-out pairs by the `rm-eval` stage's
+scorer (`score_pairs`, `pair_accuracies`): per held-out prompt (`heldout` and `generalization`,
+`eval.rm_eval_prompts` each) `--eval-groups` independent groups of K + 1 samples at temperature 1 from SFT and
+from round 0's PPO policy (the policy round 1 continues), ranked by the collection labeler; overall, on
+equal-length pairs and per kind of contrast, next to the ceiling (the noiseless utility) and the SFT
+log-prob, plus the equal-length accuracy per instruction family. `±` is a standard error clustered by
+group (pairs of one group share responses).
+
+    .venv/bin/python benchmarks/bench_rm_curves.py --run runs/demo
+    .venv/bin/python benchmarks/bench_rm_curves.py --run runs/demo --points sft-1x   # time one point
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer is used before Ray forks workers
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SOURCES = ("sft", "current")  # round 0's SFT samples, round 1's samples of the current policy
+SPLITS = ("heldout", "generalization")
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One reward model: `prompts` x the first `k` responses of `source`'s rankings, trained from `init`
+    (`sft`; `base`: the pretrained model before SFT; `previous`: the run's round-0 reward model; `random-tiny`,
+    `random-small`: a randomly initialised model of that preset)."""
+
+    name: str
+    source: str
+    prompts: int
+    k: int
+    init: str = "sft"
+
+
+def plan(unit: int, k: int, k_unit: int, size_multiples: Sequence[int], current_prompts: int
+         ) -> dict[str, list[Point]]:
+    """The points of every curve (a point may sit on several curves; it is trained once). The K curves cut
+    the rows that have all `k` responses (`sft-full`), so every K sees the same kind of prompts: at `k_unit`
+    x `k` ranked responses, and at 2 x `k_unit` prompts."""
+    sft = {m: Point(f"sft-{m}x", "sft", m * unit, k) for m in (1, 2, 4, 8)}
+    ks = sorted({kk for kk in (2, 4) if kk < k} | {k})
+    return {
+        "data": list(sft.values()),
+        "k_equal_responses": [Point(f"k{kk}-{k_unit * k // kk}p", "sft-full", k_unit * k // kk, kk) for kk in ks],
+        "k_equal_prompts": [Point(f"k{kk}-{2 * k_unit}p", "sft-full", 2 * k_unit, kk) for kk in ks],
+        "init": [Point("current-all-fresh", "current", current_prompts, k),
+                 Point("current-all-warm", "current", current_prompts, k, "previous")],
+        "size": [p for m in size_multiples for p in (
+            Point(f"random-tiny-{m}x", "sft", m * unit, k, "random-tiny"),
+            Point(f"random-small-{m}x", "sft", m * unit, k, "random-small"),
+            Point(f"base-tiny-{m}x", "sft", m * unit, k, "base"), sft[m])],
+        "source": [sft[1], Point("current-1x", "current", unit, k)],
+    }
+
+
+def first_k(comparisons: Sequence, n_prompts: int, k: int) -> list:
+    """The first `n_prompts` rows, each cut to its first `k` responses with the ranking restricted to them
+    (order kept: the labeler ranks a subset as it ranks the whole, by its per-response score)."""
+    out = []
+    for c in comparisons[:n_prompts]:
+        keep = min(k, len(c.responses))
+        out.append(dataclasses.replace(c, responses=list(c.responses[:keep]),
+                                       ranking=[i for i in c.ranking if i < keep]))
+    return out
+
+
+def split_groups(prompts: Sequence, responses: Sequence[Sequence[str]], groups: int) -> tuple[list, list[list[str]]]:
+    """Each prompt's samples cut into `groups` consecutive groups of equal size, each group a prompt of its own
+    (independent draws: more held-out pairs from the same prompts)."""
+    out_prompts, out_responses = [], []
+    for p, rs in zip(prompts, responses, strict=True):
+        size = len(rs) // groups
+        for g in range(groups):
+            out_prompts.append(p)
+            out_responses.append(list(rs[g * size : (g + 1) * size]))
+    return out_prompts, out_responses
+
+
+def clustered_accuracy(scores: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int, int]]
+                       ) -> tuple[float, float, int]:
+    """Accuracy of `scores` on ranked `pairs` (group, winner, loser; a tie counts half), its standard error
+    clustered by group (sqrt(sum_g (a_g - p n_g)^2) / N, a_g agreements and n_g pairs of group g), and N."""
+    agree: dict[int, float] = {}
+    count: dict[int, int] = {}
+    for g, w, l in pairs:
+        s = scores[g]
+        agree[g] = agree.get(g, 0.0) + (1.0 if s[w] > s[l] else 0.5 if s[w] == s[l] else 0.0)
+        count[g] = count.get(g, 0) + 1
+    n = sum(count.values())
+    if not n:
+        return float("nan"), float("nan"), 0
+    p = sum(agree.values()) / n
+    return p, math.sqrt(sum((agree[g] - p * count[g]) ** 2 for g in count)) / n, n
+
+
+# ------------------------------------------------------------------------------------------------ steps
+def load_rankings(cfg, paths) -> dict[str, list]:
+    """The run's rankings per source: round 0's of SFT samples (`sft`, the task's seed rankings left out; `sft-full`:
+    those with all K distinct responses) and round 1's (`current`)."""
+    from raylhf.contracts.dataio import read_records
+    from raylhf.contracts.records import Comparison
+    from raylhf.orchestration.rounds import SEED_SOURCE
+
+    rows, _ = read_records(paths.comparisons, Comparison)
+    out = {"sft": [c for c in rows if c.source != SEED_SOURCE]}
+    out["sft-full"] = [c for c in out["sft"] if len(c.responses) == cfg.collect.k]
+    if paths.round(1).comparisons.exists():
+        out["current"], _ = read_records(paths.round(1).comparisons, Comparison)
+    return out
+
+
+def eval_pairs(cfg, paths, task, tokenizer, sft, current: dict, groups: int, device) -> dict[str, dict[str, Any]]:
+    """Held-out groups of K samples per source and split, ranked and scored by the baselines."""
+    from raylhf.contracts.dataio import read_records
+    from raylhf.contracts.records import Prompt
+    from raylhf.orchestration.stages import _sample_sources, score_pairs
+
+    labeler = task.labeler(cfg.collect.labeler_seed)
+    k, n = cfg.collect.k, cfg.eval.rm_eval_prompts
+    by_split = {split: read_records(paths.prompts(split), Prompt)[0][:n] for split in SPLITS}
+    everything = [p for ps in by_split.values() for p in ps]
+    policies = {"sft": paths.model("sft"), **current}
+    # `rm-eval`'s sampling seed and temperature.
+    sampled = _sample_sources(cfg, policies, everything, groups * (k + 1), [1.0], cfg.seed + 7)
+    out: dict[str, dict[str, Any]] = {}
+    for source, name in zip(SOURCES, policies):
+        offset = 0
+        for split, prompts in by_split.items():
+            pooled, offset = sampled[name][offset : offset + len(prompts)], offset + len(prompts)
+            ps, rs = split_groups(prompts, pooled, groups)
+            out.setdefault(source, {})[split] = score_pairs(task, labeler, tokenizer, sft, {}, ps, rs, k, device)
+    return out
+
+
+def random_init(preset: str, tokenizer, context: int, out: Path, seed: int) -> Path:
+    from raylhf.learners.models import build_causal_lm
+
+    build_causal_lm(preset, tokenizer, context, seed=seed).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def train_point(cfg, paths, point: Point, rankings: dict[str, list], work: Path, inits: dict[str, Path]) -> dict:
+    from raylhf.contracts.dataio import write_records
+    from raylhf.contracts.records import Comparison
+    from raylhf.orchestration.paths import RunPaths
+    from raylhf.orchestration.stages import stage_rm
+
+    rows = first_k(rankings[point.source], point.prompts, point.k)
+    data = work / "data" / f"{point.name}.jsonl"
+    write_records(data, rows, Comparison)
+    scratch = RunPaths(work / "scratch")  # the stage's metrics rows stay out of the run's metrics.jsonl
+    warm = paths.model("rm") if point.init == "previous" else None
+    summary = stage_rm(cfg, scratch, inits.get(point.init, paths.model("sft")), data, work / "rms" / point.name,
+                       init=warm)
+    return {**dataclasses.asdict(point), "rows": len(rows), "responses": sum(len(c.responses) for c in rows),
+            "train_pairs": sum(len(c.responses) * (len(c.responses) - 1) // 2 for c in rows),
+            "train_s": summary["seconds"], "val_accuracy": summary["val_accuracy"]}
+
+
+def step_seconds(rows: Sequence[dict], stage: str) -> float:
+    """Median seconds between consecutive step rows of `stage` in a metrics log (start-up and the held-out
+    evaluation of the last step left out by the median)."""
+    times = sorted(r["time"] for r in rows if r.get("stage") == stage)
+    gaps = sorted(b - a for a, b in zip(times, times[1:]))
+    return gaps[len(gaps) // 2] if gaps else float("nan")
+
+
+def pretrain_cost(cfg, paths, task, work: Path, steps: int) -> dict[str, Any]:
+    """Seconds per pretraining step of each preset (`steps` steps of the `pretrain` stage), and the `small`
+    base model's full pretraining (`pretrain.steps`) and SFT (the demo's SFT seconds x the step-time ratio)."""
+    from raylhf.orchestration.paths import RunPaths
+    from raylhf.orchestration.stages import load_summary, stage_pretrain
+
+    out: dict[str, Any] = {"steps": steps, "full_steps": cfg.pretrain.steps}
+    for preset in ("tiny", "small"):
+        root = work / f"pretrain-{preset}"
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / "data").exists():
+            os.symlink(paths.data.resolve(), root / "data")
+        c = cfg.model_copy(update={"model": cfg.model.model_copy(update={"preset": preset}),
+                                   "pretrain": cfg.pretrain.model_copy(update={"steps": steps})})
+        scratch = RunPaths(root)
+        s = stage_pretrain(c, scratch, task)
+        rows = [json.loads(line) for line in scratch.metrics.read_text().splitlines() if line.strip()]
+        out[preset] = {"seconds": s["seconds"], "parameters": s["parameters"], "step_s": step_seconds(rows, "pretrain")}
+    ratio = out["small"]["step_s"] / out["tiny"]["step_s"]
+    demo = {stage: (load_summary(paths, stage) or {}).get("seconds") for stage in ("pretrain", "sft")}
+    out.update(ratio=ratio, demo_tiny_s=demo, small_estimate_s={
+        "pretrain": out["small"]["step_s"] * cfg.pretrain.steps,
+        **({"sft": demo["sft"] * ratio} if demo["sft"] else {})})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+def summarise(task, scored: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`pair_accuracies` per source and split, with clustered errors of every scorer's overall and
+    equal-length accuracy and the equal-length accuracy per instruction family."""
+    from raylhf.orchestration.evaluation import agreement_table
+    from raylhf.orchestration.stages import pair_accuracies
+
+    out: dict[str, Any] = {}
+    for source, by_split in scored.items():
+        for split, sp in by_split.items():
+            s = pair_accuracies(task, sp)
+            ranked = sp.ranked()
+            equal = [ranked[i] for i in sp.equal_length(ranked)]
+            s["se"] = {name: {"all": clustered_accuracy(g, ranked)[1], "equal_length": clustered_accuracy(g, equal)[1]}
+                       for name, g in sp.scores.items()}
+            s["equal_length_pairs"] = len(equal)
+            s["by_family_equal_length"] = agreement_table(
+                sp.scores, equal, [task.family(sp.comparisons[g].prompt) for g, _, _ in equal])
+            out.setdefault(source, {})[split] = s
+    return out
+
+
+def _cell(s: dict, name: str, key: str) -> str:
+    acc = s.get(f"{name}_accuracy{'_equal_length' if key == 'equal_length' else ''}")
+    if acc is None:
+        return "—"
+    se = s["se"][name]["equal_length" if key == "equal_length" else "all"]
+    return f"{acc:.3f}±{se:.3f}"
+
+
+def _contrast(s: dict, name: str, kind: str, table: str = "by_contrast") -> str:
+    v = s.get(table, {}).get(kind, {}).get(name)
+    return "—" if v is None else f"{v:.3f}"
+
+
+def curve_table(title: str, points: list[dict], summary: dict, split: str = "heldout") -> list[str]:
+    sft, cur = summary["sft"][split], summary.get("current", {}).get(split)
+    head = ("| point | init | prompts | K | responses | train s | acc | acc equal-length | correct vs wrong "
+            "| correct vs wrong, equal length | concise vs rambling |" + (" current policy: acc | equal length |"
+                                                                        if cur else ""))
+    lines = [f"### {title} (held-out split `{split}`; SFT samples" + (", and the current policy's" if cur else "")
+             + ")", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for p in points:
+        n = p["name"]
+        row = (f"| {n} | {p['init']} | {p['rows']} | {p['k']} | {p['responses']} | {p['train_s']:.0f} | "
+               if "train_s" in p else f"| {n} | — | — | — | — | — | ")
+        row += (f"{_cell(sft, n, 'all')} | {_cell(sft, n, 'equal_length')} | {_contrast(sft, n, 'correct_vs_wrong')} "
+                f"| {_contrast(sft, n, 'correct_vs_wrong', 'by_contrast_equal_length')} "
+                f"| {_contrast(sft, n, 'concise_vs_rambling')} |")
+        if cur:
+            row += f" {_cell(cur, n, 'all')} | {_cell(cur, n, 'equal_length')} |"
+        lines.append(row)
+    return lines
+
+
+def family_table(summary: dict, names: list[str], split: str = "heldout", source: str = "sft") -> list[str]:
+    fams = summary[source][split]["by_family_equal_length"]
+    cols = [n for n in ["ceiling", "sft_logprob", *names] if any(n in v for v in fams.values())]
+    lines = [f"### Equal-length accuracy per instruction family ({source} samples, `{split}`)", "",
+             "| family | pairs | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for fam, v in fams.items():
+        lines.append(f"| {fam} | {v['pairs']} | " + " | ".join(f"{v[c]:.3f}" if c in v else "—" for c in cols) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="finished run (models/sft, models/rm, "
+                        "data/comparisons.jsonl; rounds/1 for the init and source curves)")
+    parser.add_argument("--unit", type=int, default=375, help="prompts of 1x (K = collect.k responses each)")
+    parser.add_argument("--k-unit", type=int, default=192,
+                        help="prompts of K = collect.k in the K curves (equal responses: x K / K')")
+    parser.add_argument("--size-multiples", type=int, nargs="*", default=[1, 4],
+                        help="data multiples of the random tiny / small pair")
+    parser.add_argument("--eval-groups", type=int, default=2,
+                        help="independent groups of K+1 samples per held-out prompt")
+    parser.add_argument("--pretrain-steps", type=int, default=10, help="steps per preset to time pretraining (0: skip)")
+    parser.add_argument("--points", nargs="*", help="train only these points (by name); default: every curve's")
+    parser.add_argument("--config", default="tiny")
+    parser.add_argument("overrides", nargs="*", help="config overrides (rm.*, eval.rm_eval_prompts, ...)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "rm_curves.json")
+    args = parser.parse_args()
+
+    from raylhf.configs.loader import load_config
+    from raylhf.learners.models import context_length, is_checkpoint, load_causal_lm, load_tokenizer
+    from raylhf.learners.reward_model import load_reward_model
+    from raylhf.orchestration.paths import RunPaths
+    from raylhf.orchestration.rounds import policy_name, policy_path
+    from raylhf.orchestration.stages import _setup_torch
+    from raylhf.tasks import load_task
+
+    t_start = time.time()
+    paths = RunPaths(args.run)
+    for stage in ("sft", "rm"):
+        if not is_checkpoint(paths.model(stage)):
+            raise SystemExit(f"{paths.model(stage)} missing: run `make run` (or `raylhf run`) first")
+    cfg = load_config(args.config, [*args.overrides, f"output_dir={args.run.parent}", f"name={args.run.name}"])
+    device, _ = _setup_torch(cfg)
+    task = load_task(cfg.task)
+    tokenizer = load_tokenizer(paths.model("sft"))
+    context = context_length(paths.model("sft"))
+    sft = load_causal_lm(paths.model("sft"), cfg.device)
+    rankings = load_rankings(cfg, paths)
+    current = {policy_name(0): policy_path(paths, 0)} if is_checkpoint(policy_path(paths, 0)) else {}
+    curves = plan(args.unit, cfg.collect.k, args.k_unit, args.size_multiples, len(rankings.get("current", [])))
+    if "current" not in rankings:
+        curves = {c: [p for p in ps if p.source != "current"] for c, ps in curves.items()}
+    # The small model's points last: the most expensive by far.
+    points = sorted({p.name: p for ps in curves.values() for p in ps}.values(), key=lambda p: p.init == "random-small")
+    if args.points:
+        points = [p for p in points if p.name in args.points]
+    for p in points:
+        if p.prompts > len(rankings[p.source]):  # e.g. 8x when a few prompts had < 2 distinct samples
+            print(f"{p.name}: {p.prompts} prompts wanted, the run has {len(rankings[p.source])} rows of "
+                  f"{p.source}; it trains on all of them")
+    print(f"{len(points)} reward models to train: {', '.join(p.name for p in points)}")
+
+    t0 = time.time()
+    scored = eval_pairs(cfg, paths, task, tokenizer, sft, current, args.eval_groups, device)
+    import ray
+
+    ray.shutdown()  # the generator actors' cores go back to training
+    eval_sample_s = time.time() - t0
+    references = {"demo-rm": paths.model("rm"), "demo-round1-rm": paths.round(1).model("rm")}
+    results: dict[str, Any] = {"unit_prompts": args.unit, "k": cfg.collect.k, "eval_groups": args.eval_groups,
+                               "overrides": args.overrides, "eval_sample_s": eval_sample_s, "points": {},
+                               "references": [n for n, p in references.items() if is_checkpoint(p)]}
+
+    def score(name: str, path: Path) -> float:
+        t = time.time()
+        rm = load_reward_model(path, cfg.device)
+        for by_split in scored.values():
+            for sp in by_split.values():
+                sp.add_reward_model(name, rm, tokenizer, device)
+        return time.time() - t
+
+    for name in results["references"]:
+        score(name, references[name])
+    with tempfile.TemporaryDirectory(prefix="bench-rm-curves-") as tmp:
+        work = Path(tmp)
+        inits = {"base": paths.model("base")}
+        for preset in ("tiny", "small"):
+            if any(p.init == f"random-{preset}" for p in points):
+                inits[f"random-{preset}"] = random_init(preset, tokenizer, context, work / f"random-{preset}", cfg.seed)
+        for p in points:
+            if p.init == "random-small" and args.pretrain_steps and "pretrain_cost" not in results:
+                results["pretrain_cost"] = pretrain_cost(cfg, paths, task, work, args.pretrain_steps)
+            r = train_point(cfg, paths, p, rankings, work, inits)
+            r["score_s"] = score(p.name, work / "rms" / p.name)
+            results["points"][p.name] = r
+            print(f"  {p.name:<22} {r['rows']:>5} prompts K={p.k} init={p.init:<13} train {r['train_s']:6.1f} s  "
+                  f"score {r['score_s']:5.1f} s  val acc {r['val_accuracy']:.3f}", flush=True)
+            report(results, task, scored, curves, t_start, args.out)  # a cut-short run keeps what it measured
+        if args.pretrain_steps and "pretrain_cost" not in results:
+            results["pretrain_cost"] = pretrain_cost(cfg, paths, task, work, args.pretrain_steps)
+    print("\n" + "\n".join(report(results, task, scored, curves, t_start, args.out)))
+
+
+def report(results: dict[str, Any], task, scored: dict, curves: dict[str, list[Point]], t_start: float,
+           out: Path) -> list[str]:
+    """Summarise what is measured so far into `results`, write it to `out` and return the tables."""
+    results["summary"] = summarise(task, scored)
+    results["curves"] = {c: [p.name for p in ps if p.name in results["points"]] for c, ps in curves.items()}
+    results["wall_s"] = time.time() - t_start
+    refs = [{"name": n} for n in ("ceiling", "sft_logprob", *results["references"])]
+    lines: list[str] = []
+    for curve, names in results["curves"].items():
+        if names:
+            lines += curve_table(curve, [results["points"][n] for n in names] + refs, results["summary"]) + [""]
+    scorers = results["summary"]["sft"]["heldout"]["se"]
+    fam_names = [n for n in ("demo-rm", "sft-1x", "sft-8x", "base-tiny-4x", "random-small-4x") if n in scorers]
+    for split in SPLITS:
+        lines += family_table(results["summary"], fam_names, split) + [""]
+    if "pretrain_cost" in results:
+        pc = results["pretrain_cost"]
+        lines.append(f"pretraining step: tiny {pc['tiny']['step_s']:.3f} s ({pc['tiny']['parameters']:,} parameters), "
+                     f"small {pc['small']['step_s']:.3f} s ({pc['small']['parameters']:,}): {pc['ratio']:.1f}x; "
+                     f"the demo's tiny stages {({k: round(v) for k, v in pc['demo_tiny_s'].items() if v})} s -> "
+                     f"small {({k: round(v) for k, v in pc['small_estimate_s'].items()})} s")
+    lines.append(f"eval sampling {results['eval_sample_s']:.0f} s; total {results['wall_s']:.0f} s")
+    results["tables"] = lines
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=float))
+    return lines
+
+
+if __name__ == "__main__":
+    main()
