@@ -5,7 +5,8 @@
   the config.
 - `worker_extension.WeightSyncExtension`: applies a WeightSnapshot inside vLLM's worker and reads
   the engine's weights back for checks.
-- `generator.GeneratorActor`, `start_generators`, `broadcast_weights`: the generator pool on Ray
+- `generator.GeneratorActor` (weights applied between generate calls) and `GeneratorActorInFlight`
+  (applied inside a running call), `start_generators`, `broadcast_weights`: the generator pool on Ray
   and weight sync through the object store.
 - `sampling`: request validation, per-request seeds, finish reasons, the config's SamplingSpec.
 

@@ -42,6 +42,7 @@ def create_engine(
             num_threads=threads_for(cfg.num_cpus) if device == "cpu" else None,
             trust_remote_code=trust_remote_code,
             version=version,
+            weight_updates=cfg.weight_updates,
         )
     if cfg.engine == "hf":
         from raylhf.actors.hf_engine import HFEngine

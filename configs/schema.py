@@ -12,12 +12,18 @@ import os
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 
 # Ray's own names for what `num_cpus` / `num_gpus` / `memory` already reserve.
 _RAY_BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+def _cpu_ids(value: list[int]) -> list[int]:
+    if any(c < 0 for c in value) or len(set(value)) != len(value):
+        raise ValueError(f"expected distinct CPU ids >= 0 (as `taskset -c` numbers them), got {value}")
+    return value
 
 
 def _custom_resources(value: dict[str, float]) -> dict[str, float]:
@@ -183,6 +189,12 @@ class GenerationConfig(Section):
     """Custom Ray resources each generator actor requires, e.g. `{generator_node: 1}`: pins generators to
     the nodes started with that resource (`ray start --resources='{"generator_node": 4}'`)."""
     _resources_valid = field_validator("resources")(_custom_resources)
+    cpus: list[int] = []
+    """CPU ids (Linux numbering) each generator actor is pinned to, every thread of its process; empty: not pinned.
+    Ray's `num_cpus` only places actors, the OS still runs any process on any core; on a machine with as
+    many cores as busy actors, pinning generators and scorers to one core and the learner to
+    another keeps them from slowing each other's steps."""
+    _cpus_valid = field_validator("cpus")(_cpu_ids)
     kv_cache_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
     """KV-cache memory per vLLM engine, in bytes (on CPU vLLM would otherwise reserve a share of RAM)."""
     enforce_eager: bool = True
@@ -203,6 +215,25 @@ class GenerationConfig(Section):
     """vLLM's log level inside generator actors (its start-up INFO/WARNING lines are verbose and harmless)."""
     in_flight: int = Field(2, ge=1)
     """Generate requests each generator keeps queued, so it never idles waiting for the driver."""
+    weight_updates: Literal["between_calls", "in_flight"] = "between_calls"
+    """When a generator applies a published weight snapshot. `between_calls`: after its running generate call
+    (and any call queued before the snapshot arrived), so every token of a call comes from one policy version.
+    `in_flight` (vLLM engine only): at the next step boundary inside the running call (PipelineRL-style), so
+    generation never waits for a call to drain and new weights take effect within one decoding step. Requests
+    then finish under a newer version than they started with: a rollout's `policy_version` stays the version
+    it started under (the staleness filter stays conservative) and `last_version` records the version in force
+    when it finished. The keys and values already in the KV cache of running requests were computed with the
+    old weights (as in PipelineRL); the behaviour logprobs are still those of the distribution that sampled
+    each token, which is what the learner's importance weights need."""
+
+    @field_validator("weight_updates")
+    @classmethod
+    def _in_flight_needs_vllm(cls, v: str, info: ValidationInfo) -> str:
+        # Only vLLM's engine exposes the step loop an update can be slotted into; HF `generate` is one call.
+        if v == "in_flight" and info.data.get("engine") != "vllm":
+            raise ValueError(f"`in_flight` needs `generation.engine: vllm` (got {info.data.get('engine')!r}); "
+                             "the hf engine applies weights between calls only")
+        return v
 
 
 class PPOConfig(Section):
@@ -276,6 +307,12 @@ class PPOConfig(Section):
     resources: dict[str, float] = {}
     """Custom Ray resources the learner actor requires, e.g. `{learner_node: 1}` (pins it to those nodes)."""
     _resources_valid = field_validator("resources")(_custom_resources)
+    cpus: list[int] = []
+    """CPU ids (Linux numbering) the learner actor is pinned to, every thread of its process; empty: not pinned.
+    Ray's `num_cpus` only places actors, the OS still runs any process on any core; on a machine with as
+    many cores as busy actors, pinning the learner to a core of its own keeps generation and
+    scoring from slowing its steps."""
+    _cpus_valid = field_validator("cpus")(_cpu_ids)
     mode: Literal["async", "sync"] = "async"
     """`async`: generators, scorers and learner overlap (the actor/learner pipeline); `sync`: the same
     components strictly in sequence (generate -> score -> train -> publish), the throughput baseline."""
@@ -372,6 +409,12 @@ class RewardConfig(Section):
     resources: dict[str, float] = {}
     """Custom Ray resources each scorer actor requires, e.g. `{scorer_node: 1}` (pins scorers to those nodes)."""
     _resources_valid = field_validator("resources")(_custom_resources)
+    cpus: list[int] = []
+    """CPU ids (Linux numbering) each scorer actor is pinned to, every thread of its process; empty: not pinned.
+    Ray's `num_cpus` only places actors, the OS still runs any process on any core; on a machine with as
+    many cores as busy actors, pinning scorers and generators to one core and the learner to
+    another keeps them from slowing each other's steps."""
+    _cpus_valid = field_validator("cpus")(_cpu_ids)
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights and activations of the frozen models (logprobs are always computed in float32)."""
     max_tokens_per_microbatch: int = Field(4096, ge=1)

@@ -134,7 +134,9 @@ class ContrastingTask(Protocol):
 @runtime_checkable
 class GeneratorService(Protocol):
     """What a generator actor serves (`raylhf.actors.generator.GeneratorActor`). Calls run one at a time
-    in submission order, so a weight load never interleaves with a generate call."""
+    in submission order, so a weight load never interleaves with a generate call; except on an in-flight
+    generator (`GeneratorActorInFlight`), where a load sent to its `weights` concurrency group is applied
+    inside the running generate call."""
 
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingSpec

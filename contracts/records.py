@@ -81,6 +81,17 @@ class Rollout:
 
     Produced by a generator (ids, behaviour logprobs, version, finish reason), completed by the
     reward service (score, ref_logprobs). `staleness = learner_version - policy_version`.
+
+    Versions. `policy_version` is the version in force when the generate call that produced the rollout
+    began, so the staleness above never understates. With in-flight weight updates
+    (`generation.weight_updates: in_flight`) a snapshot can be applied between two decoding steps of a
+    running request: then `last_version` is the version in force when the request finished, and the
+    tokens came from the versions `policy_version..last_version` (the KV cache of tokens already computed
+    keeps the older weights' keys and values). None means every token came from `policy_version` (weights
+    are applied between calls only). With `n > 1` samples per prompt the request finishes with its last
+    sample, so for each sample the span is an upper bound. `logprobs` are recorded by the engine per token
+    from the distribution that sampled that token, whatever weights were in force then, so they remain
+    the exact behaviour probabilities across an update.
     """
 
     prompt_id: str
@@ -94,6 +105,7 @@ class Rollout:
     t_generated: float = 0.0  # unix time the response finished generating
     t_scored: float = 0.0  # unix time the reward service scored it
     sample_id: str = ""  # unique per rollout, for matching requests to results
+    last_version: int | None = None  # version in force when it finished; None: all tokens from policy_version
 
     SCHEMA: ClassVar[pa.Schema] = pa.schema(
         [
@@ -108,8 +120,13 @@ class Rollout:
             pa.field("t_generated", pa.float64(), nullable=False),
             pa.field("t_scored", pa.float64(), nullable=False),
             pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("last_version", pa.int64(), nullable=True),
         ]
     )
+
+    def spans_versions(self) -> bool:
+        """Whether a weight update landed while this rollout was being generated."""
+        return self.last_version is not None and self.last_version != self.policy_version
 
 
 @dataclass

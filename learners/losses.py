@@ -448,6 +448,13 @@ def truncated_importance_weights(
     Truncation bounds the variance a token the behaviour policy found unlikely would otherwise bring.
     The weights multiply each token's PPO surrogate (``is_weights`` of :func:`ppo_policy_loss`).
 
+    Per token, π_behaviour is whatever distribution sampled that token. The generators record it token by
+    token (``Rollout.logprobs``, vLLM's processed logprobs of the step that sampled the token), so a rollout
+    whose generation spanned an in-flight weight update (``Rollout.last_version``) carries the new weights'
+    probabilities for the tokens sampled after it (attending to a KV cache the old weights wrote) and the
+    old ones' before it: ``behaviour_logprobs`` is exact for such mixed rollouts too, and no correction
+    by version is needed here.
+
     Returns ``(weights, metrics)``: ``weights`` ``[B, T]``, 0 at masked positions, detached; metrics
     ``is_weight_mean`` (masked mean of w) and ``is_truncated_frac`` (fraction of valid tokens with
     ``π_old/π_behaviour > c``).

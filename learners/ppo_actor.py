@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import ray
 
+from raylhf.contracts.affinity import current_cpus
 from raylhf.contracts.model_files import ModelFiles, PackedDir, local_dir, pack_dir
 from raylhf.contracts.records import Rollout
 
@@ -38,8 +39,10 @@ class PPOLearnerActor:
 
     def __init__(self, cfg: PPOConfig, policy_path: str | ModelFiles, value_path: str | ModelFiles, *,
                  name: str = "learner", **run_values: Any):
+        from raylhf.contracts.affinity import pin_process
         from raylhf.learners.ppo import PPOLearner
 
+        pin_process(cfg.cpus, "ppo.cpus")  # before torch starts its threads
         self.name = name
         self.learner = PPOLearner(cfg, local_dir(policy_path), local_dir(value_path), **run_values)
         self._published: collections.deque = collections.deque(maxlen=KEEP_SNAPSHOTS)
@@ -47,7 +50,8 @@ class PPOLearnerActor:
     def ready(self) -> dict[str, Any]:
         """Where the actor runs and what it holds; returns once the models are loaded."""
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
-                "node_id": ray.get_runtime_context().get_node_id(), **self.learner.describe()}
+                "node_id": ray.get_runtime_context().get_node_id(), "cpus": current_cpus(),
+                **self.learner.describe()}
 
     def version(self) -> int:
         return self.learner.version

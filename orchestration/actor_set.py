@@ -96,12 +96,14 @@ class PPOActors:
                 log.warning("%s lost while starting (%s); starting again", what, e)
                 again()
 
-    def placement(self) -> dict[str, str]:
-        """The Ray node id each actor runs on, by actor name (read from the actors)."""
+    def placement(self) -> tuple[dict[str, str], dict[str, list[int]]]:
+        """Where each actor runs, by actor name (read from the actors): its Ray node id, and the CPU ids its
+        process may run on (all of the node's unless pinned: `generation.cpus`, `reward.cpus`, `ppo.cpus`)."""
         actors = self.generators + [self.learner]
         infos = remote.get_all([a.handle.ready.remote() for a in actors], [a.name for a in actors], "ready",
                                self.cfg.ppo.timeout_s)
-        return {info["name"]: info["node_id"] for info in [*infos, *self.pool.actor_info]}
+        infos = [*infos, *self.pool.actor_info]
+        return {i["name"]: i["node_id"] for i in infos}, {i["name"]: i.get("cpus", []) for i in infos}
 
     def respawn_learner_handle(self) -> None:
         import ray

@@ -8,7 +8,8 @@ hop along the dataflow, a timer per phase::
 Generators keep `generation.in_flight` requests queued, finished rollouts go to the reward pool, scored
 rollouts wait in a bounded buffer, and the learner trains on a batch as soon as it is idle and a batch
 is ready. Every `ppo.sync_every` learner steps the learner publishes a snapshot that each generator
-applies before its next generate call. When the rollouts in the system reach `ppo.buffer_size`, no new
+applies before its next generate call (with `generation.weight_updates: in_flight`, inside its running
+call, between two decoding steps). When the rollouts in the system reach `ppo.buffer_size`, no new
 generation starts (backpressure), which bounds both memory and staleness. `Pipeline` holds what is in
 flight between the hops; `SampleLedger` where every rollout went.
 
@@ -121,8 +122,10 @@ class RunStats:
     rollouts: int = 0
     response_tokens: int = 0
     wall_s: float = 0.0
-    generator_busy_s: float = 0.0
+    generator_busy_s: float = 0.0  # summed over generators
+    scorer_busy_s: float = 0.0  # summed over scorers (the reward pool's own accounting)
     learner_busy_s: float = 0.0
+    rollouts_in_flight_updated: int = 0  # handed to the learner with a weight update inside their generation
     staleness: collections.Counter = field(default_factory=collections.Counter)
     phases: dict[str, float] = field(default_factory=dict)
     final_version: int = 0
@@ -130,7 +133,8 @@ class RunStats:
     faults: list[Fault] = field(default_factory=list)
     accounting: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self, n_generators: int) -> dict[str, Any]:
+    def summary(self, n_generators: int, n_scorers: int) -> dict[str, Any]:
+        """Throughput and each actor kind's busy fraction: busy seconds / (wall seconds x actors of the kind)."""
         wall = max(self.wall_s, 1e-9)
         return {
             "steps": self.steps,
@@ -138,9 +142,11 @@ class RunStats:
             "samples_per_s": self.rollouts / wall,
             "tokens_per_s": self.response_tokens / wall,
             "generator_busy": self.generator_busy_s / (wall * max(n_generators, 1)),
+            "scorer_busy": self.scorer_busy_s / (wall * max(n_scorers, 1)),
             "learner_busy": self.learner_busy_s / wall,
             "staleness_histogram": {int(k): int(v) for k, v in sorted(self.staleness.items())},
             "max_staleness_seen": max(self.staleness) if self.staleness else 0,
+            "rollouts_in_flight_updated": self.rollouts_in_flight_updated,
             "wall_s": self.wall_s,
             "phase_s": {k: round(v, 3) for k, v in self.phases.items()},
             "final_version": self.final_version,
@@ -203,14 +209,16 @@ class PPODriver:
         checkpoint: where the run's checkpoints go; None: no checkpoints, and a lost learner ends the run.
         respawn: replaces lost actors; None: any actor failure ends the run.
         resume: restore learner, cursor, ledger and reward normaliser from `checkpoint` first.
+        weight_updates: `generation.weight_updates`; `in_flight` sends weight loads to the generators'
+            weights concurrency group, to be applied inside their running generate calls.
     """
 
     def __init__(self, cfg: PPOConfig, *, generators: Sequence[NamedActor], learner: NamedActor, pool: ScoringPool,
                  tokenizer, cursor: PromptCursor, sampling: SamplingSpec, in_flight: int,
                  observer: StepObserver | None = None, checkpoint: PPOCheckpoint | None = None,
-                 respawn: ActorRespawner | None = None, resume: bool = False):
+                 respawn: ActorRespawner | None = None, resume: bool = False, weight_updates: str = "between_calls"):
         self.cfg, self.learner, self.pool = cfg, learner, pool
-        self.gens = GeneratorSet(cfg, generators, respawn)
+        self.gens = GeneratorSet(cfg, generators, respawn, in_flight_weights=weight_updates == "in_flight")
         self.tokenizer, self.cursor, self.sampling, self.in_flight = tokenizer, cursor, sampling, in_flight
         self.observer = observer or _SilentObserver()
         self.checkpoint, self.respawn, self.resume = checkpoint, respawn, resume
@@ -228,6 +236,7 @@ class PPODriver:
 
     def run(self) -> RunStats:
         self._t0 = time.perf_counter()
+        self._scorer_busy0 = self._pool_busy_s()  # the pool may have scored before this loop
         try:
             if self.resume:
                 with self.timer("restore"):
@@ -253,6 +262,7 @@ class PPODriver:
         finally:
             self.stats.wall_s = time.perf_counter() - self._t0
             self.stats.phases = dict(self.timer.seconds)
+            self.stats.scorer_busy_s = self._pool_busy_s() - self._scorer_busy0
             self.stats.final_version = self.version
             self.stats.faults = sorted(self.gens.faults + self._learner_faults, key=lambda f: f.at_s)
             self.stats.accounting = self._accounting()
@@ -392,9 +402,15 @@ class PPODriver:
         self.stats.response_tokens += sum(len(r.response_ids) for r in batch)
         for r in batch:
             self.stats.staleness[self.version - r.policy_version] += 1
+        self.stats.rollouts_in_flight_updated += sum(r.spans_versions() for r in batch)
         self.observer.on_rollouts(batch)
+        self.stats.scorer_busy_s = self._pool_busy_s() - self._scorer_busy0
+        # Cumulative like `wall_s`, so a window's busy fraction is its busy growth / wall growth / actors.
         metrics = dict(metrics, step=self.stats.steps, version=self.version,
-                       wall_s=time.perf_counter() - self._t0, **self._fault_counts())
+                       wall_s=time.perf_counter() - self._t0, generator_busy_s=self.stats.generator_busy_s,
+                       scorer_busy_s=self.stats.scorer_busy_s, learner_busy_s=self.stats.learner_busy_s,
+                       rollouts_in_flight_updated=self.stats.rollouts_in_flight_updated,
+                       **self._fault_counts())
         self.stats.metrics.append(metrics)
         self.observer.on_step(self.stats.steps, metrics)
         if self.stats.steps % self.cfg.sync_every == 0:
@@ -457,6 +473,10 @@ class PPODriver:
         self._learner_faults.append(Fault(self.learner.name, failure.kind, failure.cause, t0 - self._t0,
                                           time.perf_counter() - t0, lost_steps=before - step))
 
+    def _pool_busy_s(self) -> float:
+        """Seconds the reward pool's actors have had work, summed (0 for a pool that does not measure it)."""
+        return float(self.pool.stats().get("busy_s", 0.0))
+
     def _fault_counts(self) -> dict[str, int]:
         pool_stats = self.pool.stats()
         return {**self.ledger.summary(), "samples_resubmitted": sum(f.resubmitted for f in self.gens.faults),
@@ -473,6 +493,7 @@ class PPODriver:
         stats = dataclasses.replace(self.stats, staleness=collections.Counter(self.stats.staleness), metrics=[])
         if not stats.wall_s:  # still running (`run` fills these in when it ends)
             stats.wall_s, stats.phases = time.perf_counter() - self._t0, dict(self.timer.seconds)
+            stats.scorer_busy_s = self._pool_busy_s() - self._scorer_busy0
         work = getattr(self, "_work", None) or Pipeline()  # sync mode holds nothing between hops
         depths = {"to_score": sum(map(len, work.to_score)), "scoring": sum(map(len, work.scoring.values())),
                   "buffered": len(work.buffer), "training": len(work.train_batch)}

@@ -11,6 +11,12 @@ replacements of one slot without an answer in between, the failure stops the run
 Weight loads are coalesced: a slot has at most one `load_weights` call outstanding, and when it finishes
 behind the newest version the newest is sent next. So a slow or stuck generator pins at most one snapshot
 in the object store, however many versions the learner publishes meanwhile.
+
+With in-flight weight updates (`generation.weight_updates: in_flight`) a load is sent to the actor's
+`weights` concurrency group and runs beside its generate call (applied between two decoding steps), so it is
+not part of the slot's ordered queue: it has its own deadline, `ppo.timeout_s` from its submission, and its
+answer does not count as the end of the queue's head call. A replacement actor's first load still goes
+through the ordered queue, so its first generate call already computes with the newest weights.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class _Call:
     sampling: SamplingSpec | None = None
     version: int = 0
     discard: bool = False  # answer no longer wanted (the learner was rewound)
+    concurrent: bool = False  # runs beside the ordered calls (an in-flight weight load)
 
 
 @dataclass
@@ -94,17 +101,22 @@ class _Slot:
     def loading(self) -> bool:
         return any(c.kind == "load_weights" for c in self.calls.values())
 
-    def head_started(self) -> float:
-        head = next(iter(self.calls.values()))
-        return max(head.submitted, self.last_done)
+    def overdue(self, now: float, allowance: float) -> _Call | None:
+        """The call waiting past `allowance`: the head of the ordered queue (counted from when the call before
+        it answered), or a concurrent load (counted from its submission)."""
+        ordered = [c for c in self.calls.values() if not c.concurrent]
+        if ordered and now - max(ordered[0].submitted, self.last_done) > allowance:
+            return ordered[0]
+        return next((c for c in self.calls.values() if c.concurrent and now - c.submitted > allowance), None)
 
 
 class GeneratorSet:
     """Generator slots with ordered calls, deadlines, replacement and coalesced weight loads."""
 
     def __init__(self, cfg: PPOConfig, generators: Sequence[NamedActor], respawn: ActorRespawner | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, in_flight_weights: bool = False):
         self.cfg, self.respawn, self.clock = cfg, respawn, clock
+        self.in_flight_weights = in_flight_weights  # generators started with weight_updates: in_flight
         now = clock()
         self.slots = [_Slot(i, g, now) for i, g in enumerate(generators)]
         self._slot_of: dict[Any, _Slot] = {}
@@ -146,9 +158,12 @@ class GeneratorSet:
         self._call(slot, _Call("generate", ref, self.clock(), draws, requests, sampling))
 
     def _load(self, slot: _Slot) -> None:
+        from raylhf.actors.generator import load_weights_call
+
         version, snapshot_ref = self.newest
-        ref = slot.actor.handle.load_weights.remote(snapshot_ref)
-        self._call(slot, _Call("load_weights", ref, self.clock(), version=version))
+        concurrent = self.in_flight_weights and not slot.fresh
+        ref = load_weights_call(slot.actor.handle, snapshot_ref, concurrent)
+        self._call(slot, _Call("load_weights", ref, self.clock(), version=version, concurrent=concurrent))
 
     def publish(self, version: int, snapshot_ref: Any) -> None:
         """Send a new snapshot to every generator that is not already loading one (those get it next)."""
@@ -182,7 +197,9 @@ class GeneratorSet:
                     break
                 now = self.clock()
                 busy_s = now - max(call.submitted, slot.last_done)
-                slot.last_done, slot.fresh = now, False
+                slot.fresh = False
+                if not call.concurrent:  # the ordered queue moved on
+                    slot.last_done = now
                 if call.kind == "generate":
                     slot.failures_in_a_row = 0  # progress: an answered generate call
                 if call.kind == "ready":
@@ -206,9 +223,9 @@ class GeneratorSet:
             if not slot.calls:
                 continue
             allowance = self.cfg.timeout_s + (self.cfg.actor_startup_timeout_s if slot.fresh else 0.0)
-            if now - slot.head_started() > allowance:
-                head = next(iter(slot.calls.values()))
-                self._replace(slot, ActorFailure(slot.actor.name, head.kind, f"no answer within {allowance:g} s",
+            late = slot.overdue(now, allowance)
+            if late is not None:
+                self._replace(slot, ActorFailure(slot.actor.name, late.kind, f"no answer within {allowance:g} s",
                                                  "timeout"))
 
     def _replace(self, slot: _Slot, failure: ActorFailure) -> None:

@@ -185,12 +185,16 @@ class PPOMetrics:
                         "loop started.", stats.response_tokens / wall if stats.wall_s else 0.0),
             self._counter("raylhf_phase_seconds", "Wall seconds the driver loop spent in each phase "
                           "(generate, score, train, publish, apply_weights, checkpoint, ...).", stats.phases, "phase"),
-            self._counter("raylhf_actor_busy_seconds", "Seconds actors spent working: generate calls (summed over "
-                          "generators) and train steps.",
-                          {"generator": stats.generator_busy_s, "learner": stats.learner_busy_s}, "kind"),
+            self._counter("raylhf_actor_busy_seconds", "Seconds actors spent working, by kind: generate calls "
+                          "(summed over generators), scoring requests (summed over scorers) and train steps.",
+                          {"generator": stats.generator_busy_s, "scorer": stats.scorer_busy_s,
+                           "learner": stats.learner_busy_s}, "kind"),
             self._counter("raylhf_actor_restarts", "Actors replaced after dying, failing or hanging, by kind.",
                           {kind: counts.get(key, 0.0) for kind, key in RESTARTS.items()}, "kind"),
             *[self._counter(name, doc, counts.get(key, 0.0)) for key, (name, doc) in COUNT_COUNTERS.items()],
+            self._counter("raylhf_rollouts_in_flight_updated", "Rollouts handed to the learner whose generation "
+                          "spanned a weight update (generation.weight_updates: in_flight).",
+                          stats.rollouts_in_flight_updated),
             self._gauge("raylhf_learner_step", "Learner steps completed.", self._step),
             self._gauge("raylhf_policy_version", "Newest published policy version.", self._version),
             self._staleness(stats),

@@ -179,6 +179,7 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
                                 eval_generator=lambda: driver.generators[0])
         driver = PPODriver(p, generators=actors.generators, learner=actors.learner, pool=actors.pool,
                            tokenizer=tokenizer, cursor=cursor, sampling=sampling, in_flight=cfg.generation.in_flight,
+                           weight_updates=cfg.generation.weight_updates,
                            observer=reporter if live is None else StepObservers(reporter, live),
                            checkpoint=checkpoint, respawn=actors, resume=resume)
         if live is not None:
@@ -193,11 +194,12 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
             shutil.rmtree(out)
         shutil.copytree(checkpoint.policy_dir, out)
         weights_match = driver.generators_match_learner()
-        placement = actors.placement()
+        placement, cpus = actors.placement()
 
-    summary = stats.summary(cfg.generation.num_generators)
+    summary = stats.summary(cfg.generation.num_generators, cfg.reward.num_actors)
     last = stats.metrics[-1] if stats.metrics else {}
     summary.update(setup_s=setup_s, seconds=time.time() - t0, generators_match_learner=weights_match, placement=placement,
+                   cpus=cpus,
                    final_reward=last.get("reward"), final_kl=last.get("kl"))
     return summary
 

@@ -116,7 +116,8 @@ def write_report(paths: RunPaths, summaries: dict[str, dict[str, Any]],
             lines += [
                 f"- learner steps: {ppo['steps']}, rollouts: {ppo['rollouts']}, samples/s: {_fmt(ppo['samples_per_s'], 1)}",
                 f"- final RM score: {_fmt(ppo.get('final_reward'))}, final KL to SFT per sequence: {_fmt(ppo.get('final_kl'))}",
-                f"- generator busy {_fmt(ppo['generator_busy'], 2)}, learner busy {_fmt(ppo['learner_busy'], 2)}; "
+                f"- generator busy {_fmt(ppo['generator_busy'], 2)}, scorer busy {_fmt(ppo.get('scorer_busy'), 2)}, "
+                f"learner busy {_fmt(ppo['learner_busy'], 2)}; "
                 f"staleness histogram {ppo['staleness_histogram']}",
                 f"- generators hold the learner's newest weights at the end: {ppo['generators_match_learner']}"]
         else:

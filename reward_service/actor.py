@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import ray
 
 from raylhf.configs.schema import RewardConfig
+from raylhf.contracts.affinity import current_cpus
 from raylhf.contracts.model_files import ModelFiles, local_dir
 from raylhf.contracts.records import Rollout
 from raylhf.reward_service.rejects import Reject
@@ -42,8 +43,10 @@ class ScorerActor:
         import torch
         from transformers.utils import logging as hf_logging
 
+        from raylhf.contracts.affinity import pin_process
         from raylhf.reward_service.scorer import RewardScorer
 
+        pin_process(cfg.cpus, "reward.cpus")  # before torch starts its threads
         torch.set_num_threads(torch_threads_for(cfg.num_cpus))
         hf_logging.disable_progress_bar()
         self.name = name
@@ -59,7 +62,8 @@ class ScorerActor:
 
     def ready(self) -> dict[str, Any]:
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
-                "node_id": ray.get_runtime_context().get_node_id(), **self.scorer.describe()}
+                "node_id": ray.get_runtime_context().get_node_id(), "cpus": current_cpus(),
+                **self.scorer.describe()}
 
     def score(self, rollouts: Sequence[Rollout]) -> tuple[list[Rollout], list[Reject]]:
         """(scored rollouts in request order, quarantined rollouts): `RewardScorer.score_with_rejects`."""

@@ -9,6 +9,9 @@ Semantics
   - Timeout: an actor runs its requests one at a time in submission order, so the clock of a request
     starts when it reaches the head of its actor's queue. A head request unanswered after
     `request_timeout_s` marks the actor hung: it is killed, replaced, and all its requests resubmitted.
+  - Busy time: by the same clock, an actor is busy from when a request reaches the head of its queue
+    until its answer is seen (`stats()["busy_s"]`, summed over actors, and per actor). Time spent on
+    requests a lost actor never answered is not counted.
   - Death: an actor that dies (any of `raylhf.contracts.remote.actor_lost_errors()`: `RayActorError` /
     `ActorDiedError`, crashed worker, lost object, OOM kill) is replaced and all its in-flight requests
     resubmitted. A request is dispatched at most `max_attempts` times; beyond that it fails with
@@ -93,6 +96,7 @@ class _Slot:
     completed: int = 0  # requests answered, over all restarts
     in_flight: "OrderedDict[int, _Request]" = field(default_factory=OrderedDict)  # dispatch order
     t_last_done: float = 0.0
+    busy_s: float = 0.0  # seconds with a request running, over all restarts
 
     @property
     def label(self) -> str:
@@ -102,6 +106,15 @@ class _Slot:
         """When the oldest in-flight request began running (the actor serves them in order)."""
         head = next(iter(self.in_flight.values()))
         return max(head.t_dispatch, self.t_last_done)
+
+    def answered(self, request_id: int, now: float) -> None:
+        """Request `request_id` was answered (seen by the driver) at `now`: the actor was busy from when its
+        head request started running until now. Several answers seen at once add up to one interval (the
+        later ones start at `now`), whatever order they are read in, so the sum is the time the actor had work."""
+        if request_id in self.in_flight:
+            self.busy_s += max(0.0, now - self.head_started())
+            del self.in_flight[request_id]
+        self.t_last_done = now
 
 
 class RewardPool:
@@ -268,8 +281,12 @@ class RewardPool:
             **self._rejects.stats(),
             "in_flight": self.num_in_flight,
             "completed_waiting": len(self._completed),
+            # Seconds the actors had a request running (head of its queue to its answer), summed over
+            # actors: divided by wall time and actor count, the pool's busy fraction.
+            "busy_s": sum(s.busy_s for s in self._slots),
             "actors": {
-                s.name: {"restarts": s.restarts, "completed": s.completed, "in_flight": len(s.in_flight)}
+                s.name: {"restarts": s.restarts, "completed": s.completed, "in_flight": len(s.in_flight),
+                         "busy_s": s.busy_s}
                 for s in self._slots
             },
             "reward_running_mean": self.transform.mean,
@@ -371,8 +388,7 @@ class RewardPool:
 
     def _forget(self, request: _Request) -> None:
         self._by_ref.pop(request.ref, None)
-        request.slot.in_flight.pop(request.request_id, None)
-        request.slot.t_last_done = time.monotonic()
+        request.slot.answered(request.request_id, time.monotonic())
 
     def _deliver(self, request: _Request, answer: tuple[list[Rollout], list[Reject]]) -> None:
         rid = request.request_id

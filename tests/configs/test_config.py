@@ -124,3 +124,12 @@ def test_cluster_runs_are_not_bounded_by_this_machine(monkeypatch):
         load_config("tiny", ["generation.num_generators=8"])
     assert load_config("tiny", ["generation.num_generators=8", "ray.address=auto"]).generation.num_generators == 8
     assert load_config("tiny", ["generation.num_generators=8", "ray.num_cpus=8"]).ray.num_cpus == 8
+
+
+def test_in_flight_weight_updates_need_the_vllm_engine():
+    assert RunConfig().generation.weight_updates == "between_calls"
+    assert load_config("tiny", ["generation.weight_updates=in_flight"]).generation.weight_updates == "in_flight"
+    with pytest.raises(ConfigError, match=r"generation\.weight_updates: .*needs `generation\.engine: vllm`"):
+        load_config("tiny", ["generation.engine=hf", "generation.weight_updates=in_flight"])
+    with pytest.raises(ConfigError, match=r"generation\.weight_updates: .*'between_calls' or 'in_flight'"):
+        load_config("tiny", ["generation.weight_updates=sometimes"])

@@ -13,7 +13,8 @@ SAMPLES = {
         Comparison("p1", "say hi", [" hi", " bye"], [1, 0]),
     ],
     Rollout: [
-        Rollout("p0", [1, 5, 6], [7, 8, 2], [-0.5, -1.25, -0.125], 3, "eos", 0.75, [-0.5, -1.0, -0.25], 1.5, 2.5, "s0"),
+        Rollout("p0", [1, 5, 6], [7, 8, 2], [-0.5, -1.25, -0.125], 3, "eos", 0.75, [-0.5, -1.0, -0.25], 1.5, 2.5, "s0",
+                last_version=4),
         Rollout("p1", [1, 9], [4], [-2.0], 4, "length"),
     ],
 }
@@ -30,6 +31,7 @@ def test_round_trip(tmp_path, record_type, suffix):
         for a, b in zip(back, records):
             assert a.logprobs == pytest.approx(b.logprobs) and a.response_ids == b.response_ids
             assert a.policy_version == b.policy_version and a.score == b.score and a.sample_id == b.sample_id
+            assert a.last_version == b.last_version and a.spans_versions() == b.spans_versions()
     else:
         assert back == records
 

@@ -15,7 +15,7 @@ from raylhf.contracts.protocols import GeneratorService, LearnerService, Request
 from raylhf.contracts.records import Prompt, Rollout
 from raylhf.contracts.remote import ActorFailure, NamedActor
 from raylhf.orchestration.cursor import PromptCursor
-from raylhf.orchestration.driver import PPODriver
+from raylhf.orchestration.driver import PPODriver, RunStats
 from raylhf.orchestration.evaluation import pairwise_agreement
 
 
@@ -29,8 +29,9 @@ class _Tokenizer:
 class FakeGenerator:
     """Serves `GeneratorService`; can raise after some calls, or hang (sleep far past any deadline)."""
 
-    def __init__(self, fail_after=None, hang_after=None, delay=0.01):
+    def __init__(self, fail_after=None, hang_after=None, delay=0.01, hang_load_after=None):
         self.version, self.calls, self.fail_after, self.hang_after, self.delay = 0, 0, fail_after, hang_after, delay
+        self.loads, self.hang_load_after = 0, hang_load_after
 
     def ready(self):
         import os
@@ -54,6 +55,9 @@ class FakeGenerator:
         return out
 
     def load_weights(self, snapshot):
+        self.loads += 1
+        if self.hang_load_after is not None and self.loads > self.hang_load_after:
+            time.sleep(3600)  # as an in-flight load waits on a generate call that hangs
         self.version = snapshot["version"]
         return self.version
 
@@ -152,10 +156,12 @@ def test_fakes_implement_the_driver_seams():
 
 
 RemoteGenerator, RemoteLearner = ray.remote(FakeGenerator), ray.remote(FakeLearner)
+# As GeneratorActorInFlight: weight loads run in their own concurrency group, beside generate calls.
+RemoteInFlightGenerator = ray.remote(concurrency_groups={"weights": 1})(FakeGenerator)
 
 
-def _gen(i, **kwargs):
-    return NamedActor(f"generator-{i}", RemoteGenerator.remote(**kwargs))
+def _gen(i, in_flight=False, **kwargs):
+    return NamedActor(f"generator-{i}", (RemoteInFlightGenerator if in_flight else RemoteGenerator).remote(**kwargs))
 
 
 def _learner(**kwargs):
@@ -169,14 +175,15 @@ def _prompts(n=20):
 class Respawner:
     """Replaces lost fake actors as `PPOActors` replaces real ones: kill, then a fresh actor."""
 
-    def __init__(self, generators, learner, generator_kwargs=None):
+    def __init__(self, generators, learner, generator_kwargs=None, in_flight=False):
         self.generators, self.learner_actor = list(generators), learner
         self.generator_kwargs = generator_kwargs or {}
+        self.in_flight = in_flight
         self.spawned = []
 
     def respawn_generator(self, index):
         ray.kill(self.generators[index].handle, no_restart=True)
-        self.generators[index] = NamedActor(f"generator-{index}", RemoteGenerator.remote(**self.generator_kwargs))
+        self.generators[index] = _gen(index, self.in_flight, **self.generator_kwargs)
         self.spawned.append(f"generator-{index}")
         return self.generators[index]
 
@@ -255,6 +262,24 @@ def test_failing_and_hung_generators_are_replaced_and_lose_nothing(ray_session, 
     assert stats.accounting["generator_restarts"] == 2 and stats.accounting["samples_resubmitted"] > 0
     assert stats.accounting["accounting_balanced"], stats.accounting
     # the replacements hold the newest weights
+    assert ray.get([g.handle.get_version.remote() for g in respawn.generators]) == [stats.final_version] * 2
+
+
+def test_in_flight_loads_run_beside_generate_calls_and_still_heal(ray_session, tmp_path):
+    """With in-flight weight updates a load is not queued behind generate calls: it has its own deadline, and
+    a generate call that hangs (or a load stuck behind it) still gets the actor replaced."""
+    from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
+
+    # generator-0 hangs in its 2nd generate call, generator-1's 3rd load never returns (its generate calls do).
+    gens = [_gen(0, True, hang_after=1), _gen(1, True, hang_load_after=2)]
+    learner = _learner()
+    respawn = Respawner(gens, learner, in_flight=True)
+    stats = _driver(gens, learner, "async", steps=8, buffer_size=16, timeout_s=3.0, checkpoint_every=2,
+                    checkpoint=PPOCheckpoint(tmp_path), respawn=respawn, weight_updates="in_flight").run()
+    assert stats.steps == 8 and sorted(s for s in respawn.spawned if s != "learner") == ["generator-0", "generator-1"]
+    faults = {f.actor: f for f in stats.faults}
+    assert faults["generator-0"].kind == "timeout" and faults["generator-1"].kind == "timeout"
+    assert stats.accounting["accounting_balanced"], stats.accounting
     assert ray.get([g.handle.get_version.remote() for g in respawn.generators]) == [stats.final_version] * 2
 
 
@@ -427,3 +452,11 @@ def test_resumed_metrics_drop_the_rows_logged_after_the_checkpoint(tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["stage"], r["step"]) for r in rows] == [("rm", 7), ("ppo", 1), ("ppo", 2), ("ppo", 3)]
     assert ppo.truncate_after(3) == 0
+
+
+def test_summary_divides_busy_time_by_wall_time_and_actor_count():
+    stats = RunStats(steps=4, rollouts=256, wall_s=10.0, generator_busy_s=12.0, scorer_busy_s=5.0, learner_busy_s=9.0)
+    summary = stats.summary(n_generators=2, n_scorers=2)
+    assert summary["generator_busy"] == 12.0 / (10.0 * 2)
+    assert summary["scorer_busy"] == 5.0 / (10.0 * 2)
+    assert summary["learner_busy"] == 9.0 / 10.0

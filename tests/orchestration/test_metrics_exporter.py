@@ -20,7 +20,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def _state(rollouts=16, tokens=96, wall_s=4.0, staleness=None, phases=None, accounting=None, version=2,
            snapshot_ref=None):
     stats = RunStats(steps=2, rollouts=rollouts, response_tokens=tokens, wall_s=wall_s, generator_busy_s=5.0,
-                     learner_busy_s=1.5, staleness=collections.Counter(staleness or {0: 10, 1: 5, 3: 1}),
+                     scorer_busy_s=2.5, learner_busy_s=1.5, staleness=collections.Counter(staleness or {0: 10, 1: 5, 3: 1}),
                      phases=phases or {"score": 0.5, "train": 1.25, "publish": 0.25}, final_version=version,
                      accounting=accounting or {})
     return LoopState(stats, rollouts_in_system=24, depths={"to_score": 8, "scoring": 8, "buffered": 0, "training": 8},
@@ -64,6 +64,7 @@ def test_step_figures_become_named_typed_labelled_metrics():
     assert value("raylhf_phase_seconds_total", phase="train") == 1.25
     assert value("raylhf_phase_seconds_total", phase="publish") == 0.25
     assert value("raylhf_actor_busy_seconds_total", kind="generator") == 5.0
+    assert value("raylhf_actor_busy_seconds_total", kind="scorer") == 2.5
     assert value("raylhf_actor_busy_seconds_total", kind="learner") == 1.5
     # Depths, by hop and by generator; the weights each generator holds.
     assert value("raylhf_rollouts_in_system") == 24 and value("raylhf_pipeline_rollouts", place="scoring") == 8

@@ -53,6 +53,29 @@ def test_async_ppo_properties(pipeline_run):
     assert last > first + 0.05, (first, last)  # the RM score rises (a window of 5 batches has SE ~0.02)
 
 
+def test_in_flight_weight_updates_and_pinned_actors_end_to_end(pipeline_run, tmp_path):
+    # A buffer of eight batches never holds generation back, so published snapshots land in running generate
+    # calls and are applied inside them. The same run pins generator and scorer to one CPU, the learner to
+    # another (the first and last this process may use).
+    import os
+
+    first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
+    args = _ppo_run(pipeline_run, tmp_path, "in_flight", "generation.weight_updates=in_flight", "ppo.total_steps=6",
+                    "ppo.eval_every=0", "ppo.buffer_size=256", "ppo.max_staleness=8",
+                    f"generation.cpus=[{first}]", f"reward.cpus=[{first}]", f"ppo.cpus=[{last}]")
+    out = _raylhf(args, cwd=tmp_path)
+    summary = json.loads(out.stdout.split("[ppo] ", 1)[1].splitlines()[0])
+    assert summary["steps"] == 6 and summary["generators_match_learner"] is True
+    assert summary["accounting_balanced"] is True
+    learner = [name for name in summary["placement"] if name.startswith("learner")]
+    assert len(learner) == 1 and len(summary["cpus"]) == len(summary["placement"]) == 3
+    assert {name: cpus for name, cpus in summary["cpus"].items()} == {
+        name: ([last] if name in learner else [first]) for name in summary["cpus"]}
+    assert 0 < summary["rollouts_in_flight_updated"] <= summary["rollouts"]
+    rows = [r for r in _metrics(tmp_path / "in_flight", "ppo") if "reward" in r]
+    assert rows[-1]["rollouts_in_flight_updated"] == summary["rollouts_in_flight_updated"]
+
+
 def _ppo_run(pipeline_run, root, name, *overrides):
     """Arguments of a `raylhf ppo` on the pipeline's SFT and RM models, in a new run directory."""
     import shutil
@@ -65,7 +88,8 @@ def _ppo_run(pipeline_run, root, name, *overrides):
 
 # -- interrupted and faulty runs ---------------------------------------------------------------------------
 
-TIMING = {"wall_s", "time", *TIMING_METRICS}  # wall-clock figures: they differ between any two runs
+# wall-clock figures: they differ between any two runs
+TIMING = {"wall_s", "time", "generator_busy_s", "scorer_busy_s", "learner_busy_s", *TIMING_METRICS}
 
 
 def _ppo_rows(run: Path) -> dict[int, dict]:

@@ -327,3 +327,31 @@ def test_pool_methods_match_the_scoring_pool_protocol():
     assert {"submit", "ready", "score", "has_capacity", "stats", "shutdown"} <= set(methods)
     for m in methods:
         assert inspect.signature(getattr(RewardPool, m)) == inspect.signature(getattr(ScoringPool, m)), m
+
+
+def test_busy_time_runs_from_the_head_of_each_queue_to_the_answer():
+    # No Ray: the pool's accounting on one slot, with times chosen by hand. An actor serves its requests in
+    # order, so it is busy from when a request reaches the head of its queue until its answer is seen.
+    from raylhf.reward_service.pool import _Request, _Slot
+
+    slot = _Slot(0, "scorer-0", handle=None)
+    for rid, t_dispatch in ((0, 10.0), (1, 10.5)):
+        slot.in_flight[rid] = _Request(rid, [], t_dispatch=t_dispatch)
+    slot.answered(0, now=12.0)  # request 0 ran 10.0 -> 12.0
+    assert slot.busy_s == 2.0
+    slot.answered(1, now=13.5)  # request 1 was queued behind it: it started at 12.0, not at its dispatch
+    assert slot.busy_s == 2.0 + 1.5
+    # Idle from 13.5 to 20.0: a request dispatched then starts at once; idle time is not busy time.
+    slot.in_flight[2] = _Request(2, [], t_dispatch=20.0)
+    slot.answered(2, now=20.25)
+    assert slot.busy_s == 3.5 + 0.25
+    # Two answers seen by one poll, read in either order, count the interval once: 30.0 -> 34.0.
+    slot.in_flight[3] = _Request(3, [], t_dispatch=30.0)
+    slot.in_flight[4] = _Request(4, [], t_dispatch=31.0)
+    slot.answered(4, now=34.0)
+    slot.answered(3, now=34.0)
+    assert slot.busy_s == 3.75 + 4.0 and not slot.in_flight
+    # An answer for a request the slot no longer holds (its actor was replaced) adds nothing.
+    slot.answered(5, now=40.0)
+    assert slot.busy_s == 7.75
+
