@@ -54,9 +54,10 @@ def test_async_ppo_properties(pipeline_run):
 
 
 def test_in_flight_weight_updates_and_pinned_actors_end_to_end(pipeline_run, tmp_path):
-    # A buffer of eight batches never holds generation back, so published snapshots land in running generate
-    # calls and are applied inside them. The same run pins generator and scorer to one CPU, the learner to
-    # another (the first and last this process may use).
+    # The PPO stage runs with loads sent beside the generate calls, its accounting balanced and the generators on
+    # the learner's newest weights at the end. Whether a load lands inside a call here depends on timing (calls of
+    # a few tens of ms): tests/actors/test_in_flight_updates.py checks the mid-call update itself with a long call.
+    # The same run pins generator and scorer to one CPU, the learner to another (the first and last available).
     import os
 
     first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
@@ -71,7 +72,7 @@ def test_in_flight_weight_updates_and_pinned_actors_end_to_end(pipeline_run, tmp
     assert len(learner) == 1 and len(summary["cpus"]) == len(summary["placement"]) == 3
     assert {name: cpus for name, cpus in summary["cpus"].items()} == {
         name: ([last] if name in learner else [first]) for name in summary["cpus"]}
-    assert 0 < summary["rollouts_in_flight_updated"] <= summary["rollouts"]
+    assert 0 <= summary["rollouts_in_flight_updated"] <= summary["rollouts"]
     rows = [r for r in _metrics(tmp_path / "in_flight", "ppo") if "reward" in r]
     assert rows[-1]["rollouts_in_flight_updated"] == summary["rollouts_in_flight_updated"]
 
