@@ -28,7 +28,7 @@ import ray
 from raylhf.actors.engines import create_engine, threads_for
 from raylhf.configs.schema import GenerationConfig
 from raylhf.contracts import remote
-from raylhf.contracts.affinity import current_cpus
+from raylhf.contracts.affinity import current_cpus, pin_process
 from raylhf.contracts.model_files import ModelFiles
 from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
 from raylhf.contracts.records import Rollout
@@ -50,7 +50,6 @@ class _Generator:
         version: int = 0,
         name: str = "generator",
     ):
-        from raylhf.contracts.affinity import pin_process
         from raylhf.contracts.model_files import local_dir  # on another node: the files, unpacked here
 
         pin_process(cfg.cpus, "generation.cpus")  # before the engine starts its threads

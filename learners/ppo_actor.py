@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import ray
 
-from raylhf.contracts.affinity import current_cpus
+from raylhf.contracts.affinity import current_cpus, pin_process
 from raylhf.contracts.model_files import ModelFiles, PackedDir, local_dir, pack_dir
 from raylhf.contracts.records import Rollout
 
@@ -39,7 +39,6 @@ class PPOLearnerActor:
 
     def __init__(self, cfg: PPOConfig, policy_path: str | ModelFiles, value_path: str | ModelFiles, *,
                  name: str = "learner", **run_values: Any):
-        from raylhf.contracts.affinity import pin_process
         from raylhf.learners.ppo import PPOLearner
 
         pin_process(cfg.cpus, "ppo.cpus")  # before torch starts its threads

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import ray
 
 from raylhf.configs.schema import RewardConfig
-from raylhf.contracts.affinity import current_cpus
+from raylhf.contracts.affinity import current_cpus, pin_process
 from raylhf.contracts.model_files import ModelFiles, local_dir
 from raylhf.contracts.records import Rollout
 from raylhf.reward_service.rejects import Reject
@@ -43,7 +43,6 @@ class ScorerActor:
         import torch
         from transformers.utils import logging as hf_logging
 
-        from raylhf.contracts.affinity import pin_process
         from raylhf.reward_service.scorer import RewardScorer
 
         pin_process(cfg.cpus, "reward.cpus")  # before torch starts its threads
