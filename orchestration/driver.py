@@ -47,27 +47,13 @@ from raylhf.contracts.formatting import encode_prompt
 from raylhf.contracts.protocols import GenerationRequest, SamplingSpec, ScoringPool
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.remote import ActorFailure, NamedActor
+from raylhf.contracts.timing import PhaseTimer
 from raylhf.orchestration.cursor import Draw, PromptCursor, epoch_seed
 from raylhf.orchestration.generator_set import ActorRespawner, Fault, Generated, GeneratorSet
 from raylhf.orchestration.ledger import SampleLedger
 from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
 
 log = logging.getLogger(__name__)
-
-
-class PhaseTimer:
-    """Wall seconds spent in each labelled phase of the loop."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = collections.defaultdict(float)
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - t0
 
 
 class StepObserver(Protocol):
