@@ -147,7 +147,8 @@ def eval_pairs(cfg, paths, task, tokenizer, sft, current: dict, groups: int, dev
     """Held-out groups of K samples per source and split, ranked and scored by the baselines."""
     from raylhf.contracts.dataio import read_records
     from raylhf.contracts.records import Prompt
-    from raylhf.orchestration.stages import _sample_sources, score_pairs
+    from raylhf.orchestration.eval_stages import score_pairs
+    from raylhf.orchestration.sample_and_rank import sample_sources
 
     labeler = task.labeler(cfg.collect.labeler_seed)
     k, n = cfg.collect.k, cfg.eval.rm_eval_prompts
@@ -155,7 +156,7 @@ def eval_pairs(cfg, paths, task, tokenizer, sft, current: dict, groups: int, dev
     everything = [p for ps in by_split.values() for p in ps]
     policies = {"sft": paths.model("sft"), **current}
     # `rm-eval`'s sampling seed and temperature.
-    sampled = _sample_sources(cfg, policies, everything, groups * (k + 1), [1.0], cfg.seed + 7)
+    sampled = sample_sources(cfg, policies, everything, groups * (k + 1), [1.0], cfg.seed + 7)
     out: dict[str, dict[str, Any]] = {}
     for source, name in zip(SOURCES, policies):
         offset = 0
@@ -231,7 +232,7 @@ def summarise(task, scored: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """`pair_accuracies` per source and split, with clustered errors of every scorer's overall and
     equal-length accuracy and the equal-length accuracy per instruction family."""
     from raylhf.orchestration.evaluation import agreement_table
-    from raylhf.orchestration.stages import pair_accuracies
+    from raylhf.orchestration.eval_stages import pair_accuracies
 
     out: dict[str, Any] = {}
     for source, by_split in scored.items():
@@ -314,7 +315,7 @@ def main() -> None:
     from raylhf.learners.reward_model import load_reward_model
     from raylhf.orchestration.paths import RunPaths
     from raylhf.orchestration.rounds import policy_name, policy_path
-    from raylhf.orchestration.stages import _setup_torch
+    from raylhf.orchestration.stages import setup_torch
     from raylhf.tasks import load_task
 
     t_start = time.time()
@@ -323,7 +324,7 @@ def main() -> None:
         if not is_checkpoint(paths.model(stage)):
             raise SystemExit(f"{paths.model(stage)} missing: run `make run` (or `raylhf run`) first")
     cfg = load_config(args.config, [*args.overrides, f"output_dir={args.run.parent}", f"name={args.run.name}"])
-    device, _ = _setup_torch(cfg)
+    device, _ = setup_torch(cfg)
     task = load_task(cfg.task)
     tokenizer = load_tokenizer(paths.model("sft"))
     context = context_length(paths.model("sft"))

@@ -143,7 +143,7 @@ def main() -> None:
     cfg = load_config(args.config, [
         f"output_dir={soak.parent}", f"name={soak.name}", f"ppo.total_steps={args.steps}", "ppo.eval_every=0",
         "ppo.batch_size=16", "ppo.minibatch_size=16", "ppo.prompts_per_request=8", "ppo.buffer_size=32",
-        "ppo.ptx_coef=0", "ppo.timeout_s=60", "reward.request_timeout_s=60", *args.overrides])
+        "ppo.ptx_coef=0", "supervision.call_timeout_s=60", "supervision.scorer.call_timeout_s=60", *args.overrides])
     paths = RunPaths(soak)
     probe = MemoryProbe(paths.metrics, args.steps)
     injector = Injector(args.every, args.seed, probe.started)
@@ -171,7 +171,7 @@ def main() -> None:
     result = {
         "steps_asked": args.steps, "steps_completed": summary["steps"],
         "steps_logged_once": steps == list(range(1, args.steps + 1)),
-        "faults_injected": len(injector.injected), "faults_healed": len(healed) + summary.get("scorer_restarts", 0),
+        "faults_injected": len(injector.injected), "faults_healed": len(healed),
         "generator_restarts": summary["generator_restarts"], "scorer_restarts": summary["scorer_restarts"],
         "learner_restarts": summary["learner_restarts"],
         "learner_steps_redone": sum(f["lost_steps"] for f in healed),

@@ -35,6 +35,39 @@ class ConfigError(ValueError):
     """A config that does not satisfy the schema; the message names each bad key path."""
 
 
+# Keys that left the schema -> the key that replaced them. A config still setting one fails before validation,
+# naming the replacement, rather than as an unknown key with a list of allowed ones to search.
+REPLACED_KEYS = {
+    "ppo.timeout_s": "supervision.call_timeout_s",
+    "ppo.actor_startup_timeout_s": "supervision.startup_timeout_s",
+    "ppo.max_consecutive_restarts": "supervision.max_consecutive_restarts",
+    "reward.request_timeout_s": "supervision.scorer.call_timeout_s",
+    "reward.startup_timeout_s": "supervision.scorer.startup_timeout_s",
+    "reward.startup_attempts": "supervision.scorer.max_consecutive_restarts",
+    "reward.startup_backoff_s": "supervision.scorer.backoff_s",
+    "reward.max_attempts": "supervision.scorer.max_attempts",
+}
+
+
+def _replaced(key: str) -> str:
+    new = REPLACED_KEYS[key]
+    message = f"{key} was replaced by {new}"
+    if new.startswith("supervision.scorer."):
+        # The old key held for scorers only; the section-wide key is the other place a user may want.
+        message += f" (or supervision.{new.rsplit('.', 1)[1]} for every actor kind)"
+    return message
+
+
+def _reject_replaced_keys(data: dict[str, Any], source: str) -> None:
+    found = []
+    for key in REPLACED_KEYS:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict) and name in data[section]:
+            found.append(key)
+    if found:
+        raise ConfigError("\n".join([f"invalid config ({source}):", *(f"  {_replaced(k)}" for k in found)]))
+
+
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
@@ -70,6 +103,8 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         raise ConfigError(f"override '{override}': expected key.path=value, e.g. ppo.kl_coef=0.05")
     key, raw = override.split("=", 1)
     parts = key.strip().split(".")
+    if ".".join(parts) in REPLACED_KEYS:
+        raise ConfigError(f"override '{override}': {_replaced('.'.join(parts))}")
     allowed = _allowed_keys(RunConfig, parts[:-1]) if len(parts) > 1 else list(RunConfig.model_fields)
     if parts[-1] not in allowed:
         where = ".".join(parts)
@@ -104,6 +139,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
 def load_config(source: str = DEFAULT_PRESET, overrides: Sequence[str] = ()) -> RunConfig:
     """`source` is a preset name (see `configs/*.yaml`) or a YAML path; overrides are `a.b=value`."""
     data, where = _read_yaml(source)
+    _reject_replaced_keys(data, where)
     for o in overrides:
         _apply_override(data, o)
     try:

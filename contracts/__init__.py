@@ -4,7 +4,13 @@
   `dataio`: their JSONL/Parquet readers and writers with per-row errors.
 - `snapshot`: `WeightSnapshot`, the weights that travel from the learner to the generators.
 - `protocols`: the seams — `GenerationEngine`, `Scorer`, `Labeler`, `Task`, and the driver's
-  `GeneratorService`, `LearnerService`, `ScoringPool`.
-- `remote`: every wait on a Ray actor, with a deadline, and `ActorFailure` naming the actor and cause.
+  `GeneratorService`, `LearnerService`, `ScoringPool` (with its `PoolStats`).
+- `remote`: every wait on an actor, with a deadline, and `ActorFailure` naming the actor and cause;
+  `local_actor.LocalActor`: an object served like an actor in this process (stand-ins without Ray).
+- `supervision`: `Supervised`, the one primitive that keeps an actor alive (ordered calls, deadlines,
+  replacement, back-off, restart cap) for generators, scorers and the learner; `Fault` / `FaultLog`.
+- `timing.PhaseTimer`: wall seconds per labelled phase.
 - `formatting`: how prompts and responses become token ids.
+- `hf_checkpoint`: what makes a directory a Hugging Face checkpoint (`require_checkpoint`);
+  `model_files`: checkpoints shared with actors on other nodes; `affinity`: pinning a process to CPUs.
 """

@@ -69,6 +69,8 @@ def share_dir(path: str | os.PathLike | ModelFiles | None) -> ModelFiles | None:
 
     if path is None or isinstance(path, ModelFiles):
         return path
+    if not ray.is_initialized():  # in-process stand-ins: one node, nothing to share
+        return ModelFiles(str(path), None, None)
     packed = ray.put(pack_dir(path)) if _alive_nodes() > 1 else None
     return ModelFiles(str(path), ray.get_runtime_context().get_node_id(), packed)
 

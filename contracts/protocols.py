@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 from raylhf.contracts.records import Comparison, Demonstration, Prompt, Rollout
@@ -181,6 +181,37 @@ class LearnerService(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ScorerStats:
+    """One scorer slot's figures, over all its restarts."""
+
+    restarts: int
+    completed: int  # requests answered
+    in_flight: int
+    busy_s: float  # seconds with a request running (head of its queue to its answer)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """What a scoring pool counted (`ScoringPool.stats`)."""
+
+    requests: int = 0
+    rollouts_scored: int = 0
+    resubmitted: int = 0  # requests handed to a replacement actor
+    failures: int = 0  # requests that failed with a `ScoringError`
+    rejected: int = 0  # rollouts quarantined
+    rejected_by_cause: dict[str, int] = field(default_factory=dict)
+    reject_rate: float = 0.0
+    in_flight: int = 0
+    completed_waiting: int = 0
+    # Seconds the actors had a request running, summed over actors: divided by wall time and actor count,
+    # the pool's busy fraction.
+    busy_s: float = 0.0
+    actors: dict[str, ScorerStats] = field(default_factory=dict)
+    reward_running_mean: float = 0.0
+    reward_running_std: float = 1.0
+
+
 @runtime_checkable
 class ScoringPool(Protocol):
     """Scores rollouts on a pool of scorer actors (`raylhf.reward_service.pool.RewardPool`), in process.
@@ -203,7 +234,7 @@ class ScoringPool(Protocol):
         """Score a batch, blocking; quarantined rollouts are left out."""
         ...
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> PoolStats: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 

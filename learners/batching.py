@@ -1,5 +1,6 @@
-"""Turning token-id sequences into padded tensors (right padding) for the trainers: `pad_right`,
-`prompt_response_batch`, `last_token_index`. PPO rollouts are collated in `raylhf.learners.rollout_batch`."""
+"""Turning token-id sequences into padded tensors (right padding) for the trainers and the reward model:
+`pad_right`, `prompt_response_batch`, `last_token_index`, and `pack_microbatches` (which sequences share a
+forward pass). PPO rollouts are collated in `raylhf.learners.rollout_batch`."""
 
 from __future__ import annotations
 
@@ -37,3 +38,17 @@ def prompt_response_batch(
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """[B] index of the last real token of each right-padded row."""
     return attention_mask.sum(dim=1) - 1
+
+
+def pack_microbatches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices into `lengths` grouped for separate forward passes, longest first, each group with
+    ``rows x its longest <= max_tokens`` padded tokens (a sequence longer than `max_tokens` goes alone).
+    Sequences of similar length share a pass, so little compute goes to padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups

@@ -6,8 +6,13 @@ sizes it). Both are saved with `save_pretrained`, so transformers and vLLM load 
 head_dim is 64 because vLLM's CPU attention rejects 16.
 
 Loading any HF checkpoint: `load_tokenizer`, `load_tokenizer_if_present`, `load_causal_lm`,
-`context_length`, `is_checkpoint`; each load checks the path with `require_checkpoint` first and never
-reaches the Hugging Face Hub. `pad_token_id` picks the id to pad batches with, `pick_device` resolves "auto".
+`context_length`, `is_checkpoint`; each load checks the path with
+`raylhf.contracts.hf_checkpoint.require_checkpoint` first (a `CheckpointError` naming the config key or flag)
+and never reaches the Hugging Face Hub. `pad_token_id` picks the id to pad batches with, `pick_device`
+resolves "auto".
+
+torch, tokenizers and transformers are imported where they are used: this module is imported by the
+command line's checks, which must start fast (transformers alone takes seconds to import).
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from raylhf.configs.loader import ConfigError
-from raylhf.contracts.hf_checkpoint import CheckpointError, checkpoint_problem
+from raylhf.contracts.hf_checkpoint import require_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 
@@ -42,32 +47,18 @@ PRESETS: dict[str, Architecture] = {
 }
 
 
-class CheckpointConfigError(ConfigError, CheckpointError):
-    """A checkpoint path from a config key or command-line flag that is not a local HF checkpoint."""
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    import torch  # deferred: this module stays light for the command line
 
-
-def require_checkpoint(path: str | os.PathLike, key: str | None = None, *, model: bool = True,
-                       weights: bool = False, tokenizer: bool = False) -> Path:
-    """`path` if it is a local HF checkpoint directory (see `raylhf.contracts.hf_checkpoint`), else a
-    `CheckpointConfigError` naming `key`, the config key or flag the path came from."""
-    problem = checkpoint_problem(path, model=model, weights=weights, tokenizer=tokenizer)
-    if problem is not None:
-        raise CheckpointConfigError(f"{key}: {problem}" if key else problem)
-    return Path(path).expanduser()
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    import torch
-
-    if device == "auto":
+    if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: str | os.PathLike):
+def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: str | os.PathLike) -> PreTrainedTokenizerBase:
     """Train a byte-level BPE tokenizer and save it in HF format. Returns the HF tokenizer."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import ByteLevelBPETokenizer  # deferred: this module stays light for the command line
+    from transformers import PreTrainedTokenizerFast  # deferred: this module stays light for the command line
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=2, special_tokens=[PAD, BOS, EOS])
@@ -78,9 +69,11 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: str | os.Pa
     return tokenizer
 
 
-def build_causal_lm(preset: str, tokenizer, max_position_embeddings: int, seed: int = 0):
+def build_causal_lm(preset: str, tokenizer: PreTrainedTokenizerBase, max_position_embeddings: int,
+                    seed: int = 0) -> PreTrainedModel:
     """A randomly initialised LlamaForCausalLM of the named preset, sized to the tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import torch  # deferred: this module stays light for the command line
+    from transformers import LlamaConfig, LlamaForCausalLM  # deferred: this module stays light for the command line
 
     arch = PRESETS[preset]
     config = LlamaConfig(
@@ -98,8 +91,6 @@ def build_causal_lm(preset: str, tokenizer, max_position_embeddings: int, seed: 
         tie_word_embeddings=True,
         torch_dtype="float32",
     )
-    import torch
-
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
@@ -108,9 +99,10 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, *, key: str | None = None):
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, *,
+                   key: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer saved in checkpoint `path`; `key` names where the path came from in errors."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: this module stays light for the command line
 
     path = require_checkpoint(path, key, tokenizer=True)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
@@ -119,7 +111,8 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, *, 
     return tokenizer
 
 
-def load_tokenizer_if_present(path: str | os.PathLike, trust_remote_code: bool = False, *, key: str | None = None):
+def load_tokenizer_if_present(path: str | os.PathLike, trust_remote_code: bool = False, *,
+                              key: str | None = None) -> PreTrainedTokenizerBase | None:
     """The tokenizer saved alongside a checkpoint, or None when the directory holds none."""
     require_checkpoint(path, key)
     if not (Path(path) / "tokenizer_config.json").exists():
@@ -127,7 +120,7 @@ def load_tokenizer_if_present(path: str | os.PathLike, trust_remote_code: bool =
     return load_tokenizer(path, trust_remote_code=trust_remote_code, key=key)
 
 
-def pad_token_id(tokenizer, config) -> int:
+def pad_token_id(tokenizer: PreTrainedTokenizerBase | None, config: PretrainedConfig) -> int:
     """The id to pad batches with: the tokenizer's pad token, else the model config's pad or EOS token."""
     for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(config, "pad_token_id", None),
                       getattr(config, "eos_token_id", None)):
@@ -138,10 +131,11 @@ def pad_token_id(tokenizer, config) -> int:
     return 0  # padding is masked everywhere; any valid id does
 
 
-def load_causal_lm(path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False, *,
-                   key: str | None = None, **kwargs):
-    """The causal LM in checkpoint `path` (safetensors only); `key` names where the path came from in errors."""
-    from transformers import AutoModelForCausalLM
+def load_causal_lm(path: str | os.PathLike, device: str | torch.device = "auto", trust_remote_code: bool = False, *,
+                   key: str | None = None, **kwargs: object) -> PreTrainedModel:
+    """The causal LM in checkpoint `path` (safetensors only); `key` names where the path came from in errors.
+    `kwargs` go to `from_pretrained` (`dtype`, ...)."""
+    from transformers import AutoModelForCausalLM  # deferred: this module stays light for the command line
 
     path = require_checkpoint(path, key, weights=True)
     model = AutoModelForCausalLM.from_pretrained(
@@ -153,7 +147,7 @@ def load_causal_lm(path: str | os.PathLike, device: str = "auto", trust_remote_c
 def context_length(path: str | os.PathLike, trust_remote_code: bool = False, *, key: str | None = None) -> int | None:
     """Longest sequence (prompt + response tokens) the model in checkpoint `path` takes: its config's
     `max_position_embeddings`, or None when the config does not say."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # deferred: this module stays light for the command line
 
     path = require_checkpoint(path, key)
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)

@@ -19,8 +19,8 @@ multiplied by the truncated importance weight ``min(π_old/π_behaviour, c)`` [I
 (`raylhf.learners.losses.truncated_importance_weights`) computed from the behaviour logprobs the
 generator recorded. Rollouts more than ``max_staleness`` versions old are dropped and counted.
 
-Batch layout and collation are `raylhf.learners.rollout_batch`. Both models stay in eval mode: dropout
-would make π_θ differ from π_old at identical weights, so the PPO ratio would not start at 1.
+Batch layout and collation are `raylhf.learners.rollout_batch`; the two networks, their forward passes
+at the response tokens and the optimiser step of one minibatch are `raylhf.learners.policy_value`.
 
 This module imports torch and transformers only; `raylhf.learners.ppo_actor.PPOLearnerActor` wraps it
 in a Ray actor.
@@ -36,16 +36,13 @@ References:
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -53,29 +50,25 @@ from torch import Tensor
 
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.snapshot import WeightSnapshot, build_snapshot, named_checkpoint_tensors
+from raylhf.contracts.timing import PhaseTimer
 from raylhf.learners.losses import (
     AdaptiveKLController,
     FixedKLController,
-    entropy_from_logits,
     explained_variance,
     gae,
     kl_shaped_rewards,
     masked_mean,
     masked_whiten,
-    ppo_policy_loss,
-    token_logprobs,
     truncated_importance_weights,
-    value_loss,
 )
-from raylhf.learners.models import load_causal_lm, load_tokenizer_if_present, pad_token_id, pick_device
-from raylhf.learners.pretrain import causal_lm_loss, sample_windows
-from raylhf.learners.reward_model import load_reward_model, per_token_values
-from raylhf.learners.rollout_batch import (
-    RolloutBatch, as_scored, collate, filter_stale, gather_positions, validate_rollouts,
-)
-from raylhf.learners.training import autocast
+from raylhf.learners.models import load_tokenizer_if_present, pad_token_id, pick_device
+from raylhf.learners.policy_value import Forward, PolicyValue
+from raylhf.learners.pretrain import sample_windows
+from raylhf.learners.rollout_batch import RolloutBatch, as_scored, collate, filter_stale, validate_rollouts
 
 if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel
+
     from raylhf.configs.schema import PPOConfig
 
 log = logging.getLogger(__name__)
@@ -84,9 +77,10 @@ STATE_FILE = "learner_state.pt"  # optimiser and KL-controller state (torch.load
 META_FILE = "learner_state.json"  # version, step count, RNG state, settings
 _SNAPSHOT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Phases of `train_step`, each timed into a `time_<phase>_s` metric (wall seconds, summed over minibatches):
-# collate, the π_old / V_old forward passes (`evaluate`), rewards + GAE + importance weights (`advantages`), per
-# minibatch the policy and value forward passes and losses, the pretraining-mix forward, each model's backward
-# (the policy's includes the ptx term's), gradient clipping and the optimiser steps (`optimizer`).
+# collate, the π_old / V_old forward passes (`evaluate`), rewards + GAE + importance weights (`advantages`), and
+# in `PolicyValue.minibatch_step` per minibatch the policy and value forward passes and losses, the
+# pretraining-mix forward, each model's backward (the policy's includes the ptx term's), gradient clipping and
+# the optimiser steps (`optimizer`).
 PHASES = ("collate", "evaluate", "advantages", "policy_forward", "value_forward", "ptx_forward", "policy_backward",
           "value_backward", "optimizer")
 # Metrics that measure wall time, not the computation (they differ between identical runs).
@@ -94,39 +88,6 @@ TIMING_METRICS = ("step_time_s", "tokens_per_s", *(f"time_{phase}_s" for phase i
 # Metrics of `_optimise`, token-weighted over the minibatch steps taken.
 _STEP_METRICS = ("policy_loss", "value_loss", "clipfrac", "approx_kl", "ratio_mean", "vf_clipfrac", "value_mean",
                  "policy_grad_norm", "value_grad_norm")
-
-
-def response_head_split(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
-    """(decoder, output layer) of a causal LM whose logits are exactly ``head(decoder(ids).last_hidden_state)``,
-    else None. Checked numerically on a few tokens rather than trusted by class: some models scale or cap
-    their logits after the output layer (Gemma 2's soft-capping, Cohere's logit scale), and for those the
-    split would compute something else."""
-    try:
-        decoder, head = model.get_decoder(), model.get_output_embeddings()
-    except (AttributeError, NotImplementedError):
-        return None
-    if decoder is None or head is None:
-        return None
-    device = next(model.parameters()).device
-    ids = torch.arange(1, 5, device=device).unsqueeze(0) % model.config.vocab_size
-    with torch.no_grad():
-        try:
-            split = head(decoder(input_ids=ids).last_hidden_state)
-        except (TypeError, AttributeError):
-            return None
-        whole = model(input_ids=ids).logits
-    if split.shape != whole.shape or not torch.allclose(split, whole, rtol=1e-4, atol=1e-5):
-        return None
-    return decoder, head
-
-
-@dataclass
-class _Forward:
-    """A minibatch's forward passes at the current weights, graph kept for its optimiser step."""
-
-    batch: RolloutBatch
-    logprobs: Tensor  # [B, T] log π_θ(response token), autograd graph to the policy
-    values: Tensor  # [B, T] V(s_t), autograd graph to the value model
 
 
 class PPOLearner:
@@ -196,37 +157,28 @@ class PPOLearner:
             else FixedKLController(cfg.kl_coef)
         )
         self.tokenizer = load_tokenizer_if_present(policy_path, trust_remote_code)
+        self.timer = PhaseTimer()
         self._load_models(policy_path, value_path)
         self.pad_id = pad_token_id(self.tokenizer, self.policy.config)
         self.rng = np.random.default_rng(self.seed)
         self._version = 0
         self.steps = 0
-        self._phase_s = dict.fromkeys(PHASES, 0.0)
 
     # ----------------------------------------------------------------------------------------------
     # setup
 
     def _load_models(self, policy_path: str | os.PathLike, value_path: str | os.PathLike) -> None:
-        # Weights and optimiser state in float32 whatever the checkpoint's dtype; bf16 is autocast only.
-        self.policy = load_causal_lm(policy_path, device=str(self.device), trust_remote_code=self.trust_remote_code)
-        self.policy.float().eval()
-        self.value_model = load_reward_model(value_path, device=str(self.device), trust_remote_code=self.trust_remote_code)
-        self.value_model.float().eval()
-        attention = self.cfg.attention
-        if attention == "auto":
-            attention = "eager" if self.device.type == "cpu" else "sdpa"
-        for model in (self.policy, self.value_model):
-            model.set_attn_implementation(attention)
-        self._decoder_and_head = response_head_split(self.policy) if self.split_output_layer else None
-        self.policy_params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.value_params = [p for p in self.value_model.parameters() if p.requires_grad]
-        # eps 1e-5 as in OpenAI's PPO implementations; no weight decay, so a zero gradient moves nothing.
-        # The fused kernel updates every parameter in one pass (one call per model instead of several per tensor).
-        fused = {"fused": True} if self.fused_optimizer else {}
-        self.policy_optimizer = torch.optim.AdamW(self.policy_params, lr=self.cfg.lr, eps=1e-5, weight_decay=0.0,
-                                                  **fused)
-        self.value_optimizer = torch.optim.AdamW(self.value_params, lr=self.cfg.value_lr, eps=1e-5, weight_decay=0.0,
-                                                 **fused)
+        self.models = PolicyValue(self.cfg, policy_path, value_path, device=self.device, bf16=self.bf16,
+                                  trust_remote_code=self.trust_remote_code, timer=self.timer,
+                                  split_output_layer=self.split_output_layer, fused_optimizer=self.fused_optimizer)
+
+    @property
+    def policy(self) -> PreTrainedModel:
+        return self.models.policy
+
+    @property
+    def value_model(self) -> PreTrainedModel:
+        return self.models.value_model
 
     @property
     def version(self) -> int:
@@ -238,58 +190,11 @@ class PPOLearner:
         return self.kl_controller.value
 
     # ----------------------------------------------------------------------------------------------
-    # forward passes
-
-    def _response_logits(self, batch: RolloutBatch) -> Tensor:
-        """[B, T, V] policy logits that predict each response token.
-
-        Where the model allows it (`response_head_split`), the output layer runs on the response positions'
-        hidden states only: the vocabulary projection and its backward skip the prompt and padding positions."""
-        with autocast(self.device, self.bf16):
-            if self._decoder_and_head is not None:
-                decoder, head = self._decoder_and_head
-                hidden = decoder(input_ids=batch.ids, attention_mask=batch.attention_mask).last_hidden_state
-                return head(gather_positions(hidden, batch.positions))
-            logits = self.policy(input_ids=batch.ids, attention_mask=batch.attention_mask).logits
-        return gather_positions(logits, batch.positions)
-
-    def _response_values(self, batch: RolloutBatch) -> Tensor:
-        """[B, T] float32 V(s_t): the value head at the state before each response token."""
-        with autocast(self.device, self.bf16):
-            values = per_token_values(self.value_model, batch.ids, batch.attention_mask)
-        return gather_positions(values.float(), batch.positions)
-
-    def _evaluate(self, batch: RolloutBatch, plan: Sequence[Sequence[Tensor]], keep_first: bool = False,
-                  ) -> tuple[Tensor, Tensor, Tensor, list[_Forward] | None]:
-        """π_old logprobs, V_old and entropy, all [B, T], with the current weights, one forward pass per
-        micro-batch of `plan` (minibatches, each a list of row-index tensors). With `keep_first`, the first
-        minibatch's forward passes keep their autograd graph and are returned as well, for that minibatch's
-        optimiser step (else None)."""
-        old_logprobs = torch.zeros(batch.mask.shape, dtype=torch.float32, device=self.device)
-        old_values = torch.zeros_like(old_logprobs)
-        entropy = torch.zeros_like(old_logprobs)
-        first: list[_Forward] | None = [] if keep_first else None
-        for i, minibatch in enumerate(plan):
-            for rows in minibatch:
-                chunk = batch.select(rows)
-                t = chunk.response_len
-                with torch.set_grad_enabled(keep_first and i == 0):
-                    logits = self._response_logits(chunk)
-                    logprobs = token_logprobs(logits, chunk.response_ids)
-                    values = self._response_values(chunk)
-                old_logprobs[rows, :t] = logprobs.detach().float()
-                with torch.no_grad():
-                    entropy[rows, :t] = entropy_from_logits(logits.detach()).float()
-                old_values[rows, :t] = values.detach()
-                if keep_first and i == 0:
-                    first.append(_Forward(chunk, logprobs, values))
-        return old_logprobs, old_values, entropy, first
+    # minibatch plans, current logprobs
 
     def _plan(self, batch: RolloutBatch, order: Tensor) -> list[list[Tensor]]:
         """Minibatches of `minibatch_size` rows in `order`, each cut into micro-batches (`microbatch_tokens`)."""
-        size = self.cfg.minibatch_size
-        return [batch.microbatches(order[start : start + size], self.cfg.microbatch_tokens)
-                for start in range(0, len(order), size)]
+        return batch.minibatches(order, self.cfg.minibatch_size, self.cfg.microbatch_tokens)
 
     def _permutation(self, n: int) -> Tensor:
         return torch.from_numpy(self.rng.permutation(n)).to(self.device)
@@ -300,7 +205,8 @@ class PPOLearner:
         if not rollouts:
             return []
         batch = collate(as_scored(rollouts), self.pad_id, self.device)
-        logprobs, _, _, _ = self._evaluate(batch, self._plan(batch, torch.arange(len(rollouts), device=self.device)))
+        plan = self._plan(batch, torch.arange(len(rollouts), device=self.device))
+        logprobs, _, _, _ = self.models.evaluate(batch, plan)
         return [logprobs[i, : len(r.response_ids)].tolist() for i, r in enumerate(rollouts)]
 
     # ----------------------------------------------------------------------------------------------
@@ -309,9 +215,10 @@ class PPOLearner:
     def train_step(self, rollouts: Sequence[Rollout]) -> dict[str, float]:
         """One PPO-ptx update on a batch of scored rollouts. Returns metrics (python floats).
 
-        One call per phase: staleness filter (`filter_stale`) -> `collate` -> π_old, V_old (`_evaluate`)
-        -> per-token rewards (`kl_shaped_rewards`) -> GAE (`gae`, then `_normalise_advantages`) ->
-        `truncated_importance_weights` -> ppo_epochs × minibatches (`_optimise`) -> KL control (`_control_kl`).
+        One call per phase: staleness filter (`filter_stale`) -> `collate` -> π_old, V_old
+        (`PolicyValue.evaluate`) -> per-token rewards (`kl_shaped_rewards`) -> GAE (`gae`, then
+        `_normalise_advantages`) -> `truncated_importance_weights` -> ppo_epochs × minibatches (`_optimise`) ->
+        KL control (`_control_kl`).
 
         The first epoch's minibatch order is drawn before π_old is computed, and π_old is computed on those
         same minibatches: the first minibatch's forward pass then *is* π_θ of its optimiser step (no step was
@@ -341,7 +248,7 @@ class PPOLearner:
         """
         cfg = self.cfg
         t_start = time.perf_counter()
-        self._phase_s = dict.fromkeys(PHASES, 0.0)
+        self.timer.reset()  # drops what a step that raised left behind
         validate_rollouts(rollouts)
         kept, staleness, dropped = filter_stale(rollouts, self._version, cfg.max_staleness)
         if not kept:
@@ -349,13 +256,13 @@ class PPOLearner:
             return {"rollouts": 0.0, "dropped_stale": float(dropped), "kl_coef": self.kl_coef, "skipped_steps": 0.0,
                     "step_time_s": time.perf_counter() - t_start}
 
-        with self._timed("collate"):
+        with self.timer("collate"):
             batch = collate(kept, self.pad_id, self.device)
         first_plan = self._plan(batch, self._permutation(len(kept)))
-        with self._timed("evaluate"):
-            old_logprobs, old_values, entropy, first = self._evaluate(batch, first_plan,
-                                                                      keep_first=self.reuse_first_forward)
-        with self._timed("advantages"):
+        with self.timer("evaluate"):
+            old_logprobs, old_values, entropy, first = self.models.evaluate(batch, first_plan,
+                                                                            keep_first=self.reuse_first_forward)
+        with self.timer("advantages"):
             beta = self.kl_coef
             rewards, kl = kl_shaped_rewards(batch.scores, old_logprobs, batch.ref_logprobs, batch.mask, beta,
                                             cfg.kl_estimator)
@@ -368,6 +275,7 @@ class PPOLearner:
         self.steps += 1
 
         step_time = time.perf_counter() - t_start
+        phase_s = self.timer.reset()
         mask = batch.mask
         response_tokens = int(mask.sum())
         return {
@@ -390,16 +298,8 @@ class PPOLearner:
             "tokens_per_s": response_tokens / step_time,
             "step_time_s": step_time,
             **opt,
-            **{f"time_{phase}_s": seconds for phase, seconds in self._phase_s.items()},
+            **{f"time_{phase}_s": phase_s.get(phase, 0.0) for phase in PHASES},
         }
-
-    @contextlib.contextmanager
-    def _timed(self, phase: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._phase_s[phase] += time.perf_counter() - t0
 
     def _normalise_advantages(self, advantages: Tensor, mask: Tensor) -> Tensor:
         """Whitened over the batch's valid tokens when configured (and there are two to whiten)."""
@@ -417,11 +317,12 @@ class PPOLearner:
         return kl_mean
 
     def _optimise(
-        self, batch: RolloutBatch, first_plan: list[list[Tensor]], first: list[_Forward] | None, old_logprobs: Tensor,
+        self, batch: RolloutBatch, first_plan: list[list[Tensor]], first: list[Forward] | None, old_logprobs: Tensor,
         old_values: Tensor, advantages: Tensor, returns: Tensor, is_weights: Tensor,
     ) -> dict[str, float]:
         """`ppo_epochs` passes of shuffled minibatches (the first pass in `first_plan`, whose first minibatch's
-        forward passes are `first`); metrics are token-weighted means over the steps taken."""
+        forward passes are `first`), one `PolicyValue.minibatch_step` each; metrics are token-weighted means
+        over the steps taken."""
         n = batch.mask.shape[0]
         sums = dict.fromkeys(_STEP_METRICS, 0.0)
         tokens_done = ptx_sum = 0.0
@@ -430,10 +331,11 @@ class PPOLearner:
             plan = first_plan if epoch == 0 else self._plan(batch, self._permutation(n))
             for k, microbatches in enumerate(plan):
                 forwards = first if epoch == 0 and k == 0 else None
-                step = self._minibatch_step(batch, microbatches, forwards, old_logprobs, old_values, advantages,
-                                            returns, is_weights)
-                ptx_windows += step.pop("ptx_windows")
-                if step.pop("skipped"):
+                windows = self._ptx_batch(sum(len(rows) for rows in microbatches))
+                ptx_windows += 0 if windows is None else windows.shape[0]
+                step = self.models.minibatch_step(batch, microbatches, forwards, old_logprobs, old_values,
+                                                  advantages, returns, is_weights, windows)
+                if step is None:
                     skipped += 1
                     continue
                 tokens = step.pop("tokens")
@@ -450,101 +352,15 @@ class PPOLearner:
         out["skipped_steps"] = float(skipped)
         return out
 
-    def _minibatch_step(
-        self, batch: RolloutBatch, microbatches: Sequence[Tensor], forwards: Sequence[_Forward] | None,
-        old_logprobs: Tensor, old_values: Tensor, advantages: Tensor, returns: Tensor, is_weights: Tensor,
-    ) -> dict[str, float]:
-        """One optimiser step of both models on a minibatch (given as its micro-batches of rows): clipped
-        surrogate (importance-weighted) plus γ_ptx times the pretraining NLL for the policy, clipped value
-        loss for the value model. `forwards`: the micro-batches' forward passes at the current weights, if
-        already run (else they run here).
-
-        The losses are token means over the minibatch; a micro-batch with n of the minibatch's N response
-        tokens contributes its own token mean times n / N (its gradient is accumulated right away, which
-        frees its activations), so loss, gradient and metrics are the minibatch's, up to float rounding.
-        A non-finite loss or gradient anywhere skips the whole minibatch: weights and optimiser state stay
-        untouched. Returns the step's metrics, its valid token count and whether it was skipped."""
-        cfg = self.cfg
-        self.policy_optimizer.zero_grad(set_to_none=True)
-        self.value_optimizer.zero_grad(set_to_none=True)
-        tokens = float(sum(int(batch.mask[rows].sum()) for rows in microbatches))
-        n_rows = sum(len(rows) for rows in microbatches)
-        metrics: dict[str, float] = collections.defaultdict(float)
-        windows, ptx_windows = None, 0
-        if cfg.ptx_coef > 0:
-            windows = sample_windows(self.pretrain_stream, self._ptx_windows(n_rows), cfg.ptx_seq_len, self.rng)
-            ptx_windows = windows.shape[0]
-        for j, rows in enumerate(microbatches):
-            forward = forwards[j] if forwards is not None else None
-            with self._timed("policy_forward"):
-                mb = forward.batch if forward is not None else batch.select(rows)
-                t = mb.response_len
-                logprobs = forward.logprobs if forward is not None else token_logprobs(self._response_logits(mb),
-                                                                                       mb.response_ids)
-                pg_loss, pg_metrics = ppo_policy_loss(logprobs, old_logprobs[rows, :t], advantages[rows, :t],
-                                                      mb.mask, cfg.clip_eps, is_weights=is_weights[rows, :t])
-            with self._timed("value_forward"):
-                values = forward.values if forward is not None else self._response_values(mb)
-                vf_loss, vf_metrics = value_loss(values, old_values[rows, :t], returns[rows, :t], mb.mask,
-                                                 cfg.value_clip_eps)
-            if not (torch.isfinite(pg_loss) and torch.isfinite(vf_loss)):
-                return self._skip(f"non-finite loss (policy {pg_loss.item()}, value {vf_loss.item()})", ptx_windows)
-            share = float(mb.mask.sum()) / tokens
-            # The two models share no parameters and no activations: a backward of each gives the same
-            # gradients as one backward through their sum, and lets the profile time them apart.
-            with self._timed("policy_backward"):
-                (share * pg_loss).backward()
-            with self._timed("value_backward"):
-                (share * vf_loss).backward()
-            metrics["policy_loss"] += share * pg_loss.item()
-            metrics["value_loss"] += share * vf_loss.item()
-            for key, value in {**pg_metrics, **vf_metrics}.items():
-                metrics[key] += share * value
-        ptx_loss = None
-        if windows is not None:
-            with self._timed("ptx_forward"):
-                with autocast(self.device, self.bf16):
-                    ptx_loss, _ = causal_lm_loss(self.policy, windows.to(self.device))
-            if not torch.isfinite(ptx_loss):
-                return self._skip(f"non-finite pretraining loss {ptx_loss.item()}", ptx_windows)
-            with self._timed("policy_backward"):
-                (cfg.ptx_coef * ptx_loss).backward()
-        with self._timed("optimizer"):
-            grad_norms = self._clip_and_step()
-        if grad_norms is None:
-            return {"skipped": True, "ptx_windows": ptx_windows}
-        out = {"skipped": False, "ptx_windows": ptx_windows, "tokens": tokens, **metrics, **grad_norms}
-        if ptx_loss is not None:
-            out["ptx_loss"] = ptx_loss.item()
-        return out
-
-    def _skip(self, why: str, ptx_windows: int) -> dict[str, Any]:
-        self.policy_optimizer.zero_grad(set_to_none=True)
-        self.value_optimizer.zero_grad(set_to_none=True)
-        log.warning("skipping a PPO minibatch: %s", why)
-        return {"skipped": True, "ptx_windows": ptx_windows}
-
-    def _ptx_windows(self, rollouts: int) -> int:
-        """Pretraining windows for a minibatch of `rollouts` rollouts: `ptx_per_rl` per rollout, at least one.
-        The ptx loss is a mean over windows drawn uniformly at random, so its gradient is an unbiased estimate
-        of the corpus gradient whatever their number: fewer windows add variance, not bias."""
-        return max(1, round(self.cfg.ptx_per_rl * rollouts))
-
-    def _clip_and_step(self) -> dict[str, float] | None:
-        """Clip and step both models on their accumulated gradients, or neither: a non-finite gradient norm in
-        either skips the minibatch and leaves weights and optimiser state untouched. Returns the gradient
-        norms, or None when skipped."""
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
-        policy_norm = torch.nn.utils.clip_grad_norm_(self.policy_params, max_norm)
-        value_norm = torch.nn.utils.clip_grad_norm_(self.value_params, max_norm)
-        if not (torch.isfinite(policy_norm) and torch.isfinite(value_norm)):
-            self._skip(f"non-finite gradient (policy norm {float(policy_norm)}, value norm {float(value_norm)})", 0)
+    def _ptx_batch(self, rollouts: int) -> Tensor | None:
+        """Pretraining windows [W, ptx_seq_len + 1] for a minibatch of `rollouts` rollouts (None without the
+        ptx term): `ptx_per_rl` per rollout, at least one. The ptx loss is a mean over windows drawn uniformly
+        at random, so its gradient is an unbiased estimate of the corpus gradient whatever their number: fewer
+        windows add variance, not bias."""
+        if self.cfg.ptx_coef <= 0:
             return None
-        self.policy_optimizer.step()
-        self.value_optimizer.step()
-        self.policy_optimizer.zero_grad(set_to_none=True)
-        self.value_optimizer.zero_grad(set_to_none=True)
-        return {"policy_grad_norm": float(policy_norm), "value_grad_norm": float(value_norm)}
+        n_windows = max(1, round(self.cfg.ptx_per_rl * rollouts))
+        return sample_windows(self.pretrain_stream, n_windows, self.cfg.ptx_seq_len, self.rng)
 
     # ----------------------------------------------------------------------------------------------
     # weights out
@@ -580,8 +396,8 @@ class PPOLearner:
         self.value_model.save_pretrained(out / "value")
         torch.save(
             {
-                "policy_optimizer": self.policy_optimizer.state_dict(),
-                "value_optimizer": self.value_optimizer.state_dict(),
+                "policy_optimizer": self.models.policy_optimizer.state_dict(),
+                "value_optimizer": self.models.value_optimizer.state_dict(),
                 "kl_controller": self.kl_controller.state_dict(),
             },
             out / STATE_FILE,
@@ -608,8 +424,8 @@ class PPOLearner:
             )
         state = torch.load(src / STATE_FILE, map_location=self.device, weights_only=True)
         self._load_models(src / "policy", src / "value")
-        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.models.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        self.models.value_optimizer.load_state_dict(state["value_optimizer"])
         self.kl_controller.load_state_dict(state["kl_controller"])
         self._version = int(meta["version"])
         self.steps = int(meta["steps"])
@@ -623,8 +439,8 @@ class PPOLearner:
             "steps": self.steps,
             "device": str(self.device),
             "bf16": self.bf16,
-            "policy_parameters": sum(p.numel() for p in self.policy_params),
-            "value_parameters": sum(p.numel() for p in self.value_params),
+            "policy_parameters": sum(p.numel() for p in self.models.policy_params),
+            "value_parameters": sum(p.numel() for p in self.models.value_params),
             "kl_coef": self.kl_coef,
             "ptx": self.cfg.ptx_coef > 0,
         }

@@ -13,6 +13,7 @@ import ray
 from raylhf.contracts.affinity import current_cpus, pin_process
 from raylhf.contracts.model_files import ModelFiles, PackedDir, local_dir, pack_dir
 from raylhf.contracts.records import Rollout
+from raylhf.learners.ppo import PPOLearner
 
 if TYPE_CHECKING:  # pragma: no cover
     from raylhf.configs.schema import PPOConfig
@@ -39,8 +40,6 @@ class PPOLearnerActor:
 
     def __init__(self, cfg: PPOConfig, policy_path: str | ModelFiles, value_path: str | ModelFiles, *,
                  name: str = "learner", **run_values: Any):
-        from raylhf.learners.ppo import PPOLearner
-
         pin_process(cfg.cpus, "ppo.cpus")  # before torch starts its threads
         self.name = name
         self.learner = PPOLearner(cfg, local_dir(policy_path), local_dir(value_path), **run_values)

@@ -42,7 +42,8 @@ def causal_lm_loss(model: torch.nn.Module, windows: torch.Tensor) -> tuple[torch
 
 
 @torch.no_grad()
-def evaluate_lm(model, stream: np.ndarray, seq_len: int, device, bf16: bool, max_windows: int = 64) -> float:
+def evaluate_lm(model: torch.nn.Module, stream: np.ndarray, seq_len: int, device: torch.device, bf16: bool,
+                max_windows: int = 64) -> float:
     """Mean token NLL over consecutive non-overlapping windows of a held-out stream."""
     model.eval()
     n = min(max_windows, (len(stream) - 1) // seq_len)

@@ -1,10 +1,15 @@
 """The reward model (InstructGPT step 2): the SFT model with a scalar head, trained on K-wise rankings.
 
-The RM is a standard `LlamaForTokenClassification` (any `*ForTokenClassification`) with one label:
-its head gives a scalar at every position, so the same checkpoint serves as the reward model (read at
+The RM stage writes a standard `LlamaForTokenClassification` (any `*ForTokenClassification`) with one
+label: its head gives a scalar at every position, so the same checkpoint serves as the reward model (read at
 the last response token) and as the initial PPO value function (read at every response token), and,
 unlike the `*ForSequenceClassification` heads, it has a bias, which normalisation sets so that
-demonstrations score mean 0 (the paper normalises its RM before RL).
+demonstrations score mean 0 (the paper normalises its RM before RL). A one-label
+`*ForSequenceClassification` checkpoint loads and scores too.
+
+This is the one reward-model path: the RM trainer, the RM evaluations and the reward service's scorer
+(`raylhf.reward_service.scorer.RewardScorer`) all load with `load_reward_model` and read rewards with
+`sequence_rewards` (`score_sequences` for many sequences at once, micro-batched by padded tokens).
 
 Models: `reward_model_from_policy`, `load_reward_model`. Reading rewards: `per_token_values`,
 `sequence_rewards`, `score_sequences`. Training on rankings (InstructGPT Eq. 1): `group_batch`,
@@ -21,23 +26,31 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from raylhf.learners.batching import last_token_index, pad_right
+from raylhf.contracts.hf_checkpoint import CheckpointError, require_checkpoint
+from raylhf.learners.batching import last_token_index, pack_microbatches, pad_right
 from raylhf.learners.losses import ranking_loss
-from raylhf.learners.models import CheckpointConfigError, pick_device, require_checkpoint
+from raylhf.learners.models import pick_device
 from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
 
 if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel
+
     from raylhf.configs.schema import RMConfig
 
 # A prompt's K responses as full token sequences (prompt + response + EOS), and the ranking of them
 # (indices best -> worst).
 RankedGroup = tuple[Sequence[Sequence[int]], Sequence[int]]
 
+# Padded tokens (rows x longest sequence) per forward pass of `score_sequences`: the reward section's
+# default (`reward.max_tokens_per_microbatch`), for callers that have no such setting (RM evaluation).
+MAX_TOKENS_PER_MICROBATCH = 4096
 
-def reward_model_from_policy(policy_path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False,
-                             *, key: str | None = None):
+
+def reward_model_from_policy(policy_path: str | os.PathLike, device: str | torch.device = "auto",
+                             trust_remote_code: bool = False, *, key: str | None = None) -> PreTrainedModel:
     """Load a causal LM checkpoint's transformer under a fresh scalar head (its LM head is dropped).
     `key` names where the path came from in errors."""
+    # deferred: transformers takes seconds to import, and importing this module must not cost them
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     policy_path = require_checkpoint(policy_path, key, weights=True)
@@ -54,51 +67,80 @@ def reward_model_from_policy(policy_path: str | os.PathLike, device: str = "auto
     return model.to(pick_device(device))
 
 
-def load_reward_model(path: str | os.PathLike, device: str = "auto", trust_remote_code: bool = False, *,
-                      key: str | None = None):
-    """The reward model in checkpoint `path` (one label); `key` names where the path came from in errors."""
-    from transformers import AutoModelForTokenClassification
+def load_reward_model(path: str | os.PathLike, device: str | torch.device = "auto", trust_remote_code: bool = False,
+                      *, key: str | None = None, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """The reward model in checkpoint `path`, in eval mode: a one-label `*ForTokenClassification` (what the RM
+    stage writes) or `*ForSequenceClassification`, whose reward is its linear `score` head on the last
+    hidden state. `key` names where the path came from in errors (`CheckpointError`); `dtype` overrides
+    the checkpoint's weight dtype."""
+    # deferred: transformers takes seconds to import, and importing this module must not cost them
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     path = require_checkpoint(path, key, weights=True)
-    model = AutoModelForTokenClassification.from_pretrained(
-        str(path), use_safetensors=True, trust_remote_code=trust_remote_code, local_files_only=True
-    )
-    if model.config.num_labels != 1:
-        where = f"{key}: {path}" if key else str(path)
-        raise CheckpointConfigError(f"{where}: a reward model has one output label, this checkpoint has "
-                                    f"{model.config.num_labels}")
+    where = f"{key}: {path}" if key else str(path)
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
+    arch = (getattr(config, "architectures", None) or ["?"])[0]
+    if arch.endswith("ForTokenClassification"):
+        auto_class = AutoModelForTokenClassification
+    elif arch.endswith("ForSequenceClassification"):
+        auto_class = AutoModelForSequenceClassification
+    else:
+        raise CheckpointError(f"{where} holds a {arch}; expected a *ForTokenClassification or "
+                              "*ForSequenceClassification reward model")
+    if config.num_labels != 1:
+        raise CheckpointError(f"{where}: a reward model has one output label, this checkpoint has {config.num_labels}")
+    overrides = {} if dtype is None else {"dtype": dtype}
+    model = auto_class.from_pretrained(str(path), config=config, use_safetensors=True,
+                                       trust_remote_code=trust_remote_code, local_files_only=True, **overrides)
+    if not isinstance(getattr(model, "score", None), torch.nn.Linear):
+        raise CheckpointError(f"{where}: {type(model).__name__} has no linear `score` head")
     return model.to(pick_device(device)).eval()
 
 
-def per_token_values(model, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] scalar head output at every position (the value function's view of the RM)."""
-    return model(input_ids=ids, attention_mask=attention_mask).logits.squeeze(-1).float()
+def per_token_values(model: PreTrainedModel, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] float32 scalar head output at every position (the value function's view of the RM).
+
+    Computed as a `*ForTokenClassification`'s own forward computes its logits (transformer, dropout, head;
+    dropout is the identity outside training), and for a `*ForSequenceClassification` the same way, instead of
+    its own forward, which keeps only the position it finds by searching for the pad id."""
+    body = getattr(model, model.base_model_prefix)
+    hidden = body(input_ids=ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    dropout = getattr(model, "dropout", None)
+    if isinstance(dropout, torch.nn.Dropout):
+        hidden = dropout(hidden)
+    return model.score(hidden).squeeze(-1).float()
 
 
-def sequence_rewards(model, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B] reward of each right-padded sequence: the head's output at its last real token."""
+def sequence_rewards(model: PreTrainedModel, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B] reward of each right-padded sequence: the head's output at its last real token, found from the
+    attention mask (not by searching for the pad id, which may also occur inside content)."""
     values = per_token_values(model, ids, attention_mask)
     return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
 
 
 @torch.no_grad()
-def score_sequences(model, seqs: Sequence[Sequence[int]], pad_id: int, device, bf16: bool = False,
-                    batch_size: int = 64) -> np.ndarray:
-    """Rewards of many sequences (float64 [N]), batched by similar length."""
+def score_sequences(model: PreTrainedModel, seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device,
+                    bf16: bool = False, max_tokens: int = MAX_TOKENS_PER_MICROBATCH) -> np.ndarray:
+    """Rewards of many sequences (float64 [N], in input order; non-finite values as the model gave them).
+
+    Sequences are sorted by length and packed into right-padded micro-batches of at most `max_tokens`
+    padded tokens (`pack_microbatches`). Right padding under a causal mask leaves every real position's
+    output independent of what follows it, so a sequence gets the same reward whatever it is batched
+    with, up to float rounding (other batch shapes run other matmul kernels)."""
     model.eval()
-    order = np.argsort([len(s) for s in seqs], kind="stable")
     out = np.zeros(len(seqs), dtype=np.float64)
-    for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
-        ids, mask = pad_right([seqs[j] for j in idx], pad_id)
+    for batch in pack_microbatches([len(s) for s in seqs], max_tokens):
+        ids, mask = pad_right([seqs[i] for i in batch], pad_id)
         with autocast(device, bf16):
-            r = sequence_rewards(model, ids.to(device), mask.to(device))
-        out[idx] = r.float().cpu().numpy()
+            rewards = sequence_rewards(model, ids.to(device), mask.to(device))
+        out[batch] = rewards.cpu().numpy()
     return out
 
 
-def group_batch(groups: Sequence[RankedGroup], pad_id: int):
-    """Flatten P groups into one forward batch; `slots` [P, K] maps (prompt, response) -> row, -1 if absent."""
+def group_batch(groups: Sequence[RankedGroup],
+                pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flatten P groups into one forward batch: `ids`, `attention_mask` [N, T], `slots` [P, K] mapping
+    (prompt, response) -> row (-1 if absent) and `order` [P, K], each prompt's ranking (-1 padded)."""
     seqs = [s for g in groups for s in g[0]]
     k_max = max(len(g[0]) for g in groups)
     slots = torch.full((len(groups), k_max), -1, dtype=torch.long)
@@ -113,7 +155,8 @@ def group_batch(groups: Sequence[RankedGroup], pad_id: int):
     return ids, mask, slots, order
 
 
-def ranking_batch_loss(model, groups: Sequence[RankedGroup], pad_id: int, device):
+def ranking_batch_loss(model: PreTrainedModel, groups: Sequence[RankedGroup], pad_id: int,
+                       device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
     """InstructGPT Eq. 1 over a batch of prompts: all C(K,2) pairs of a prompt from one forward pass."""
     ids, mask, slots, order = group_batch(groups, pad_id)
     rewards = sequence_rewards(model, ids.to(device), mask.to(device))
@@ -123,8 +166,8 @@ def ranking_batch_loss(model, groups: Sequence[RankedGroup], pad_id: int, device
 
 
 @torch.no_grad()
-def evaluate_rankings(model, groups: Sequence[RankedGroup], pad_id: int, device, bf16: bool,
-                      batch_prompts: int = 32) -> dict[str, float]:
+def evaluate_rankings(model: PreTrainedModel, groups: Sequence[RankedGroup], pad_id: int, device: torch.device,
+                      bf16: bool, batch_prompts: int = 32) -> dict[str, float]:
     """Pairwise accuracy and loss over held-out ranked groups (pairs pooled over prompts)."""
     model.eval()
     correct = pairs = loss_sum = 0.0
@@ -140,7 +183,7 @@ def evaluate_rankings(model, groups: Sequence[RankedGroup], pad_id: int, device,
 
 def train_reward_model(
     cfg: RMConfig,
-    model,
+    model: PreTrainedModel,
     train: Sequence[RankedGroup],
     val: Sequence[RankedGroup],
     *,
@@ -181,7 +224,8 @@ def train_reward_model(
 
 
 @torch.no_grad()
-def normalise_rewards(model, reference_seqs: Sequence[Sequence[int]], pad_id: int, device) -> float:
+def normalise_rewards(model: PreTrainedModel, reference_seqs: Sequence[Sequence[int]], pad_id: int,
+                      device: torch.device) -> float:
     """Shift the head's bias so the reference sequences (demonstrations) score mean 0; returns the shift."""
     mean = float(score_sequences(model, reference_seqs, pad_id, device).mean())
     model.score.bias -= mean

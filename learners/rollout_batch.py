@@ -3,8 +3,9 @@
 - `validate_rollouts` rejects unscored or malformed rollouts; `as_scored` fills placeholders for
   forward passes that read neither score nor reference logprobs.
 - `filter_stale` drops rollouts sampled too many policy versions ago.
-- `collate` pads a list of rollouts into a `RolloutBatch`; `RolloutBatch.select` takes a minibatch of
-  it; `gather_positions` reads per-position model outputs at the response tokens.
+- `collate` pads a list of rollouts into a `RolloutBatch`; `RolloutBatch.minibatches` plans an epoch's
+  minibatches (each cut into micro-batches of similar length), `RolloutBatch.select` takes one of them;
+  `gather_positions` reads per-position model outputs at the response tokens.
 
 Layout: a rollout is ``prompt_ids + response_ids`` (P + T tokens, right-padded in a batch); the
 logits and the value of response token t are read at position ``P - 1 + t``, the state before the
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from raylhf.contracts.records import Rollout
+from raylhf.learners.batching import pack_microbatches
 
 
 @dataclass
@@ -58,20 +60,16 @@ class RolloutBatch:
         return self.mask.shape[1]
 
     def microbatches(self, rows: Tensor, max_tokens: int) -> list[Tensor]:
-        """`rows` cut into groups for separate forward passes: sorted by length (prompt + response), longest
-        first, each group with ``rows x its longest <= max_tokens`` padded tokens (a longer row goes alone).
-        Rows of similar length share a pass, so less compute goes to padding. ``max_tokens`` 0: one group."""
+        """`rows` cut into groups for separate forward passes by `pack_microbatches` on their lengths (prompt +
+        response): longest first, at most `max_tokens` padded tokens each. ``max_tokens`` 0: one group."""
         if max_tokens <= 0:
             return [rows]
-        lengths = self.attention_mask[rows].sum(dim=1).tolist()
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-        groups: list[list[int]] = []
-        for i in order:
-            if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
+        groups = pack_microbatches(self.attention_mask[rows].sum(dim=1).tolist(), max_tokens)
         return [rows[torch.tensor(g, dtype=torch.long, device=rows.device)] for g in groups]
+
+    def minibatches(self, order: Tensor, size: int, max_tokens: int) -> list[list[Tensor]]:
+        """Minibatches of `size` rows taken in `order`, each cut into micro-batches (`microbatches`)."""
+        return [self.microbatches(order[start : start + size], max_tokens) for start in range(0, len(order), size)]
 
 
 def collate(rollouts: Sequence[Rollout], pad_id: int, device: torch.device) -> RolloutBatch:

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from raylhf.learners.batching import prompt_response_batch
-from raylhf.learners.losses import lm_loss
+from raylhf.learners.losses import lm_loss, token_logprobs
 from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
 Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
 
 
-def response_lm_loss(model, examples: Sequence[Example], pad_id: int, device) -> tuple[torch.Tensor, dict]:
+def response_lm_loss(model: torch.nn.Module, examples: Sequence[Example], pad_id: int,
+                     device: torch.device) -> tuple[torch.Tensor, dict]:
     """Token NLL of the response tokens given the prompt; prompt and padding tokens carry no loss."""
     ids, attention_mask, response_mask = prompt_response_batch(examples, pad_id)
     ids, attention_mask, response_mask = ids.to(device), attention_mask.to(device), response_mask.to(device)
@@ -43,7 +44,8 @@ class ResidualDropout:
         self.p = p
         self.handles = [layer.register_forward_hook(self._hook) for layer in layers] if p > 0 else []
 
-    def _hook(self, module, args, output):
+    def _hook(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...],
+              output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if not module.training:
             return output
         hidden_in = args[0] if args else None
@@ -59,7 +61,8 @@ class ResidualDropout:
 
 
 @torch.no_grad()
-def validation_loss(model, examples: Sequence[Example], pad_id: int, device, bf16: bool, batch_size: int) -> float:
+def validation_loss(model: torch.nn.Module, examples: Sequence[Example], pad_id: int, device: torch.device, bf16: bool,
+                    batch_size: int) -> float:
     model.eval()
     total, tokens = 0.0, 0.0
     for i in range(0, len(examples), batch_size):
@@ -127,10 +130,9 @@ def train_sft(
 
 
 @torch.no_grad()
-def response_logprobs(model, examples: Sequence[Example], pad_id: int, device, batch_size: int = 64) -> np.ndarray:
+def response_logprobs(model: torch.nn.Module, examples: Sequence[Example], pad_id: int, device: torch.device,
+                      batch_size: int = 64) -> np.ndarray:
     """log π(response | prompt) of each example (float64 [N]): the sum of its response tokens' logprobs."""
-    from raylhf.learners.losses import token_logprobs
-
     model.eval()
     out = np.zeros(len(examples), dtype=np.float64)
     for i in range(0, len(examples), batch_size):

@@ -9,7 +9,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -51,7 +51,8 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, params, loss: torch.Tensor, grad_clip: float) -> dict[str, float]:
+def optimizer_step(optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], loss: torch.Tensor,
+                   grad_clip: float) -> dict[str, float]:
     """Backward, clip the global gradient norm, step. A non-finite loss or gradient skips the step."""
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(loss):

@@ -1,8 +1,9 @@
 """The PPO stage's actors as one unit: `PPOActors` (a context manager) and `check_resources`.
 
 `PPOActors` starts the learner, the generators and the reward pool together (starting again an actor lost
-while it starts), replaces lost ones for the driver (`respawn_generator`, `respawn_learner`), and always
-stops every one it started, whether the stage ends, fails or is interrupted.
+while it starts), starts replacements for the driver's supervision (`spawn_generator`, `spawn_learner`: the
+`ActorFactory` seam), and always stops every actor it started, whether the stage ends, fails or is interrupted.
+The pool and the driver record their faults in one `FaultLog` (`faults`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,21 @@ import os
 from typing import Any, Callable, TypeVar
 
 import numpy as np
+import ray
 
+from raylhf.actors.engines import threads_for
+from raylhf.actors.generator import spawn_generator, start_generators
+from raylhf.configs.loader import ConfigError
 from raylhf.configs.schema import RunConfig
 from raylhf.contracts import remote
 from raylhf.contracts.model_files import ModelFiles, share_dir
 from raylhf.contracts.protocols import ScoringPool
 from raylhf.contracts.remote import ActorFailure, NamedActor
+from raylhf.contracts.supervision import FaultLog
+from raylhf.learners.models import pick_device
+from raylhf.learners.ppo_actor import PPOLearnerActor
+from raylhf.learners.training import use_bf16
+from raylhf.reward_service.pool import RewardPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +58,8 @@ class PPOActors:
         self.learner: NamedActor | None = None
         self.generators: list[NamedActor] = []
         self.pool: ScoringPool | None = None
+        self.faults = FaultLog()
+        self._started: list[NamedActor] = []  # every generator and learner, replacements included, to stop
 
     def __enter__(self) -> "PPOActors":
         try:
@@ -61,32 +73,34 @@ class PPOActors:
         self.stop()
 
     def _start(self) -> None:
-        from raylhf.actors.generator import start_generators
-        from raylhf.reward_service.pool import RewardPool
-
         cfg = self.cfg
         check_resources(cfg)
         self.policy_files, self.rm_files = share_dir(self.policy_path), share_dir(self.rm_path)
         self.ref_files = share_dir(self.ref_path) if self.ref_path is not None else self.policy_files
         self.value_files = share_dir(self.value_path) if self.value_path is not None else self.rm_files
-        self.learner = self._spawn_learner()  # loads while the generators and scorers start
+        self.learner = self.spawn_learner()  # loads while the generators and scorers start
         self.generators = self._retrying("generators", lambda: start_generators(
             cfg.generation, self.policy_files, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
-            ready_timeout_s=cfg.ppo.actor_startup_timeout_s))
+            ready_timeout_s=cfg.supervision.policy("generator").startup_timeout_s), "generator")
+        self._started += self.generators
         self.pool = RewardPool(cfg.reward, rm_path=self.rm_files, ref_path=self.ref_files,
-                               trust_remote_code=cfg.trust_remote_code, rejects_path=self.rejects_path)
-        self.learner_info = self._retrying("learner", self._learner_ready,
-                                           again=self.respawn_learner_handle)
+                               trust_remote_code=cfg.trust_remote_code, rejects_path=self.rejects_path,
+                               supervision=cfg.supervision.policy("scorer"), faults=self.faults)
+        self.learner_info = self._retrying("learner", self._learner_ready, "learner", again=self._restart_learner)
 
     def _learner_ready(self) -> dict[str, Any]:
         return remote.get(self.learner.handle.ready.remote(), actor=self.learner.name, what="start",
-                          timeout_s=self.cfg.ppo.actor_startup_timeout_s)
+                          timeout_s=self.cfg.supervision.policy("learner").startup_timeout_s)
 
-    def _retrying(self, what: str, start: Callable[[], T], again: Callable[[], None] = lambda: None) -> T:
-        """`start()`, again (after `again()`) when an actor died or hung while starting, up to
-        `ppo.max_consecutive_restarts` more times (a killed or preempted process heals; a checkpoint that
-        cannot load fails the same way each time and then ends the run with its cause)."""
-        attempts = self.cfg.ppo.max_consecutive_restarts + 1
+    def _restart_learner(self) -> None:
+        remote.kill(self.learner.handle)
+        self.learner = self.spawn_learner()
+
+    def _retrying(self, what: str, start: Callable[[], T], kind: str, again: Callable[[], None] = lambda: None) -> T:
+        """`start()`, again (after `again()`) when an actor died or hung while starting, up to the kind's
+        `supervision.max_consecutive_restarts` more times (a killed or preempted process heals; a checkpoint
+        that cannot load fails the same way each time and then ends the run with its cause)."""
+        attempts = self.cfg.supervision.policy(kind).max_consecutive_restarts + 1
         for attempt in range(1, attempts + 1):
             try:
                 return start()
@@ -96,61 +110,42 @@ class PPOActors:
                 log.warning("%s lost while starting (%s); starting again", what, e)
                 again()
 
-    def placement(self) -> tuple[dict[str, str], dict[str, list[int]]]:
-        """Where each actor runs, by actor name (read from the actors): its Ray node id, and the CPU ids its
-        process may run on (all of the node's unless pinned: `generation.cpus`, `reward.cpus`, `ppo.cpus`)."""
-        actors = self.generators + [self.learner]
+    def placement(self, generators: list[NamedActor], learner: NamedActor) -> tuple[dict[str, str], dict[str, list[int]]]:
+        """Where each actor runs, by actor name (read from the live actors: the driver's, replacements
+        included): its Ray node id, and the CPU ids its process may run on (all of the node's unless pinned:
+        `generation.cpus`, `reward.cpus`, `ppo.cpus`)."""
+        actors = [*generators, learner]
         infos = remote.get_all([a.handle.ready.remote() for a in actors], [a.name for a in actors], "ready",
-                               self.cfg.ppo.timeout_s)
+                               self.cfg.supervision.policy("learner").call_timeout_s)
         infos = [*infos, *self.pool.actor_info]
-        return {i["name"]: i["node_id"] for i in infos}, {i["name"]: i.get("cpus", []) for i in infos}
+        return ({i["name"]: i["node_id"] for i in infos if i}, {i["name"]: i.get("cpus", []) for i in infos if i})
 
-    def respawn_learner_handle(self) -> None:
-        import ray
-
-        ray.kill(self.learner.handle, no_restart=True)
-        self.learner = self._spawn_learner()
-
-    def _spawn_learner(self) -> NamedActor:
-        from raylhf.actors.engines import threads_for
-        from raylhf.learners.models import pick_device
-        from raylhf.learners.ppo_actor import PPOLearnerActor
-        from raylhf.learners.training import use_bf16
-
+    def spawn_learner(self) -> NamedActor:
+        """A new learner on the initial checkpoints (not waited for: calls on it run once it has loaded)."""
         cfg, p = self.cfg, self.cfg.ppo
         handle = PPOLearnerActor.options(num_cpus=p.num_cpus, num_gpus=p.num_gpus, resources=dict(p.resources)).remote(
             p, self.policy_files, self.value_files, name="learner",
             pretrain_stream=self.pretrain_stream if p.ptx_coef > 0 else None, seed=cfg.seed, device=cfg.device,
             bf16=use_bf16(cfg.train_precision, pick_device(cfg.device)), snapshot_dtype=cfg.generation.dtype,
             torch_threads=threads_for(p.num_cpus), trust_remote_code=cfg.trust_remote_code)
-        return NamedActor("learner", handle)
+        actor = NamedActor("learner", handle)
+        self._started.append(actor)
+        return actor
 
-    # -- ActorRespawner: replacements for lost actors ------------------------------------------------------
-    def respawn_generator(self, index: int) -> NamedActor:
-        """Kill generator `index` and create its replacement from the initial policy (not waited for)."""
-        import ray
-
-        from raylhf.actors.generator import spawn_generator
-
-        ray.kill(self.generators[index].handle, no_restart=True)
-        self.generators[index] = spawn_generator(self.cfg.generation, self.policy_files, index=index,
-                                                 seed=self.cfg.seed, trust_remote_code=self.cfg.trust_remote_code)
-        return self.generators[index]
-
-    def respawn_learner(self) -> NamedActor:
-        """Kill the learner and start a fresh one; returns once its models are loaded."""
-        self.respawn_learner_handle()
-        self.learner_info = self._learner_ready()
-        return self.learner
+    # -- ActorFactory: replacements for lost actors -------------------------------------------------------
+    def spawn_generator(self, index: int) -> NamedActor:
+        """A new generator `index` on the initial policy (not waited for)."""
+        actor = spawn_generator(self.cfg.generation, self.policy_files, index=index, seed=self.cfg.seed,
+                                trust_remote_code=self.cfg.trust_remote_code)
+        self._started.append(actor)
+        return actor
 
     def stop(self) -> None:
-        import ray
-
         if self.pool is not None:
             self.pool.shutdown()
-        for actor in self.generators + ([self.learner] if self.learner is not None else []):
-            ray.kill(actor.handle, no_restart=True)
-        self.pool, self.generators, self.learner = None, [], None
+        for actor in self._started:  # killing one that is already gone is a no-op
+            remote.kill(actor.handle)
+        self.pool, self.generators, self.learner, self._started = None, [], None, []
 
 
 def actor_demands(cfg: RunConfig) -> list[tuple[str, int, dict[str, float]]]:
@@ -163,8 +158,6 @@ def actor_demands(cfg: RunConfig) -> list[tuple[str, int, dict[str, float]]]:
 def check_resources(cfg: RunConfig) -> None:
     """Fail fast, naming the keys, when the actors cannot all be scheduled at once (they would wait forever):
     the cluster's totals must cover every actor, and each actor must fit on one of its nodes."""
-    import ray
-
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     check_fit(actor_demands(cfg), ray.cluster_resources(), nodes)
 
@@ -172,8 +165,6 @@ def check_resources(cfg: RunConfig) -> None:
 def check_fit(demands: list[tuple[str, int, dict[str, float]]], totals: dict[str, float],
               nodes: list[dict[str, float]]) -> None:
     """`check_resources` on given cluster totals and per-node resources (pure, for tests)."""
-    from raylhf.configs.loader import ConfigError
-
     def keys(section: str, name: str) -> str:
         return {"CPU": f"{section}.num_cpus", "GPU": f"{section}.num_gpus"}.get(name, f"{section}.resources.{name}")
 

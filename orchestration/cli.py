@@ -1,11 +1,13 @@
 """`raylhf` command line: one subcommand per pipeline stage, plus `run` for the whole pipeline.
 
 Every subcommand takes `--config` (a preset name or YAML path) and dotted overrides such as
-`ppo.kl_coef=0.05`. A command checks its inputs before it writes anything: bad config (a checkpoint path
-that is not a local Hugging Face checkpoint included) exits with status 2 and names the key or flag, bad
-data exits with status 3 and names the file and line, a run that fails past what it can heal (an actor lost
-more than `ppo.max_consecutive_restarts` times in a row, rewards past `reward.max_reject_rate`) exits with
-status 4 and names the actor or key; each time the error is one line on stderr.
+`ppo.kl_coef=0.05`, anywhere after the command (before, between or after its options). A command checks
+its inputs before it writes anything: bad config (a checkpoint path that is not a local Hugging Face
+checkpoint included) exits with status 2 and names the key or flag, bad data exits with status 3 and names
+the file and line, a run that fails past what it can heal (an actor lost more than
+`supervision.max_consecutive_restarts` times in a row, rewards past `reward.max_reject_rate`) exits with status 4
+and names the actor or key; each time the error is one line on stderr. Output cut short by its reader
+(`raylhf config --explain | head`) ends quietly with status 141, as if stopped by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -13,22 +15,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
+# Light imports only up here: `raylhf --help` and `raylhf config` load this module and nothing that pulls
+# torch, Ray, vLLM, transformers or pyarrow (those are imported inside the commands that use them).
 from raylhf.configs.loader import DEFAULT_PRESET, ConfigError, explain, load_config, preset_names, save_config
-from raylhf.contracts.dataio import DataError
 from raylhf.contracts.hf_checkpoint import CheckpointError
 from raylhf.contracts.remote import ActorFailure
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.storage import RunStorage
-from raylhf.reward_service.errors import ScoringError
 
 EPILOG = """\
 overrides:
-  Any config field can be set as key.path=value after the options, e.g.
-  raylhf sft sft.epochs=2 sft.lr=5e-4. `raylhf config --explain` lists every field.
+  Any config field can be set as key.path=value anywhere after the command, before, between or
+  after the options, e.g. raylhf sft sft.epochs=2 --out models/sft sft.lr=5e-4.
+  `raylhf config --explain` lists every field.
 
 output:
   A run keeps everything under <output_dir>/<name>/ (default runs/demo/): data/, models/<stage>/
@@ -40,10 +47,17 @@ output:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_PRESET,
                         help=f"preset ({', '.join(preset_names())}) or path to a YAML config (default: {DEFAULT_PRESET})")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    # default=[]: without one argparse counts the overrides as required when the command's other
+    # positional (`data demo`) is missing, and names both in the error.
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key.path=value", help="config overrides")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return _parsers()[0]
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each command's own parser by name."""
     parser = argparse.ArgumentParser(
         prog="raylhf",
         description="InstructGPT-style RLHF on Ray: supervised fine-tuning, a reward model trained on K-wise "
@@ -156,7 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    "table and plots per round. `raylhf run` runs the rounds too.")
     p.add_argument("--rounds", type=int, help="rounds after the first (overrides iterate.rounds)")
     _common(p)
-    return parser
+    return parser, dict(sub.choices)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with overrides anywhere after the command: `rm name=r --out X rm.epochs=4`.
+
+    A plain parse takes the overrides (a `nargs="*"` positional) only as one run of tokens, so a flag
+    between two of them is an error. argparse's intermixed parse lifts that but refuses a parser with
+    subparsers; so the first token picks the command and the command's own parser reads the rest
+    intermixed. It still knows which flags take a value, so `--policy NAME=PATH` stays the flag's.
+    """
+    parser, commands = _parsers()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in commands:
+        # No command, `--help`, or an unknown command: argparse's own help or error message.
+        return parser.parse_args(argv)
+    args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
 
 
 def _start(cfg, paths: RunPaths) -> None:
@@ -176,22 +208,62 @@ def _one_line(error: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away fails here, inside the handler, not at exit
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a pipe of the run's own (a worker's connection), not the user's `| head`: a real failure
+        # `raylhf config --explain | head`: the reader has what it wanted. End quietly with the status of a
+        # process stopped by SIGPIPE (128 + 13); stdout goes to /dev/null so the flush at exit cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _dispatch(args)
-    except (ConfigError, CheckpointError) as e:
-        print(f"config error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except DataError as e:
-        print(f"data error: {_one_line(e)}", file=sys.stderr)
-        return 3
-    except (ActorFailure, ScoringError) as e:
-        # An actor that could not be healed (see ppo.max_consecutive_restarts), or a reward service past its
-        # reject rate: the cause in one line; the full trace is in the log above.
-        logging.getLogger(__name__).debug("run failed", exc_info=True)
-        print(f"run failed: {_one_line(e)}", file=sys.stderr)
-        return 4
+    except Exception as e:
+        failure = _failure(e)
+        if failure is None:
+            raise  # a bug, not bad input or a failed run: its traceback is what helps
+        status, kind = failure
+        if status == 4:
+            # An actor that could not be healed (see supervision.max_consecutive_restarts), or a reward service past
+            # its reject rate: the cause in one line; the full trace is in the log above.
+            logging.getLogger(__name__).debug("run failed", exc_info=True)
+        print(f"{kind}: {_one_line(e)}", file=sys.stderr)
+        return status
+
+
+def _failure(error: Exception) -> tuple[int, str] | None:
+    """Exit status and stderr prefix of an error the user can act on: 2 config, 3 data, 4 a failed run."""
+    # Imported only once something failed: contracts.dataio pulls pyarrow, and reward_service.errors pulls
+    # torch through its package's __init__; `raylhf config` needs neither.
+    from raylhf.contracts.dataio import DataError
+    from raylhf.reward_service.errors import ScoringError
+
+    if isinstance(error, (ConfigError, CheckpointError)):
+        return 2, "config error"
+    if isinstance(error, DataError):
+        return 3, "data error"
+    if isinstance(error, (ActorFailure, ScoringError)):
+        return 4, "run failed"
+    return None
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll flags an error on the writing end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll on this platform, or stdout is not a file
+        return False
 
 
 def _dispatch(args) -> int:
@@ -200,8 +272,6 @@ def _dispatch(args) -> int:
         if args.explain:
             print("\n".join(explain()))
         else:
-            import yaml
-
             print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         return 0
 
@@ -209,7 +279,7 @@ def _dispatch(args) -> int:
     address = [f"ray.address={args.address}"] if getattr(args, "address", None) else []
     rounds = [f"iterate.rounds={args.rounds}"] if getattr(args, "rounds", None) is not None else []
     cfg = load_config(args.config, [*args.overrides, *address, *rounds])
-    from raylhf.orchestration import preflight
+    from raylhf.orchestration import preflight  # pulls pyarrow: not loaded for --help or `raylhf config`
 
     preflight.check_output_dir(cfg)
     storage = RunStorage.resolve(cfg.output_dir, cfg.name, cfg.staging_dir)
@@ -221,7 +291,8 @@ def _dispatch(args) -> int:
 
 
 def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
-    from raylhf.orchestration import preflight, stages
+    # The stages, checks and task pull numpy and pyarrow (and torch once a stage runs): not for --help.
+    from raylhf.orchestration import collect_stage, eval_stages, preflight, stages
     from raylhf.tasks import load_task
 
     if args.command == "data":
@@ -251,16 +322,18 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
         seed_comparisons = paths.data / "demo_comparisons.jsonl" if cfg.collect.include_seed_comparisons else None
         preflight.check_collect_inputs(cfg, policies, prompts, seed_comparisons)
         _start(cfg, paths)
-        summary = stages.stage_collect(
-            cfg, paths, policies, prompts, args.out or paths.comparisons,
-            n_prompts=cfg.collect.n_prompts, labeler_seed=cfg.collect.labeler_seed, seed_comparisons=seed_comparisons)
+        plan = collect_stage.first_round_plan(cfg, policies, prompts, args.out or paths.comparisons, seed_comparisons)
+        summary = collect_stage.stage_collect(cfg, plan, load_task(cfg.task).labeler(cfg.collect.labeler_seed))
         _report("collect", stages.save_summary(paths, "collect", summary))
     elif args.command == "ppo":
         policy, rm = args.policy or paths.model("sft"), args.rm or paths.model("rm")
-        preflight.check_ppo_inputs(cfg, paths, policy, rm)  # before Ray starts
+        # PPO's stage and checkpoint modules: only this command needs them.
         from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
         from raylhf.orchestration.ppo_stage import check_checkpoint_choice, run_ppo
 
+        # run_ppo repeats both checks, but only after _start below has written the run's config; a bad input
+        # must leave the run directory untouched, so they run here first as well.
+        preflight.check_ppo_inputs(cfg, paths, policy, rm)
         check_checkpoint_choice(PPOCheckpoint(paths.root), cfg.ppo.total_steps, args.resume, args.fresh)
         _start(cfg, paths)
         summary = run_ppo(cfg, paths, policy, rm, args.out or paths.model("ppo"), resume=args.resume,
@@ -270,15 +343,15 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
         sft, rm = args.sft or paths.model("sft"), args.rm or paths.model("rm")
         preflight.check_rm_eval_inputs(cfg, paths, sft, rm)
         _start(cfg, paths)
-        _report("rm_eval", stages.save_summary(paths, "rm_eval", stages.stage_rm_eval(cfg, paths, sft, rm)))
+        _report("rm_eval", stages.save_summary(paths, "rm_eval", eval_stages.stage_rm_eval(cfg, paths, sft, rm)))
     elif args.command == "eval":
-        policies = stages.eval_policies(paths, args.policy)
+        policies = eval_stages.eval_policies(paths, args.policy)
         rm = args.rm or (paths.model("rm") if (paths.model("rm") / "config.json").exists() else None)
         preflight.check_eval_inputs(cfg, paths, policies, rm)
         _start(cfg, paths)
-        _report("eval", stages.save_summary(paths, "eval", stages.stage_eval(cfg, paths, policies, rm)))
+        _report("eval", stages.save_summary(paths, "eval", eval_stages.stage_eval(cfg, paths, policies, rm)))
     elif args.command == "run":
-        from raylhf.orchestration.pipeline import run_pipeline
+        from raylhf.orchestration.pipeline import run_pipeline  # every stage's modules: only for a whole run
 
         preflight.check_iterate_prompts(cfg)
         _start(cfg, paths)
@@ -286,7 +359,8 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
         run_pipeline(cfg, paths, report=_report)
         print(f"pipeline finished in {time.time() - t0:.0f} s; outputs in {storage}")
     elif args.command == "iterate":
-        from raylhf.learners.models import require_checkpoint
+        # The learners' checkpoint check and every stage's modules: only for a whole run.
+        from raylhf.contracts.hf_checkpoint import require_checkpoint
         from raylhf.orchestration.pipeline import run_pipeline
 
         # Continues a run: the first round must have trained its policy (its finished stages are skipped).

@@ -10,152 +10,55 @@ rollouts wait in a bounded buffer, and the learner trains on a batch as soon as 
 is ready. Every `ppo.sync_every` learner steps the learner publishes a snapshot that each generator
 applies before its next generate call (with `generation.weight_updates: in_flight`, inside its running
 call, between two decoding steps). When the rollouts in the system reach `ppo.buffer_size`, no new
-generation starts (backpressure), which bounds both memory and staleness. `Pipeline` holds what is in
-flight between the hops; `SampleLedger` where every rollout went.
+generation starts (backpressure), which bounds both memory and staleness. `InFlight` holds what is in
+flight between the hops; `SampleLedger` where every rollout went. After a learner step the loop runs, each in
+its own timed phase (so every second is counted once): `observe` (progress, metrics, in-training evaluation),
+`publish` (every `ppo.sync_every` steps) and `checkpoint` (every `ppo.checkpoint_every`).
 
 `mode: sync` runs the same components strictly in sequence (generate -> score -> train -> publish ->
 apply); it is the baseline of every throughput claim.
 
-Healing. Every remote wait has a deadline (`raylhf.contracts.remote`, `ppo.timeout_s`). Generators that
-die, fail or hang are replaced by `GeneratorSet`; the reward pool replaces its scorers itself. A learner
-that dies, fails or hangs is replaced and restored from the newest checkpoint (`ppo.checkpoint_every`;
-one is written before the first step): weights, optimisers, prompt cursor with the prompts that were in
-flight, the ledger and the reward normaliser — the steps since that checkpoint are redone, and the
-metrics rows logged for them are dropped (`StepObserver.on_rewind`). `ppo.max_consecutive_restarts`
-bounds the replacements of one actor without progress; past it the failure ends the run, naming the
-actor and its cause.
+Healing. Every actor is a `raylhf.contracts.supervision.Supervised` slot (the `supervision` config): every
+remote call has a deadline, and an actor that dies, fails or hangs is replaced. Generators resubmit their
+prompts (`GeneratorSet`); the reward pool resubmits its requests. A lost learner is replaced and restored from
+the newest checkpoint (`ppo.checkpoint_every`; one is written before the first step): weights, optimisers,
+prompt cursor with the prompts that were in flight, the ledger and the reward normaliser — the steps since that
+checkpoint are redone, and the metrics rows logged for them are dropped (`StepObserver.on_rewind`).
+`supervision.max_consecutive_restarts` bounds the replacements of one actor without progress; past it the
+failure ends the run, naming the actor and its cause. Faults of every kind go to one `FaultLog`.
 
-Also here: `PhaseTimer`, `RunStats` (what the loop measured), `StepObserver` (the per-step hook) and
-`LoopState` (a look at the running loop, for live metrics).
+What the loop measures and reports is in `raylhf.orchestration.run_stats`.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Sequence
 
-import ray
-
-from raylhf.configs.schema import PPOConfig
+from raylhf.configs.schema import PPOConfig, SupervisionConfig
 from raylhf.contracts import remote
 from raylhf.contracts.formatting import encode_prompt
-from raylhf.contracts.protocols import GenerationRequest, SamplingSpec, ScoringPool
+from raylhf.contracts.protocols import GenerationRequest, GeneratorService, LearnerService, SamplingSpec, ScoringPool
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.remote import ActorFailure, NamedActor
+from raylhf.contracts.snapshot import snapshot_checksums
+from raylhf.contracts.supervision import ACTOR_KINDS, FaultLog, Supervised, restarts_key
 from raylhf.contracts.timing import PhaseTimer
 from raylhf.orchestration.cursor import Draw, PromptCursor, epoch_seed
-from raylhf.orchestration.generator_set import ActorRespawner, Fault, Generated, GeneratorSet
+from raylhf.orchestration.generator_set import ActorFactory, Generated, GeneratorSet
 from raylhf.orchestration.ledger import SampleLedger
 from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
+from raylhf.orchestration.run_stats import LoopState, RunStats, SilentObserver, StepObserver
 
 log = logging.getLogger(__name__)
 
 
-class StepObserver(Protocol):
-    """What the driver reports after each learner step (the stage's progress bar and metrics log)."""
-
-    def on_rollouts(self, batch: list[Rollout]) -> None:
-        """The batch the learner just trained on."""
-        ...
-
-    def on_step(self, step: int, metrics: dict[str, Any]) -> None: ...
-
-    def on_rewind(self, step: int) -> None:
-        """The run went back to the checkpoint at `step`: what was reported after it is void."""
-        ...
-
-
-class _SilentObserver:
-    def on_rollouts(self, batch: list[Rollout]) -> None:
-        pass
-
-    def on_step(self, step: int, metrics: dict[str, Any]) -> None:
-        pass
-
-    def on_rewind(self, step: int) -> None:
-        pass
-
-
-class StepObservers:
-    """Several observers, told in turn (the stage's reporter and its live metrics)."""
-
-    def __init__(self, *observers: StepObserver):
-        self.observers = observers
-
-    def on_rollouts(self, batch: list[Rollout]) -> None:
-        for o in self.observers:
-            o.on_rollouts(batch)
-
-    def on_step(self, step: int, metrics: dict[str, Any]) -> None:
-        for o in self.observers:
-            o.on_step(step, metrics)
-
-    def on_rewind(self, step: int) -> None:
-        for o in self.observers:
-            o.on_rewind(step)
-
-
 @dataclass
-class RunStats:
-    """What the loop measured; the driver returns it and the benchmark reads it."""
-
-    steps: int = 0
-    rollouts: int = 0
-    response_tokens: int = 0
-    wall_s: float = 0.0
-    generator_busy_s: float = 0.0  # summed over generators
-    scorer_busy_s: float = 0.0  # summed over scorers (the reward pool's own accounting)
-    learner_busy_s: float = 0.0
-    rollouts_in_flight_updated: int = 0  # handed to the learner with a weight update inside their generation
-    staleness: collections.Counter = field(default_factory=collections.Counter)
-    phases: dict[str, float] = field(default_factory=dict)
-    final_version: int = 0
-    metrics: list[dict[str, Any]] = field(default_factory=list)  # one per step of the surviving lineage
-    faults: list[Fault] = field(default_factory=list)
-    accounting: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self, n_generators: int, n_scorers: int) -> dict[str, Any]:
-        """Throughput and each actor kind's busy fraction: busy seconds / (wall seconds x actors of the kind)."""
-        wall = max(self.wall_s, 1e-9)
-        return {
-            "steps": self.steps,
-            "rollouts": self.rollouts,
-            "samples_per_s": self.rollouts / wall,
-            "tokens_per_s": self.response_tokens / wall,
-            "generator_busy": self.generator_busy_s / (wall * max(n_generators, 1)),
-            "scorer_busy": self.scorer_busy_s / (wall * max(n_scorers, 1)),
-            "learner_busy": self.learner_busy_s / wall,
-            "staleness_histogram": {int(k): int(v) for k, v in sorted(self.staleness.items())},
-            "max_staleness_seen": max(self.staleness) if self.staleness else 0,
-            "rollouts_in_flight_updated": self.rollouts_in_flight_updated,
-            "wall_s": self.wall_s,
-            "phase_s": {k: round(v, 3) for k, v in self.phases.items()},
-            "final_version": self.final_version,
-            "faults": [dataclasses.asdict(f) for f in self.faults],
-            **self.accounting,
-        }
-
-
-@dataclass(frozen=True)
-class LoopState:
-    """A look at the loop between two steps, for live monitoring: what it measured so far (`RunStats` with
-    `wall_s` and `phases` filled in up to now, no metrics rows) and what it holds in flight."""
-
-    stats: RunStats
-    rollouts_in_system: int  # taken and not yet trained, dropped or rejected (at most ppo.buffer_size)
-    depths: dict[str, int]  # rollouts waiting at each hop: to_score, scoring, buffered, training
-    generate_calls: dict[str, int]  # generator name -> generate calls queued on it
-    generator_versions: dict[str, int]  # generator name -> policy version its weights hold
-    snapshot_ref: Any  # the newest published weight snapshot (None before the first publish)
-
-
-@dataclass
-class Pipeline:
+class InFlight:
     """What is in flight between the hops of the async loop (generate calls live in `GeneratorSet`)."""
 
     to_score: collections.deque[list[Rollout]] = field(default_factory=collections.deque)  # generated, not sent
@@ -163,7 +66,6 @@ class Pipeline:
     buffer: collections.deque[Rollout] = field(default_factory=collections.deque)  # scored, waiting to train
     train_ref: Any = None  # the learner's running train_step
     train_batch: list[Rollout] = field(default_factory=list)
-    train_t0: float = 0.0
 
     def clear(self) -> None:
         self.to_score.clear()
@@ -179,46 +81,59 @@ class _LearnerLost(Exception):
 
 
 class PPODriver:
-    """Owns the actors' handles, the prompt cursor, the ledger and the loop; the caller builds the components.
+    """Owns the supervised actors, the prompt cursor, the ledger and the loop; the caller builds the components.
 
     Args:
-        cfg: the `ppo` section (steps, batch and request sizes, buffer, sync and checkpoint cadence,
-            deadlines, restart bound, mode).
+        cfg: the `ppo` section (steps, batch and request sizes, buffer, sync and checkpoint cadence, mode).
+        supervision: the `supervision` section (deadlines, restart cap, back-off of the generators and learner).
         generators: generator actors serving `GeneratorService`.
         learner: the learner actor serving `LearnerService`.
-        pool: the scoring pool.
+        pool: the scoring pool (it supervises its own scorers, into the same `faults`).
         tokenizer: encodes prompts (`encode_prompt`).
         cursor: where the prompts come from.
         sampling: how generators sample (its seed is varied per epoch of the cursor).
         in_flight: generate calls each generator keeps queued (`generation.in_flight`).
         observer: told about every learner step.
         checkpoint: where the run's checkpoints go; None: no checkpoints, and a lost learner ends the run.
-        respawn: replaces lost actors; None: any actor failure ends the run.
+        factory: starts replacements of lost actors; None: any actor failure ends the run.
+        faults: the stage's fault log (shared with the pool); a new one by default.
         resume: restore learner, cursor, ledger and reward normaliser from `checkpoint` first.
         weight_updates: `generation.weight_updates`; `in_flight` sends weight loads to the generators'
             weights concurrency group, to be applied inside their running generate calls.
     """
 
-    def __init__(self, cfg: PPOConfig, *, generators: Sequence[NamedActor], learner: NamedActor, pool: ScoringPool,
-                 tokenizer, cursor: PromptCursor, sampling: SamplingSpec, in_flight: int,
+    def __init__(self, cfg: PPOConfig, supervision: SupervisionConfig, *,
+                 generators: Sequence[NamedActor[GeneratorService]], learner: NamedActor[LearnerService],
+                 pool: ScoringPool, tokenizer: Any, cursor: PromptCursor, sampling: SamplingSpec, in_flight: int,
                  observer: StepObserver | None = None, checkpoint: PPOCheckpoint | None = None,
-                 respawn: ActorRespawner | None = None, resume: bool = False, weight_updates: str = "between_calls"):
-        self.cfg, self.learner, self.pool = cfg, learner, pool
-        self.gens = GeneratorSet(cfg, generators, respawn, in_flight_weights=weight_updates == "in_flight")
+                 factory: ActorFactory | None = None, faults: FaultLog | None = None, resume: bool = False,
+                 weight_updates: str = "between_calls"):
+        self.cfg, self.pool = cfg, pool
+        self.faults = faults or FaultLog()
+        self.gens = GeneratorSet(supervision.policy("generator"), generators, factory, self.faults,
+                                 in_flight_weights=weight_updates == "in_flight")
+        self.heals_learner = factory is not None and checkpoint is not None
+        self.learner = Supervised("learner", factory.spawn_learner if factory else None,
+                                  supervision.policy("learner"), self.faults, actor=learner,
+                                  progress=frozenset({"train_step"}))
         self.tokenizer, self.cursor, self.sampling, self.in_flight = tokenizer, cursor, sampling, in_flight
-        self.observer = observer or _SilentObserver()
-        self.checkpoint, self.respawn, self.resume = checkpoint, respawn, resume
+        self.observer = observer or SilentObserver()
+        self.checkpoint, self.resume = checkpoint, resume
         self.ledger = SampleLedger(sampling.n)
         self.timer = PhaseTimer()
         self.stats = RunStats()
         self.version = 0  # the learner's newest published version
         self.snapshot_ref = None  # its snapshot (kept for replacements and the final weight check)
-        self._learner_failures = 0  # in a row, without a completed step
-        self._learner_faults: list[Fault] = []
+        self._work: InFlight | None = None
+        self._t0 = time.perf_counter()
 
     @property
-    def generators(self) -> list[NamedActor]:
+    def generators(self) -> list[NamedActor[GeneratorService]]:
         return self.gens.actors
+
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingSpec) -> list[list[Rollout] | None]:
+        """Generate on the first generator, supervised like the loop's own calls (the in-training evaluation)."""
+        return self.gens.generate_now(0, requests, sampling)
 
     def run(self) -> RunStats:
         self._t0 = time.perf_counter()
@@ -227,7 +142,7 @@ class PPODriver:
             if self.resume:
                 with self.timer("restore"):
                     try:
-                        self._restore(None)
+                        self._restore()
                     except _LearnerLost as e:
                         raise e.failure from e
             self._start_state = self._driver_state()  # what a learner lost before the first checkpoint restarts from
@@ -250,7 +165,7 @@ class PPODriver:
             self.stats.phases = dict(self.timer.seconds)
             self.stats.scorer_busy_s = self._pool_busy_s() - self._scorer_busy0
             self.stats.final_version = self.version
-            self.stats.faults = sorted(self.gens.faults + self._learner_faults, key=lambda f: f.at_s)
+            self.stats.faults = sorted(self.faults.faults, key=lambda f: f.at_s)
             self.stats.accounting = self._accounting()
         return self.stats
 
@@ -276,14 +191,15 @@ class PPODriver:
                 self.ledger.rejected_among(rollouts, scored)
             with self.timer("train"):
                 t0 = time.perf_counter()
-                metrics = self._learner_get(self.learner.handle.train_step.remote(scored), "train_step")
-            self._after_step(scored, metrics, time.perf_counter() - t0)
+                metrics = self._learner_call("train_step", scored)
+                self._record_step(scored, metrics, time.perf_counter() - t0)
+            self._after_step()
             with self.timer("apply_weights"):
                 self.gens.wait_until(self.gens.weights_current)
 
     # -- async: the actor/learner pipeline ------------------------------------------------------------
     def _run_async(self) -> None:
-        work = self._work = Pipeline()
+        work = self._work = InFlight()
         while self.stats.steps < self.cfg.total_steps:
             with self.timer("dispatch_generate"):
                 self._dispatch_generate()
@@ -298,12 +214,14 @@ class PPODriver:
             with self.timer("score"):
                 self._score(work)
             with self.timer("train"):
-                self._train(work, done)
+                stepped = self._train(work, done)
+            if stepped:
+                self._after_step()
             with self.timer("deadlines"):
                 self.gens.check_deadlines()
-                if work.train_ref is not None and time.perf_counter() - work.train_t0 > self.cfg.timeout_s:
-                    raise _LearnerLost(ActorFailure(self.learner.name, "train_step",
-                                                    f"no answer within {self.cfg.timeout_s:g} s", "timeout"))
+                late = self.learner.overdue()
+                if late is not None:
+                    raise _LearnerLost(self.learner.deadline_failure(late))
         # Let queued generate calls finish so the actors are idle and consistent.
         self.gens.wait_until(lambda: self.gens.generating() == 0, self._absorb)
 
@@ -317,15 +235,11 @@ class PPODriver:
                 self.gens.submit(i, draws, self._requests(draws), self.sampling)
                 in_system += per_call
 
-    def _wait(self, work: Pipeline) -> set:
+    def _wait(self, work: InFlight) -> set:
         """Wait briefly for a generator or the train step to answer (the pool is polled separately)."""
-        watch = self.gens.refs() + ([work.train_ref] if work.train_ref is not None else [])
-        if not watch:
-            return set()
-        done, _ = ray.wait(watch, num_returns=1, timeout=0.02)
-        return set(done)
+        return set(remote.wait(self.gens.refs() + list(self.learner.calls), 0.02))
 
-    def _score(self, work: Pipeline) -> None:
+    def _score(self, work: InFlight) -> None:
         while work.to_score and self.pool.has_capacity():
             batch = work.to_score.popleft()
             work.scoring[self.pool.submit(batch, block=False)] = batch
@@ -336,16 +250,22 @@ class PPODriver:
             self.ledger.rejected_among(sent, scored)
             work.buffer.extend(scored)
 
-    def _train(self, work: Pipeline, done: set) -> None:
-        """Finish the learner's step if it is done; start the next one as soon as a batch is buffered."""
+    def _train(self, work: InFlight, done: set) -> bool:
+        """Finish the learner's step if it is done (True); start the next one as soon as a batch is buffered."""
+        stepped = False
         if work.train_ref is not None and work.train_ref in done:
-            metrics = self._learner_get(work.train_ref, "train_step")
-            batch, learner_s = work.train_batch, time.perf_counter() - work.train_t0
+            try:
+                _, metrics, learner_s = self.learner.finish(work.train_ref)
+            except ActorFailure as e:
+                raise _LearnerLost(e) from e
+            batch = work.train_batch
             work.train_ref, work.train_batch = None, []
-            self._after_step(batch, metrics, learner_s)
+            self._record_step(batch, metrics, learner_s)
+            stepped = True
         if work.train_ref is None and len(work.buffer) >= self.cfg.batch_size and self.stats.steps < self.cfg.total_steps:
             work.train_batch = [work.buffer.popleft() for _ in range(self.cfg.batch_size)]
-            work.train_ref, work.train_t0 = self.learner.handle.train_step.remote(work.train_batch), time.perf_counter()
+            work.train_ref = self.learner.submit("train_step", work.train_batch).ref
+        return stepped
 
     # -- steps shared by both modes -------------------------------------------------------------------
     def _take(self) -> list[Draw]:
@@ -371,25 +291,23 @@ class PPODriver:
             rollouts.extend(result or [])
         return rollouts
 
-    def _learner_get(self, ref, what: str):
+    def _learner_call(self, method: str, *args: Any) -> Any:
         try:
-            return remote.get(ref, actor=self.learner.name, what=what, timeout_s=self.cfg.timeout_s)
+            return self.learner.call(method, *args, timeout_s=self.learner.policy.call_timeout_s)
         except ActorFailure as e:
             raise _LearnerLost(e) from e
 
-    def _after_step(self, batch: list[Rollout], metrics: dict[str, Any], learner_s: float) -> None:
+    def _record_step(self, batch: list[Rollout], metrics: dict[str, Any], learner_s: float) -> None:
         for r in batch:  # the learner drops stale rollouts by this same rule
             self.ledger.resolve([r], "dropped_stale" if self.version - r.policy_version > self.cfg.max_staleness
                                 else "trained")
         self.stats.steps += 1
-        self._learner_failures = 0
         self.stats.learner_busy_s += learner_s
         self.stats.rollouts += len(batch)
         self.stats.response_tokens += sum(len(r.response_ids) for r in batch)
         for r in batch:
             self.stats.staleness[self.version - r.policy_version] += 1
         self.stats.rollouts_in_flight_updated += sum(r.spans_versions() for r in batch)
-        self.observer.on_rollouts(batch)
         self.stats.scorer_busy_s = self._pool_busy_s() - self._scorer_busy0
         # Cumulative like `wall_s`, so a window's busy fraction is its busy growth / wall growth / actors.
         metrics = dict(metrics, step=self.stats.steps, version=self.version,
@@ -398,7 +316,14 @@ class PPODriver:
                        rollouts_in_flight_updated=self.stats.rollouts_in_flight_updated,
                        **self._fault_counts())
         self.stats.metrics.append(metrics)
-        self.observer.on_step(self.stats.steps, metrics)
+        self._observed = (batch, metrics)
+
+    def _after_step(self) -> None:
+        """What follows a learner step, each in its own phase: report it, publish, checkpoint."""
+        batch, metrics = self._observed
+        with self.timer("observe"):
+            self.observer.on_rollouts(batch)
+            self.observer.on_step(self.stats.steps, metrics)
         if self.stats.steps % self.cfg.sync_every == 0:
             with self.timer("publish"):
                 self._publish()
@@ -408,7 +333,7 @@ class PPODriver:
                 self._save_checkpoint()
 
     def _publish(self, advance: bool = True) -> None:
-        self.version, self.snapshot_ref = self._learner_get(self.learner.handle.publish.remote(advance), "publish")
+        self.version, self.snapshot_ref = self._learner_call("publish", advance)
         self.gens.publish(self.version, self.snapshot_ref)
 
     # -- checkpoints and the learner's healing --------------------------------------------------------
@@ -419,24 +344,24 @@ class PPODriver:
     def _save_checkpoint(self) -> None:
         state = self._driver_state()
         try:
-            self.checkpoint.save(self.learner, self.stats.steps, state, self.cfg.timeout_s)
+            self.checkpoint.save(self.learner.actor, self.stats.steps, state, self.learner.policy.call_timeout_s)
         except ActorFailure as e:
             raise _LearnerLost(e) from e
 
-    def _restore(self, work: Pipeline | None) -> int:
+    def _restore(self) -> int:
         """Load the newest checkpoint into the learner and the driver; returns its step."""
         try:
             if self.checkpoint.latest() is None:  # lost before the first checkpoint was complete: a fresh start
                 step, version, state = 0, 0, self._start_state
             else:
-                step, version, state = self.checkpoint.restore(self.learner, self.cfg.timeout_s)
+                step, version, state = self.checkpoint.restore(self.learner.actor, self.learner.policy.call_timeout_s)
         except ActorFailure as e:
             raise _LearnerLost(e) from e
         self.cursor.load_state_dict(state["cursor"])
         self.ledger.load_state_dict(state["ledger"], self.cursor.reissues())
         self.pool.load_state_dict(state["pool"])
-        if work is not None:
-            work.clear()
+        if self._work is not None:
+            self._work.clear()
         self.gens.discard_generations()
         self.stats.steps = step
         self.stats.metrics = [m for m in self.stats.metrics if m["step"] <= step]
@@ -447,28 +372,23 @@ class PPODriver:
         return step
 
     def _heal_learner(self, failure: ActorFailure) -> None:
-        self._learner_failures += 1
-        if self.respawn is None or self.checkpoint is None or self._learner_failures > self.cfg.max_consecutive_restarts:
+        if not self.heals_learner:
             raise failure
-        t0 = time.perf_counter()
         log.warning("%s lost (%s); replacing it from the newest checkpoint", self.learner.name, failure)
-        self.learner = self.respawn.respawn_learner()
+        fault, _ = self.learner.replace(failure, wait_ready=True)  # its calls are redone from the checkpoint
         before = self.stats.steps
         with self.timer("restore"):
-            step = self._restore(getattr(self, "_work", None))
-        self._learner_faults.append(Fault(self.learner.name, failure.kind, failure.cause, t0 - self._t0,
-                                          time.perf_counter() - t0, lost_steps=before - step))
+            step = self._restore()
+        fault.lost_steps = before - step
 
     def _pool_busy_s(self) -> float:
         """Seconds the reward pool's actors have had work, summed (0 for a pool that does not measure it)."""
-        return float(self.pool.stats().get("busy_s", 0.0))
+        return self.pool.stats().busy_s
 
     def _fault_counts(self) -> dict[str, int]:
-        pool_stats = self.pool.stats()
-        return {**self.ledger.summary(), "samples_resubmitted": sum(f.resubmitted for f in self.gens.faults),
-                "generator_restarts": self.gens.restarts,
-                "learner_restarts": len(self._learner_faults),
-                "scorer_restarts": int(pool_stats.get("actor_restarts", 0))}
+        counts = self.faults.counts()
+        return {**self.ledger.summary(), "samples_resubmitted": self.faults.resubmitted("generator"),
+                **{restarts_key(kind): counts[restarts_key(kind)] for kind in ACTOR_KINDS}}
 
     def _accounting(self) -> dict[str, Any]:
         return {**self._fault_counts(), "samples_in_system": self.ledger.in_system,
@@ -480,20 +400,18 @@ class PPODriver:
         if not stats.wall_s:  # still running (`run` fills these in when it ends)
             stats.wall_s, stats.phases = time.perf_counter() - self._t0, dict(self.timer.seconds)
             stats.scorer_busy_s = self._pool_busy_s() - self._scorer_busy0
-        work = getattr(self, "_work", None) or Pipeline()  # sync mode holds nothing between hops
+        work = self._work or InFlight()  # sync mode holds nothing between hops
         depths = {"to_score": sum(map(len, work.to_score)), "scoring": sum(map(len, work.scoring.values())),
                   "buffered": len(work.buffer), "training": len(work.train_batch)}
         names = [g.name for g in self.gens.actors]
         return LoopState(stats, self.ledger.in_system, depths,
                          {n: self.gens.queued(i) for i, n in enumerate(names)},
-                         {n: s.version for n, s in zip(names, self.gens.slots)}, self.snapshot_ref)
+                         dict(zip(names, self.gens.versions)), self.snapshot_ref)
 
     def generators_match_learner(self) -> bool:
         """Whether every generator computes with exactly the newest published weights (read back)."""
-        from raylhf.contracts.snapshot import snapshot_checksums
-
         if self.snapshot_ref is None:
             return True
         expected = snapshot_checksums(remote.get(self.snapshot_ref, actor=self.learner.name, what="snapshot",
-                                                 timeout_s=self.cfg.timeout_s))
+                                                 timeout_s=self.learner.policy.call_timeout_s))
         return all({k: g.get(k) for k in expected} == expected for g in self.gens.checksums())

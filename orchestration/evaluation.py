@@ -5,6 +5,11 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Sequence
 
+import numpy as np
+
+from raylhf.contracts.protocols import Labeler, Task
+from raylhf.contracts.records import Prompt
+
 
 def pairwise_agreement(scores: Sequence[Sequence[float]], rankings: Sequence[Sequence[int]],
                        lengths: Sequence[Sequence[int]] | None = None) -> float:
@@ -61,3 +66,23 @@ def agreement_table(scores: dict[str, Sequence[Sequence[float]]], pairs: Sequenc
         for label, v in agreement_by(grouped, pairs, labels).items():
             table.setdefault(label, {"pairs": v["pairs"]})[name] = v["accuracy"]
     return table
+
+
+def win_rate(labeler: Labeler, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> float:
+    """Fraction of prompts on which the labeler prefers response a over b; ties count half."""
+    prefs = [labeler.prefer(p.prompt, ra, rb) for p, ra, rb in zip(prompts, a, b)]
+    return float(np.mean(prefs)) if prefs else float("nan")
+
+
+def instruction_following(task: Task, prompts: Sequence[Prompt], responses: Sequence[str]) -> dict[str, float]:
+    """Per-family fraction of responses that do what the prompt asks, plus `all`."""
+    by_family: dict[str, list[bool]] = {}
+    for p, r in zip(prompts, responses):
+        by_family.setdefault(task.family(p.prompt), []).append(task.follows_instruction(p.prompt, r))
+    rates = {f: float(np.mean(v)) for f, v in sorted(by_family.items())}
+    rates["all"] = float(np.mean([x for v in by_family.values() for x in v])) if by_family else float("nan")
+    return rates
+
+
+def mean_utility(task: Task, prompts: Sequence[Prompt], responses: Sequence[str]) -> float:
+    return float(np.mean([task.utility(p.prompt, r) for p, r in zip(prompts, responses)]))

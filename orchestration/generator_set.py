@@ -1,12 +1,10 @@
 """`GeneratorSet`: the PPO stage's generator actors, each kept alive and on the newest published weights.
 
-A generator actor runs its calls one at a time in submission order, so each slot keeps its calls in that
-order and puts a deadline on the one at the head of the queue (`ppo.timeout_s`, plus
-`ppo.actor_startup_timeout_s` while a new actor is still loading its engine). A slot whose actor dies,
-raises, or misses that deadline is replaced (`ActorRespawner.respawn_generator`): the new actor first
-applies the newest published weights, then receives the prompts the old one held, in order, once. The old
-actor is killed, so a late answer from it can never arrive. After `ppo.max_consecutive_restarts`
-replacements of one slot without an answer in between, the failure stops the run, naming the actor.
+Each generator is a `raylhf.contracts.supervision.Supervised` slot (kind `generator`): its calls in order, a
+deadline on the oldest, replacement on death, error or deadline, back-off and a cap on consecutive restarts
+(`supervision.*`, `supervision.generator.*`). A replacement first applies the newest published weights, then
+receives the prompts the old actor held, in order, once; the old actor is killed, so a late answer from it can
+never arrive. An answered generate call is progress.
 
 Weight loads are coalesced: a slot has at most one `load_weights` call outstanding, and when it finishes
 behind the newest version the newest is sent next. So a slow or stuck generator pins at most one snapshot
@@ -14,65 +12,51 @@ in the object store, however many versions the learner publishes meanwhile.
 
 With in-flight weight updates (`generation.weight_updates: in_flight`) a load is sent to the actor's
 `weights` concurrency group and runs beside its generate call (applied between two decoding steps), so it is
-not part of the slot's ordered queue: it has its own deadline, `ppo.timeout_s` from its submission, and its
-answer does not count as the end of the queue's head call. A replacement actor's first load still goes
-through the ordered queue, so its first generate call already computes with the newest weights.
+not part of the slot's ordered queue: it has its own deadline from its submission, and its answer does not
+count as the end of the queue's head call. A replacement actor's first load still goes through the ordered
+queue, so its first generate call already computes with the newest weights.
+
+Every generate call of the stage goes through here, the in-training evaluation's included (`generate_now`).
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from raylhf.configs.schema import PPOConfig
 from raylhf.contracts import remote
-from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
+from raylhf.contracts.protocols import GenerationRequest, GeneratorService, RequestError, SamplingSpec
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.remote import ActorFailure, NamedActor
+from raylhf.contracts.supervision import FaultLog, Supervised, SupervisionPolicy
 from raylhf.orchestration.cursor import Draw
 
 log = logging.getLogger(__name__)
 
+WEIGHTS_GROUP = "weights"  # the generator actors' concurrency group for in-flight weight loads
 
-class ActorRespawner(Protocol):
-    """Replaces a lost actor with a fresh one (`raylhf.orchestration.actor_set.PPOActors` implements it)."""
 
-    def respawn_generator(self, index: int) -> NamedActor:
-        """Kill generator `index` and create its replacement (started from the initial policy; not waited for)."""
+class ActorFactory(Protocol):
+    """Starts replacements for lost actors (`raylhf.orchestration.actor_set.PPOActors` implements it)."""
+
+    def spawn_generator(self, index: int) -> NamedActor[GeneratorService]:
+        """A new generator `index` on the initial policy (not waited for: calls on it run once it has loaded)."""
         ...
 
-    def respawn_learner(self) -> NamedActor:
-        """Kill the learner and start a fresh one from the initial checkpoints; returns once it is ready."""
+    def spawn_learner(self) -> NamedActor[Any]:
+        """A new learner on the initial checkpoints (not waited for)."""
         ...
 
 
 @dataclass
-class Fault:
-    """One healed failure, for the run's summary."""
+class GenerateCall:
+    """What a generate call needs to be resubmitted, and what its answer is matched with."""
 
-    actor: str
-    kind: str  # "died" | "timeout" | "error"
-    cause: str
-    at_s: float  # seconds since the loop started
-    heal_s: float = 0.0  # time spent replacing the actor
-    lost_steps: int = 0  # learner steps redone (learner faults only)
-    resubmitted: int = 0  # prompts handed to the replacement (generator faults only)
-
-
-@dataclass
-class _Call:
-    kind: str  # "ready" | "load_weights" | "generate"
-    ref: Any
-    submitted: float
-    draws: list[Draw] = field(default_factory=list)
-    requests: list[GenerationRequest] = field(default_factory=list)
-    sampling: SamplingSpec | None = None
-    version: int = 0
-    discard: bool = False  # answer no longer wanted (the learner was rewound)
-    concurrent: bool = False  # runs beside the ordered calls (an in-flight weight load)
+    draws: list[Draw]
+    requests: list[GenerationRequest]
+    sampling: SamplingSpec
+    token: object | None = None  # set on a call made by `generate_now`, whose answer goes to its caller
 
 
 @dataclass
@@ -82,191 +66,158 @@ class Generated:
     draws: list[Draw]
     results: list[list[Rollout] | None]
     busy_s: float
+    token: object | None = None
 
 
-class _Slot:
-    def __init__(self, index: int, actor: NamedActor, now: float):
-        self.index, self.actor = index, actor
-        self.calls: collections.OrderedDict[Any, _Call] = collections.OrderedDict()
-        self.last_done = now
-        self.fresh = False  # a new actor that has not answered yet
-        self.restarts = 0
-        self.failures_in_a_row = 0
-        self.version = 0  # weights the actor holds once its queued loads ran
-        self.info: dict[str, Any] = {}
+class _NoFactory:
+    """Healing off: the first failure ends the run."""
 
-    def generate_calls(self) -> int:
-        return sum(c.kind == "generate" for c in self.calls.values())
+    def spawn_generator(self, index: int) -> NamedActor[GeneratorService]:
+        raise AssertionError("healing is off")
 
-    def loading(self) -> bool:
-        return any(c.kind == "load_weights" for c in self.calls.values())
-
-    def overdue(self, now: float, allowance: float) -> _Call | None:
-        """The call waiting past `allowance`: the head of the ordered queue (counted from when the call before
-        it answered), or a concurrent load (counted from its submission)."""
-        ordered = [c for c in self.calls.values() if not c.concurrent]
-        if ordered and now - max(ordered[0].submitted, self.last_done) > allowance:
-            return ordered[0]
-        return next((c for c in self.calls.values() if c.concurrent and now - c.submitted > allowance), None)
+    def spawn_learner(self) -> NamedActor[Any]:
+        raise AssertionError("healing is off")
 
 
 class GeneratorSet:
-    """Generator slots with ordered calls, deadlines, replacement and coalesced weight loads."""
+    """Supervised generator slots with coalesced weight loads."""
 
-    def __init__(self, cfg: PPOConfig, generators: Sequence[NamedActor], respawn: ActorRespawner | None = None,
-                 clock: Callable[[], float] = time.monotonic, in_flight_weights: bool = False):
-        self.cfg, self.respawn, self.clock = cfg, respawn, clock
+    def __init__(self, policy: SupervisionPolicy, generators: Sequence[NamedActor[GeneratorService]],
+                 factory: ActorFactory | None, faults: FaultLog, in_flight_weights: bool = False):
+        if factory is None:  # no replacements: the first failure ends the run
+            policy = SupervisionPolicy(**{**policy.__dict__, "max_consecutive_restarts": 0})
+        factory = factory or _NoFactory()
         self.in_flight_weights = in_flight_weights  # generators started with weight_updates: in_flight
-        now = clock()
-        self.slots = [_Slot(i, g, now) for i, g in enumerate(generators)]
-        self._slot_of: dict[Any, _Slot] = {}
+        self.slots = [Supervised("generator", (lambda i=i: factory.spawn_generator(i)), policy, faults, actor=g,
+                                 progress=frozenset({"generate"})) for i, g in enumerate(generators)]
+        self.versions = [0] * len(self.slots)  # weights each actor holds once its queued loads ran
         self.newest: tuple[int, Any] | None = None  # (version, snapshot ref) last published
-        self.faults: list[Fault] = []
-        self.t0 = now
+        self.faults = faults
+        self._backlog: list[Generated] = []  # the loop's answers that arrived while `generate_now` waited
 
     # -- views ----------------------------------------------------------------------------------------
     @property
-    def actors(self) -> list[NamedActor]:
+    def actors(self) -> list[NamedActor[GeneratorService]]:
         return [s.actor for s in self.slots]
 
     def refs(self) -> list[Any]:
-        return list(self._slot_of)
+        return [ref for s in self.slots for ref in s.calls]
 
     def queued(self, i: int) -> int:
-        return self.slots[i].generate_calls()
+        return len(self.slots[i].pending("generate"))
 
     def generating(self) -> int:
-        return sum(s.generate_calls() for s in self.slots)
+        return sum(len(s.pending("generate")) for s in self.slots)
 
     def weights_current(self) -> bool:
         """Every generator holds the newest published version, with no load outstanding."""
         v = 0 if self.newest is None else self.newest[0]
-        return all(s.version == v and not s.loading() for s in self.slots)
+        return all(version == v and not s.pending("load_weights") for s, version in zip(self.slots, self.versions))
 
     @property
     def restarts(self) -> int:
         return sum(s.restarts for s in self.slots)
 
     # -- calls ----------------------------------------------------------------------------------------
-    def _call(self, slot: _Slot, call: _Call) -> None:
-        slot.calls[call.ref] = call
-        self._slot_of[call.ref] = slot
+    def submit(self, i: int, draws: list[Draw], requests: list[GenerationRequest], sampling: SamplingSpec,
+               attempts: int = 1, token: object | None = None) -> None:
+        self.slots[i].submit("generate", requests, sampling, payload=GenerateCall(draws, requests, sampling, token),
+                             attempts=attempts)
 
-    def submit(self, i: int, draws: list[Draw], requests: list[GenerationRequest], sampling: SamplingSpec) -> None:
+    def _load(self, i: int) -> None:
         slot = self.slots[i]
-        ref = slot.actor.handle.generate.remote(requests, sampling)
-        self._call(slot, _Call("generate", ref, self.clock(), draws, requests, sampling))
-
-    def _load(self, slot: _Slot) -> None:
-        from raylhf.actors.generator import load_weights_call
-
         version, snapshot_ref = self.newest
         concurrent = self.in_flight_weights and not slot.fresh
-        ref = load_weights_call(slot.actor.handle, snapshot_ref, concurrent)
-        self._call(slot, _Call("load_weights", ref, self.clock(), version=version, concurrent=concurrent))
+        slot.submit("load_weights", snapshot_ref, payload=version, concurrent=concurrent,
+                    concurrency_group=WEIGHTS_GROUP if concurrent else None)
 
     def publish(self, version: int, snapshot_ref: Any) -> None:
         """Send a new snapshot to every generator that is not already loading one (those get it next)."""
         self.newest = (version, snapshot_ref)
-        for slot in self.slots:
-            if not slot.loading():
-                self._load(slot)
+        for i, slot in enumerate(self.slots):
+            if not slot.pending("load_weights"):
+                self._load(i)
 
     def discard_generations(self) -> None:
         """Answers of the generate calls now in flight are no longer wanted (the learner was rewound)."""
         for slot in self.slots:
-            for call in slot.calls.values():
-                call.discard = call.discard or call.kind == "generate"
+            for call in slot.pending("generate"):
+                call.discard = True
 
     # -- answers --------------------------------------------------------------------------------------
     def collect(self, done: set) -> list[Generated]:
         """Process finished calls among `done`; replace the actor of any that failed."""
-        out: list[Generated] = []
-        for slot in self.slots:
+        out, self._backlog = self._backlog, []
+        for i, slot in enumerate(self.slots):
             for ref in [r for r in slot.calls if r in done]:
                 if ref not in slot.calls:  # the slot was replaced while processing an earlier call
                     break
-                call = slot.calls.pop(ref)
-                self._slot_of.pop(ref, None)
                 try:
-                    value = remote.get(ref, actor=slot.actor.name, what=call.kind, timeout_s=self.cfg.timeout_s)
+                    call, value, busy_s = slot.finish(ref)
                 except ActorFailure as e:
-                    slot.calls[ref] = call  # resubmitted with the others by the replacement
-                    slot.calls.move_to_end(ref, last=False)
-                    self._replace(slot, e)
+                    self._replace(i, e)
                     break
-                now = self.clock()
-                busy_s = now - max(call.submitted, slot.last_done)
-                slot.fresh = False
-                if not call.concurrent:  # the ordered queue moved on
-                    slot.last_done = now
-                if call.kind == "generate":
-                    slot.failures_in_a_row = 0  # progress: an answered generate call
-                if call.kind == "ready":
-                    slot.info = value
-                elif call.kind == "load_weights":
-                    slot.version = call.version
-                    if self.newest is not None and slot.version < self.newest[0] and not slot.loading():
-                        self._load(slot)
-                elif not call.discard:
-                    results = [None if isinstance(r, RequestError) else r for r in value]
+                if call.method == "load_weights":
+                    self.versions[i] = call.payload
+                    if self.newest is not None and call.payload < self.newest[0] and not slot.pending("load_weights"):
+                        self._load(i)
+                elif call.method == "generate" and not call.discard:
                     for r in value:
                         if isinstance(r, RequestError):
                             log.warning("prompt %s refused: %s", r.prompt_id, r.reason)
-                    out.append(Generated(call.draws, results, busy_s))
+                    results = [None if isinstance(r, RequestError) else r for r in value]
+                    out.append(Generated(call.payload.draws, results, busy_s, call.payload.token))
         return out
 
     def check_deadlines(self) -> None:
         """Replace every generator whose oldest call has waited past its deadline."""
-        now = self.clock()
-        for slot in self.slots:
-            if not slot.calls:
-                continue
-            allowance = self.cfg.timeout_s + (self.cfg.actor_startup_timeout_s if slot.fresh else 0.0)
-            late = slot.overdue(now, allowance)
+        for i, slot in enumerate(self.slots):
+            late = slot.overdue()
             if late is not None:
-                self._replace(slot, ActorFailure(slot.actor.name, late.kind, f"no answer within {allowance:g} s",
-                                                 "timeout"))
+                self._replace(i, slot.deadline_failure(late))
 
-    def _replace(self, slot: _Slot, failure: ActorFailure) -> None:
-        slot.failures_in_a_row += 1
-        if self.respawn is None or slot.failures_in_a_row > self.cfg.max_consecutive_restarts:
-            raise failure
-        t0 = self.clock()
-        pending = [c for c in slot.calls.values() if c.kind == "generate" and not c.discard]
-        for ref in slot.calls:
-            self._slot_of.pop(ref, None)
-        slot.calls.clear()
-        slot.actor = self.respawn.respawn_generator(slot.index)
-        slot.restarts += 1
-        slot.fresh, slot.last_done, slot.version, slot.info = True, self.clock(), 0, {}
-        self._call(slot, _Call("ready", slot.actor.handle.ready.remote(), self.clock()))
+    def _replace(self, i: int, failure: ActorFailure) -> None:
+        slot = self.slots[i]
+        fault, orphans = slot.replace(failure)
+        self.versions[i] = 0
         if self.newest is not None:
-            self._load(slot)
+            self._load(i)
+        pending = [c for c in orphans if c.method == "generate"]
         for call in pending:
-            self.submit(slot.index, call.draws, call.requests, call.sampling)
-        resubmitted = sum(len(c.draws) for c in pending)
-        self.faults.append(Fault(slot.actor.name, failure.kind, failure.cause, t0 - self.t0, self.clock() - t0,
-                                 resubmitted=resubmitted))
-        log.warning("%s replaced (restart %d): %s; %d prompts resubmitted", slot.actor.name, slot.restarts,
-                    failure, resubmitted)
+            if call.attempts >= slot.policy.max_attempts:
+                raise ActorFailure(slot.name, "generate", f"{len(call.payload.draws)} prompts lost {call.attempts} "
+                                   f"times (supervision.max_attempts); last: {failure.cause}", failure.kind)
+            p = call.payload
+            self.submit(i, p.draws, p.requests, p.sampling, call.attempts + 1, p.token)
+        fault.resubmitted = sum(len(c.payload.draws) for c in pending)
+        log.warning("%s: %d prompts resubmitted", slot.name, fault.resubmitted)
 
-    # -- blocking helpers (sync mode, the end of a run) -------------------------------------------------
+    # -- blocking helpers (sync mode, evaluation, the end of a run) -------------------------------------
     def wait_until(self, condition: Callable[[], bool], on_generated: Callable[[Generated], None] | None = None,
                    extra: Callable[[], None] | None = None) -> None:
         """Drive answers, deadlines and replacements until `condition()` holds."""
-        import ray
-
         while not condition():
-            refs = self.refs()
-            done, _ = ray.wait(refs, num_returns=1, timeout=0.5) if refs else ([], [])
-            for generated in self.collect(set(done)):
+            for generated in self.collect(set(remote.wait(self.refs(), 0.5))):
                 if on_generated is not None:
                     on_generated(generated)
             self.check_deadlines()
             if extra is not None:
                 extra()
 
+    def generate_now(self, i: int, requests: list[GenerationRequest], sampling: SamplingSpec
+                     ) -> list[list[Rollout] | None]:
+        """Generate on generator `i` and wait for the answer (healing as the loop does; the answers of the
+        loop's own calls that arrive meanwhile are kept for it). Per request, the rollouts or None if refused."""
+        token = object()
+        self.submit(i, [], list(requests), sampling, token=token)
+        while True:
+            answered = self.collect(set(remote.wait(self.refs(), 0.5)))
+            mine = [g for g in answered if g.token is token]
+            self._backlog = [g for g in answered if g.token is not token]
+            if mine:
+                return mine[0].results
+            self.check_deadlines()
+
     def checksums(self) -> list[dict[str, str]]:
-        return remote.get_all([s.actor.handle.checksums.remote() for s in self.slots],
-                              [s.actor.name for s in self.slots], "checksums", self.cfg.timeout_s)
+        return remote.get_all([s.handle.checksums.remote() for s in self.slots], [s.name for s in self.slots],
+                              "checksums", self.slots[0].policy.call_timeout_s)

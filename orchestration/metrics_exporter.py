@@ -27,7 +27,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.utils import floatToGoString
 
 from raylhf.configs.schema import MetricsConfig
-from raylhf.orchestration.driver import LoopState, RunStats
+from raylhf.contracts.supervision import ACTOR_KINDS, restarts_key
+from raylhf.orchestration.run_stats import LoopState, RunStats
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ COUNT_COUNTERS = {
     "samples_resubmitted": ("raylhf_prompts_resubmitted",
                             "Prompts handed again to the replacement of a lost generator."),
 }
-RESTARTS = {"generator": "generator_restarts", "learner": "learner_restarts", "scorer": "scorer_restarts"}
+RESTARTS = {kind: restarts_key(kind) for kind in ACTOR_KINDS}  # the driver's metric keys, by actor kind
 
 
 def object_store_bytes(ref: Any) -> int | None:

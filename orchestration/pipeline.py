@@ -10,7 +10,7 @@ from typing import Callable
 from raylhf.configs.schema import RunConfig
 from raylhf.contracts.protocols import Labeler
 from raylhf.learners.models import is_checkpoint
-from raylhf.orchestration import rounds, stages
+from raylhf.orchestration import collect_stage, eval_stages, rounds, stages
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
 from raylhf.orchestration.ppo_stage import finish_ppo, run_ppo
@@ -47,10 +47,10 @@ class Stages:
 def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], None],
                  labeler: Labeler | None = None) -> dict[str, dict]:
     """Round 0 (data -> base model -> SFT -> comparisons on the SFT policy -> reward model -> PPO-ptx ->
-    evaluation), then `iterate.rounds` iteration rounds, then `report.md`. `labeler` ranks the comparisons
-    (default: the task's simulated labeler of `collect.labeler_seed`)."""
+    evaluation), then `iterate.rounds` iteration rounds, then `report.md`. `labeler` ranks every round's
+    comparisons, round 0's included (default: the task's simulated labeler of `collect.labeler_seed`)."""
     task = load_task(cfg.task)
-    labeler = labeler or task.labeler(cfg.collect.labeler_seed)
+    labeler = labeler if labeler is not None else task.labeler(cfg.collect.labeler_seed)
     stage = Stages(paths, report)
 
     stage("data", paths.demonstrations.exists(), lambda: stages.stage_data(cfg, task, paths.data))
@@ -60,17 +60,17 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     policies = {p: stages.resolve_policy(paths, p) for p in cfg.collect.policies}
     seed = paths.data / "demo_comparisons.jsonl" if cfg.collect.include_seed_comparisons else None
     stage("collect", paths.comparisons.exists(),
-          lambda: stages.stage_collect(cfg, paths, policies, paths.prompts("train"), paths.comparisons,
-                                       cfg.collect.n_prompts, cfg.collect.labeler_seed, seed))
+          lambda: collect_stage.stage_collect(cfg, collect_stage.first_round_plan(
+              cfg, policies, paths.prompts("train"), paths.comparisons, seed), labeler))
     stage("rm", is_checkpoint(paths.model("rm")),
           lambda: stages.stage_rm(cfg, paths, paths.model("sft"), paths.comparisons, paths.model("rm"),
                                   paths.demonstrations))
     stage("rm_eval", stages.load_summary(paths, "rm_eval") is not None,
-          lambda: stages.stage_rm_eval(cfg, paths, paths.model("sft"), paths.model("rm")))
+          lambda: eval_stages.stage_rm_eval(cfg, paths, paths.model("sft"), paths.model("rm")))
     stage("ppo", is_checkpoint(paths.model("ppo")),
           lambda: ppo_resuming(cfg, paths, paths.model("sft"), paths.model("rm")))
     stage("eval", stage.evaluated(),
-          lambda: stages.stage_eval(cfg, paths, stages.eval_policies(paths, None), paths.model("rm")))
+          lambda: eval_stages.stage_eval(cfg, paths, eval_stages.eval_policies(paths, None), paths.model("rm")))
     iterations = {r: run_round(cfg, paths, r, labeler, report) for r in range(1, cfg.iterate.rounds + 1)}
     write_report(paths, stage.summaries, iterations)
     return stage.summaries
@@ -87,18 +87,19 @@ def run_round(cfg: RunConfig, paths: RunPaths, r: int, labeler: Labeler,
     new_policy = (rounds.policy_name(r), here.model("ppo"))
     stage = Stages(here, report, label=f"round {r} ")
 
-    stage("collect", here.comparisons.exists(), lambda: stages.stage_round_collect(cfg, paths, r, labeler))
+    stage("collect", here.comparisons.exists(),
+          lambda: collect_stage.stage_collect(cfg, collect_stage.iteration_round_plan(cfg, paths, r), labeler))
     stage("rm", is_checkpoint(here.model("rm")),
           lambda: stages.stage_rm(cfg, here, sft, rounds.comparison_files(paths, r), here.model("rm"),
                                   paths.demonstrations, init=rounds.rm_init_path(cfg, paths, r)))
     stage("rm_eval", stages.load_summary(here, "rm_eval") is not None,
-          lambda: stages.stage_rm_eval(cfg, here, sft, here.model("rm"), current=current,
-                                       previous_rm=paths.round(r - 1).model("rm")))
+          lambda: eval_stages.stage_rm_eval(cfg, here, sft, here.model("rm"), current=current,
+                                            previous_rm=paths.round(r - 1).model("rm")))
     stage("ppo", is_checkpoint(here.model("ppo")),
           lambda: ppo_resuming(rounds.ppo_config(cfg, r), here, current[1], here.model("rm"), ref_path=sft,
                                value_path=rounds.value_init_path(cfg, paths, r)))
     stage("eval", stage.evaluated(),
-          lambda: stages.stage_eval(cfg, here, dict([("sft", sft), current, new_policy]), here.model("rm")))
+          lambda: eval_stages.stage_eval(cfg, here, dict([("sft", sft), current, new_policy]), here.model("rm")))
     return stage.summaries
 
 

@@ -101,9 +101,7 @@ class PPOCheckpoint:
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         self._settle()
         shutil.rmtree(self._tmp, ignore_errors=True)
-        import ray
-
-        files = remote.get(learner.handle.save_checkpoint.remote(str(self._tmp), ray.get_runtime_context().get_node_id()),
+        files = remote.get(learner.handle.save_checkpoint.remote(str(self._tmp), remote.node_id()),
                            actor=learner.name, what="save_checkpoint", timeout_s=timeout_s)
         if files is not None:  # a learner on another node sent its files through the object store
             unpack_into(files, self._tmp)

@@ -19,16 +19,30 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from raylhf.actors.sampling import sampling_spec
+from raylhf.configs.loader import ConfigError
 from raylhf.configs.schema import RunConfig
-from raylhf.contracts import remote
 from raylhf.contracts.dataio import read_records
 from raylhf.contracts.formatting import decode_response, encode_prompt
-from raylhf.contracts.protocols import GenerationRequest, SamplingSpec
+from raylhf.contracts.hf_checkpoint import require_checkpoint
+from raylhf.contracts.protocols import GenerationRequest, Labeler, SamplingSpec, Task
 from raylhf.contracts.records import Document, Prompt, Rollout
-from raylhf.contracts.remote import NamedActor
+from raylhf.learners.models import load_tokenizer
+from raylhf.learners.pretrain import pack_documents
+from raylhf.learners.training import MetricsLog
+from raylhf.orchestration.actor_set import PPOActors
 from raylhf.orchestration.cursor import PromptCursor
+from raylhf.orchestration.driver import PPODriver
+from raylhf.orchestration.metrics_exporter import serve_ppo_metrics
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
+from raylhf.orchestration.preflight import check_ppo_inputs, policy_prompts
+from raylhf.orchestration.ray_runtime import init_ray
+from raylhf.orchestration.run_stats import StepObservers
+from raylhf.tasks import load_task
+
+# The driver's supervised generate call (`PPODriver.generate`): per request, its rollouts or None if refused.
+Generate = Callable[[list[GenerationRequest], SamplingSpec], list[list[Rollout] | None]]
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +52,18 @@ class InTrainingEval:
 
     The SFT responses are sampled once, before the first update, from a generator that still holds
     the SFT weights; later rounds sample the same prompts from a generator holding the newest weights.
+    `generate` is the driver's supervised call (`PPODriver.generate`): a generator lost during an evaluation
+    is replaced, and the evaluation goes on, as the loop does.
     """
 
-    def __init__(self, task, labeler, tokenizer, prompts: list[Prompt], sampling: SamplingSpec, timeout_s: float):
+    def __init__(self, task: Task, labeler: Labeler, tokenizer: Any, prompts: list[Prompt], sampling: SamplingSpec):
         self.task, self.labeler, self.tokenizer = task, labeler, tokenizer
-        self.prompts, self.sampling, self.timeout_s = prompts, sampling, timeout_s
+        self.prompts, self.sampling = prompts, sampling
         self.requests = [GenerationRequest(p.prompt_id, tuple(encode_prompt(tokenizer, p.prompt))) for p in prompts]
         self.reference: list[str] | None = None
 
-    def _sample(self, generator: NamedActor) -> tuple[list[str], int]:
-        results = remote.get(generator.handle.generate.remote(self.requests, self.sampling), actor=generator.name,
-                             what="generate", timeout_s=self.timeout_s)
+    def _sample(self, generate: Generate) -> tuple[list[str], int]:
+        results = generate(self.requests, self.sampling)
         texts, versions = [], []
         for r in results:
             served = isinstance(r, list) and bool(r)  # a refused request counts as an empty response
@@ -57,12 +72,12 @@ class InTrainingEval:
                 versions.append(r[0].policy_version)
         return texts, max(versions, default=0)
 
-    def start(self, generator: NamedActor) -> dict[str, float]:
-        self.reference, _ = self._sample(generator)
+    def start(self, generate: Generate) -> dict[str, float]:
+        self.reference, _ = self._sample(generate)
         return {"eval_utility": self._utility(self.reference), "eval_win_rate_vs_sft": 0.5}
 
-    def __call__(self, generator: NamedActor) -> dict[str, float]:
-        texts, version = self._sample(generator)
+    def __call__(self, generate: Generate) -> dict[str, float]:
+        texts, version = self._sample(generate)
         prefs = [self.labeler.prefer(p.prompt, a, b) for p, a, b in zip(self.prompts, texts, self.reference)]
         return {"eval_win_rate_vs_sft": float(np.mean(prefs)), "eval_utility": self._utility(texts),
                 "eval_version": version}
@@ -75,10 +90,10 @@ class StepReporter:
     """After each learner step: the true utility of the batch, in-training evaluation (`ppo.eval_every`), the
     metrics log and the progress bar. After a rewind to a checkpoint, the rows logged past it are dropped."""
 
-    def __init__(self, cfg: RunConfig, *, task, tokenizer, prompt_text: dict[str, str], metrics_log, bar,
-                 evaluator: InTrainingEval | None, eval_generator: Callable[[], NamedActor]):
+    def __init__(self, cfg: RunConfig, *, task: Task, tokenizer: Any, prompt_text: dict[str, str],
+                 metrics_log: MetricsLog, bar: tqdm, evaluator: InTrainingEval | None, generate: Generate):
         self.p, self.task, self.tokenizer, self.prompt_text = cfg.ppo, task, tokenizer, prompt_text
-        self.metrics_log, self.bar, self.evaluator, self.eval_generator = metrics_log, bar, evaluator, eval_generator
+        self.metrics_log, self.bar, self.evaluator, self.generate = metrics_log, bar, evaluator, generate
         self._utility: list[float] = []
 
     def on_rollouts(self, batch: list[Rollout]) -> None:
@@ -91,7 +106,7 @@ class StepReporter:
         metrics = dict(metrics, true_utility=float(np.mean(self._utility)) if self._utility else float("nan"))
         metrics.pop("step", None)
         if self.evaluator is not None and (step % p.eval_every == 0 or step == p.total_steps):
-            metrics.update(self.evaluator(self.eval_generator()))
+            metrics.update(self.evaluator(self.generate))
         self.metrics_log(step, metrics)
         self.bar.update(1)
         self.bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}",
@@ -105,7 +120,6 @@ class StepReporter:
 
 def pretrain_stream(cfg: RunConfig, paths: RunPaths, tokenizer) -> np.ndarray | None:
     """The packed pretraining corpus for the PPO-ptx term (None when `ppo.ptx_coef` is 0)."""
-    from raylhf.learners.pretrain import pack_documents
 
     if cfg.ppo.ptx_coef == 0:
         return None
@@ -129,16 +143,6 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
     and reward normaliser are restored. With `fresh`, an existing checkpoint is deleted and the stage starts
     over; with neither, an existing checkpoint is an error (a run is never restarted silently).
     """
-    from raylhf.actors.sampling import sampling_spec
-    from raylhf.learners.models import load_tokenizer, require_checkpoint
-    from raylhf.learners.training import MetricsLog
-    from raylhf.orchestration.actor_set import PPOActors
-    from raylhf.orchestration.driver import PPODriver, StepObservers
-    from raylhf.orchestration.metrics_exporter import serve_ppo_metrics
-    from raylhf.orchestration.preflight import check_ppo_inputs, policy_prompts
-    from raylhf.orchestration.ray_runtime import init_ray
-    from raylhf.tasks import load_task
-
     t0, p = time.time(), cfg.ppo
     checkpoint = PPOCheckpoint(paths.root, on_saved=paths.sync)
     check_checkpoint_choice(checkpoint, p.total_steps, resume, fresh)  # before anything starts
@@ -167,21 +171,22 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
         if with_eval and p.eval_every > 0:
             heldout, _ = read_records(paths.prompts("heldout"), Prompt, on_bad_rows=cfg.data.on_bad_rows)
             evaluator = InTrainingEval(task, task.labeler(cfg.eval.labeler_seed), tokenizer, heldout[: p.eval_prompts],
-                                       dataclasses.replace(sampling, n=1, temperature=cfg.eval.temperature), p.timeout_s)
-            first = evaluator.start(actors.generators[0])  # the generators still hold the initial policy here
-            if not resume:
-                metrics_log(0, first)
+                                       dataclasses.replace(sampling, n=1, temperature=cfg.eval.temperature))
         start_step = checkpoint.step() if resume else 0
         bar = tqdm(total=p.total_steps, initial=start_step, desc=f"ppo ({p.mode})", unit="step", dynamic_ncols=True)
-        driver: PPODriver | None = None
-        reporter = StepReporter(cfg, task=task, tokenizer=tokenizer, prompt_text={q.prompt_id: q.prompt for q in prompts},
-                                metrics_log=metrics_log, bar=bar, evaluator=evaluator,
-                                eval_generator=lambda: driver.generators[0])
-        driver = PPODriver(p, generators=actors.generators, learner=actors.learner, pool=actors.pool,
+        observers = StepObservers()
+        driver = PPODriver(p, cfg.supervision, generators=actors.generators, learner=actors.learner, pool=actors.pool,
                            tokenizer=tokenizer, cursor=cursor, sampling=sampling, in_flight=cfg.generation.in_flight,
-                           weight_updates=cfg.generation.weight_updates,
-                           observer=reporter if live is None else StepObservers(reporter, live),
-                           checkpoint=checkpoint, respawn=actors, resume=resume)
+                           weight_updates=cfg.generation.weight_updates, observer=observers,
+                           checkpoint=checkpoint, factory=actors, faults=actors.faults, resume=resume)
+        if evaluator is not None:
+            first = evaluator.start(driver.generate)  # the generators still hold the initial policy here
+            if not resume:
+                metrics_log(0, first)
+        observers.observers = (StepReporter(cfg, task=task, tokenizer=tokenizer,
+                                            prompt_text={q.prompt_id: q.prompt for q in prompts},
+                                            metrics_log=metrics_log, bar=bar, evaluator=evaluator,
+                                            generate=driver.generate), *([live] if live is not None else []))
         if live is not None:
             live.watch(driver.loop_state)
         try:
@@ -194,7 +199,7 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
             shutil.rmtree(out)
         shutil.copytree(checkpoint.policy_dir, out)
         weights_match = driver.generators_match_learner()
-        placement, cpus = actors.placement()
+        placement, cpus = actors.placement(driver.generators, driver.learner.actor)
 
     summary = stats.summary(cfg.generation.num_generators, cfg.reward.num_actors)
     last = stats.metrics[-1] if stats.metrics else {}
@@ -218,7 +223,6 @@ def finish_ppo(paths: RunPaths, out: Path) -> dict[str, Any]:
 
 def check_checkpoint_choice(checkpoint: PPOCheckpoint, total_steps: int, resume: bool, fresh: bool) -> None:
     """A run with a checkpoint continues it (`resume`) or deletes it (`fresh`); never starts over silently."""
-    from raylhf.configs.loader import ConfigError
 
     step = checkpoint.step()
     if resume and fresh:

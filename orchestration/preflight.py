@@ -1,8 +1,9 @@
 """Each stage's inputs, checked before the stage starts anything or writes a file.
 
 A `check_*_inputs` function reads what its stage will read and raises on the first bad input: a
-`ConfigError` naming the key or flag for a checkpoint path that is not a local Hugging Face checkpoint,
-a `DataError` naming the file (and line) for a missing or empty dataset, a repeated prompt id, or a
+`CheckpointError` (a config error to the CLI) naming the key or flag for a checkpoint path that is not a
+local Hugging Face checkpoint, a `ConfigError` naming the key for settings that do not fit together, a
+`DataError` naming the file (and line) for a missing or empty dataset, a repeated prompt id, or a
 sequence longer than the model's context. Under `data.on_bad_rows: skip` bad rows are counted and
 dropped instead, and only a file left without a valid row stops the stage. The CLI runs the check of a
 command before it creates the run directory, and the stages read their data through the same readers,
@@ -11,18 +12,29 @@ so `raylhf run` refuses bad input the same way.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
+from raylhf.configs.loader import ConfigError
 from raylhf.configs.schema import RunConfig
 from raylhf.contracts.dataio import DataError, read_records
 from raylhf.contracts.formatting import encode_prompt, encode_response
+from raylhf.contracts.hf_checkpoint import require_checkpoint
 from raylhf.contracts.records import Comparison, Demonstration, Document, Prompt
+from raylhf.learners.models import context_length, load_tokenizer
 from raylhf.orchestration.paths import RunPaths
+from raylhf.orchestration.storage import is_remote_uri, local_output_dir
+
+if TYPE_CHECKING:  # pragma: no cover  (annotations only: transformers takes a second to import)
+    from transformers import PreTrainedTokenizerBase
+
+R = TypeVar("R")
 
 
-def read_data(cfg: RunConfig, path: str | os.PathLike, record_type, check: Callable | None = None) -> list:
+def read_data(cfg: RunConfig, path: str | os.PathLike, record_type: type[R],
+              check: Callable[[R], str | None] | None = None) -> list[R]:
     """Rows of a dataset under the run's bad-row policy (`data.on_bad_rows`, `data.max_prompt_chars`)."""
     records, _ = read_records(path, record_type, on_bad_rows=cfg.data.on_bad_rows,
                               max_prompt_chars=cfg.data.max_prompt_chars, check=check)
@@ -34,7 +46,7 @@ def _context(context: int, checkpoint: str | os.PathLike) -> str:
     return f"the model's context of {context} tokens (max_position_embeddings of {checkpoint})"
 
 
-def demonstration_fits(tokenizer, context: int | None, checkpoint: str | os.PathLike
+def demonstration_fits(tokenizer: PreTrainedTokenizerBase, context: int | None, checkpoint: str | os.PathLike
                        ) -> Callable[[Demonstration], str | None]:
     """A row check: prompt + response tokens within the context of the model trained on them."""
     def check(d: Demonstration) -> str | None:
@@ -45,7 +57,7 @@ def demonstration_fits(tokenizer, context: int | None, checkpoint: str | os.Path
     return check
 
 
-def comparison_fits(tokenizer, context: int | None, checkpoint: str | os.PathLike
+def comparison_fits(tokenizer: PreTrainedTokenizerBase, context: int | None, checkpoint: str | os.PathLike
                     ) -> Callable[[Comparison], str | None]:
     """A row check: prompt + each response within the reward model's context."""
     def check(c: Comparison) -> str | None:
@@ -60,8 +72,8 @@ def comparison_fits(tokenizer, context: int | None, checkpoint: str | os.PathLik
     return check
 
 
-def prompt_fits(tokenizer, context: int | None, max_new_tokens: int, checkpoint: str | os.PathLike
-                ) -> Callable[[Prompt], str | None]:
+def prompt_fits(tokenizer: PreTrainedTokenizerBase, context: int | None, max_new_tokens: int,
+                checkpoint: str | os.PathLike) -> Callable[[Prompt], str | None]:
     """A row check: the prompt leaves room for `generation.max_new_tokens` in the policy's context."""
     def check(p: Prompt) -> str | None:
         n = len(encode_prompt(tokenizer, p.prompt))
@@ -73,26 +85,25 @@ def prompt_fits(tokenizer, context: int | None, max_new_tokens: int, checkpoint:
 
 
 # ---------------------------------------------------------------------------------------------- readers
-def _tokenizer_and_context(cfg: RunConfig, checkpoint: str | os.PathLike, key: str):
-    from raylhf.learners.models import context_length, load_tokenizer, require_checkpoint
-
+def _tokenizer_and_context(cfg: RunConfig, checkpoint: str | os.PathLike, key: str
+                           ) -> tuple[PreTrainedTokenizerBase, int | None]:
     require_checkpoint(checkpoint, key, weights=True, tokenizer=True)
     tokenizer = load_tokenizer(checkpoint, cfg.trust_remote_code, key=key)
     return tokenizer, context_length(checkpoint, cfg.trust_remote_code, key=key)
 
 
-def read_demonstrations(cfg: RunConfig, path: str | os.PathLike, tokenizer, context: int | None,
-                        checkpoint: str | os.PathLike) -> list[Demonstration]:
+def read_demonstrations(cfg: RunConfig, path: str | os.PathLike, tokenizer: PreTrainedTokenizerBase,
+                        context: int | None, checkpoint: str | os.PathLike) -> list[Demonstration]:
     return read_data(cfg, path, Demonstration, demonstration_fits(tokenizer, context, checkpoint))
 
 
-def read_comparisons(cfg: RunConfig, path: str | os.PathLike, tokenizer, context: int | None,
-                     checkpoint: str | os.PathLike) -> list[Comparison]:
+def read_comparisons(cfg: RunConfig, path: str | os.PathLike, tokenizer: PreTrainedTokenizerBase,
+                     context: int | None, checkpoint: str | os.PathLike) -> list[Comparison]:
     return read_data(cfg, path, Comparison, comparison_fits(tokenizer, context, checkpoint))
 
 
-def read_prompts(cfg: RunConfig, path: str | os.PathLike, tokenizer=None, context: int | None = None,
-                 checkpoint: str | os.PathLike = "") -> list[Prompt]:
+def read_prompts(cfg: RunConfig, path: str | os.PathLike, tokenizer: PreTrainedTokenizerBase | None = None,
+                 context: int | None = None, checkpoint: str | os.PathLike = "") -> list[Prompt]:
     """Prompts with unique ids; with a tokenizer, only those that leave room for a response in the context."""
     check = prompt_fits(tokenizer, context, cfg.generation.max_new_tokens, checkpoint) if tokenizer else None
     return read_data(cfg, path, Prompt, check)
@@ -144,8 +155,6 @@ def check_collect_inputs(cfg: RunConfig, policies: dict[str, Path], prompts_path
 
 def check_rm_eval_inputs(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path) -> None:
     """SFT and reward-model checkpoints; held-out and generalization prompts that fit the SFT context."""
-    from raylhf.learners.models import require_checkpoint
-
     tokenizer, context = _tokenizer_and_context(cfg, sft_path, "--sft")
     require_checkpoint(rm_path, "--rm", weights=True)
     for split in ("heldout", "generalization"):
@@ -156,8 +165,6 @@ def check_eval_inputs(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path]
                       rm_key: str = "--rm") -> None:
     """Every policy checkpoint (and the reward model, when scoring); prompts that fit each policy; the
     held-out pretraining corpus."""
-    from raylhf.learners.models import require_checkpoint
-
     if rm_path is not None:
         require_checkpoint(rm_path, rm_key, weights=True)
     for name, path in policies.items():
@@ -177,8 +184,6 @@ def check_ppo_inputs(cfg: RunConfig, paths: RunPaths, policy_path: str | os.Path
     least one does); the held-out prompts exist when `ppo.eval_every > 0`; the pretraining corpus exists
     when `ppo.ptx_coef > 0`.
     """
-    from raylhf.learners.models import require_checkpoint
-
     tokenizer, context = _tokenizer_and_context(cfg, policy_path, "--policy")
     require_checkpoint(rm_path, "--rm", weights=True)
     r = cfg.reward
@@ -198,8 +203,6 @@ def check_ppo_inputs(cfg: RunConfig, paths: RunPaths, policy_path: str | os.Path
 def check_iterate_prompts(cfg: RunConfig) -> None:
     """Each iteration round ranks `iterate.n_prompts` prompts no earlier round ranked: the training split must
     hold them all, after the first round's `collect.n_prompts`. Checked before a run with rounds starts."""
-    from raylhf.configs.loader import ConfigError
-
     it, n_train = cfg.iterate, cfg.task.n_train_prompts
     need = min(cfg.collect.n_prompts, n_train) + it.rounds * it.n_prompts
     if it.rounds and need > n_train:
@@ -209,18 +212,14 @@ def check_iterate_prompts(cfg: RunConfig) -> None:
                           "collect.n_prompts, or raise task.n_train_prompts")
 
 
-def policy_prompts(cfg: RunConfig, path: str | os.PathLike, tokenizer, policy_path: str | os.PathLike
-                   ) -> list[Prompt]:
+def policy_prompts(cfg: RunConfig, path: str | os.PathLike, tokenizer: PreTrainedTokenizerBase,
+                   policy_path: str | os.PathLike) -> list[Prompt]:
     """The prompts of `path` that a PPO or sampling stage can use with the policy in `policy_path`."""
-    from raylhf.learners.models import context_length
-
     return read_prompts(cfg, path, tokenizer, context_length(policy_path, cfg.trust_remote_code), policy_path)
 
 
 def submitted_job() -> dict | None:
     """The job config when this process is the entry point of a submitted Ray job, else None."""
-    import json
-
     raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if not raw:
         return None
@@ -234,10 +233,6 @@ def submitted_job() -> dict | None:
 def check_output_dir(cfg: RunConfig) -> None:
     """A submitted Ray job runs in a private copy of its uploaded working directory, deleted with the job:
     a relative `output_dir` there would lose the run. Refuse it, naming the key and what to do."""
-    from raylhf.configs.loader import ConfigError
-
-    from raylhf.orchestration.storage import is_remote_uri, local_output_dir
-
     job = submitted_job()
     if job is None or is_remote_uri(cfg.output_dir) or local_output_dir(cfg.output_dir).is_absolute():
         return

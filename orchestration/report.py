@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+# The object-oriented API, not pyplot: it renders with Agg into a file without choosing a backend for the
+# whole process (a caller's notebook keeps its own) and keeps no global figure to close.
+from matplotlib.figure import Figure
 
 from raylhf.orchestration.paths import RunPaths
 
@@ -24,17 +28,13 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 def plot_ppo(paths: RunPaths) -> list[str]:
     """reward_kl.png (RM score, true utility, KL per learner step) and win_rate.png; returns file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in _read_metrics(paths.metrics, "ppo") if "reward" in r]
     evals = [r for r in _read_metrics(paths.metrics, "ppo") if "eval_win_rate_vs_sft" in r]
     if not rows:
         return []
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     axes[0].plot(steps, [r["reward"] for r in rows], label="RM score (what PPO optimises)", alpha=0.8)
     axes[0].plot(steps, [r.get("true_utility", float("nan")) for r in rows], label="true utility (hidden labeler)",
                  alpha=0.8)
@@ -46,10 +46,10 @@ def plot_ppo(paths: RunPaths) -> list[str]:
     axes[1].set_title("KL(policy || SFT) per sequence")
     fig.tight_layout()
     fig.savefig(paths.root / "reward_kl.png", dpi=100)
-    plt.close(fig)
     files = ["reward_kl.png"]
     if evals:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        fig = Figure(figsize=(5.5, 4))
+        ax = fig.subplots()
         ax.plot([r["step"] for r in evals], [r["eval_win_rate_vs_sft"] for r in evals], marker="o")
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("learner step")
@@ -57,7 +57,6 @@ def plot_ppo(paths: RunPaths) -> list[str]:
         ax.set_title("labeler preference over training")
         fig.tight_layout()
         fig.savefig(paths.root / "win_rate.png", dpi=100)
-        plt.close(fig)
         files.append("win_rate.png")
     return files
 
@@ -81,7 +80,7 @@ def write_report(paths: RunPaths, summaries: dict[str, dict[str, Any]],
         names = list(ev["policies"])
         fams = sorted(k for k in ev["policies"][names[0]]["heldout"]["follows"] if k != "all")
         lines += ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        def row(label, get):
+        def row(label: str, get: Callable[[dict[str, Any]], Any]) -> None:
             lines.append(f"| {label} | " + " | ".join(_fmt(get(ev['policies'][n])) for n in names) + " |")
         row("true utility (held-out)", lambda p: p["heldout"]["utility"])
         row("true utility (generalization)", lambda p: p["generalization"]["utility"])
@@ -241,19 +240,15 @@ def round_section(paths: RunPaths, by_round: dict[int, dict[str, dict[str, Any]]
 
 def plot_rounds(paths: RunPaths, rows: list[dict[str, Any]]) -> str | None:
     """rounds.png: RM accuracy, win rate vs SFT, true utility, KL and response length per round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not rows:
         return None
     x = [row["round"] for row in rows]
 
-    def series(key):
+    def series(key: str) -> list[float]:
         return [float("nan") if row[key] is None else row[key] for row in rows]
 
-    fig, axes = plt.subplots(1, 5, figsize=(22, 4))
+    fig = Figure(figsize=(22, 4))
+    axes = fig.subplots(1, 5)
     ax = axes[0]
     for key, label in (("rm_accuracy", "SFT pairs"), ("rm_accuracy_equal_length", "SFT pairs, equal length"),
                        ("rm_accuracy_current", "current policy's pairs"),
@@ -279,5 +274,4 @@ def plot_rounds(paths: RunPaths, rows: list[dict[str, Any]]) -> str | None:
         ax.set_xticks(x)
     fig.tight_layout()
     fig.savefig(paths.root / "rounds.png", dpi=100)
-    plt.close(fig)
     return "rounds.png"

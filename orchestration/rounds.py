@@ -1,6 +1,7 @@
 """Iterated RLHF bookkeeping: which prompts a round ranks, which policies it samples, how its comparisons are
 tagged, which files its reward model trains on, and the config of its PPO stage. Pure functions of the
-config, the run's paths and records, so the loop in `raylhf.orchestration.iterate` reads as the dataflow.
+config, the run's paths and records, so the rounds in `raylhf.orchestration.pipeline` (`run_round`) read as the
+dataflow.
 
 Rounds are numbered from 0: round 0 is the first pipeline (comparisons on the SFT policy, reward model, PPO),
 round r >= 1 lives in `<run>/rounds/<r>/` (`RunPaths.round`). The policy a round ends with is `round<r>`.
@@ -13,9 +14,11 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from raylhf.configs.loader import ConfigError
 from raylhf.configs.schema import RunConfig
 from raylhf.contracts.records import Comparison, Prompt
 from raylhf.orchestration.paths import RunPaths
+from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
 
 SEED_SOURCE = "seed"  # `Comparison.source` of the task's own rankings of demonstrator responses
 CURRENT = "current"  # `iterate.policies`: the policy the round continues
@@ -36,8 +39,6 @@ def round_policies(paths: RunPaths, r: int, specs: Sequence[str]) -> dict[str, P
     """The `iterate.policies` of round `r` as `{name: checkpoint}`: `current` is the previous round's policy,
     `roundN` an earlier round's, `sft`/`base` the run's models, anything else a checkpoint path (checked where
     it is loaded). A round that has not finished before round `r` starts is a config error."""
-    from raylhf.configs.loader import ConfigError
-
     out: dict[str, Path] = {}
     for spec in specs:
         match = _ROUND_POLICY.fullmatch(spec)
@@ -92,14 +93,10 @@ def rm_init_path(cfg: RunConfig, paths: RunPaths, r: int) -> Path | None:
 def value_init_path(cfg: RunConfig, paths: RunPaths, r: int) -> Path:
     """Checkpoint a round's PPO value function starts from (`iterate.value_init`): the round's reward model,
     or the value model of the previous round's last PPO checkpoint."""
-    from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
-
     if cfg.iterate.value_init == "rm":
         return paths.round(r).model("rm")
     latest = PPOCheckpoint(paths.round(r - 1).root).latest()
     if latest is None:
-        from raylhf.configs.loader import ConfigError
-
         raise ConfigError(f"iterate.value_init: 'previous', but round {r - 1} left no PPO checkpoint (with its value "
                           f"model) under {paths.round(r - 1).root / 'checkpoints'}; use 'rm'")
     return latest / "value"

@@ -8,12 +8,14 @@ import time
 from typing import Any, Sequence
 
 import ray
+import torch
 
 from raylhf.configs.schema import RewardConfig
 from raylhf.contracts.affinity import current_cpus, pin_process
 from raylhf.contracts.model_files import ModelFiles, local_dir
 from raylhf.contracts.records import Rollout
 from raylhf.reward_service.rejects import Reject
+from raylhf.reward_service.scorer import RewardScorer
 
 
 def torch_threads_for(num_cpus: float) -> int:
@@ -40,10 +42,8 @@ class ScorerActor:
         self, name: str, cfg: RewardConfig, *, rm_path: str | ModelFiles | None, ref_path: str | ModelFiles | None,
         trust_remote_code: bool
     ):
-        import torch
+        # deferred: transformers takes seconds to import, and the driver imports this module (the pool)
         from transformers.utils import logging as hf_logging
-
-        from raylhf.reward_service.scorer import RewardScorer
 
         pin_process(cfg.cpus, "reward.cpus")  # before torch starts its threads
         torch.set_num_threads(torch_threads_for(cfg.num_cpus))

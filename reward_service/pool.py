@@ -6,16 +6,19 @@ Semantics
     `submit(block=True)` waits (driving completions meanwhile) until a slot frees, and
     `submit(block=False)` raises `PoolFullError`. Completed results wait in the pool until `ready()`
     collects them; they no longer occupy a slot.
-  - Timeout: an actor runs its requests one at a time in submission order, so the clock of a request
-    starts when it reaches the head of its actor's queue. A head request unanswered after
-    `request_timeout_s` marks the actor hung: it is killed, replaced, and all its requests resubmitted.
+  - Supervision: each actor is a `raylhf.contracts.supervision.Supervised` slot (kind `scorer`, the
+    `supervision` config with its `scorer` overrides). An actor runs its requests one at a time in
+    submission order, so the clock of a request starts when it reaches the head of its actor's queue; a
+    head request unanswered after `call_timeout_s` marks the actor hung. A hung actor, or one that dies
+    (any of `raylhf.contracts.remote.actor_lost_errors()`: `RayActorError` / `ActorDiedError`, crashed
+    worker, lost object, OOM kill), is killed, replaced (the pool waits until the replacement has loaded
+    its models) and all its requests resubmitted. A request is dispatched at most `max_attempts` times;
+    beyond that it fails with `ScoringError`. A delivered request is progress; past
+    `max_consecutive_restarts` replacements without one the failure stops the run (`ScorerStartupError`
+    when the replacements did not start).
   - Busy time: by the same clock, an actor is busy from when a request reaches the head of its queue
-    until its answer is seen (`stats()["busy_s"]`, summed over actors, and per actor). Time spent on
+    until its answer is seen (`stats().busy_s`, summed over actors, and per actor). Time spent on
     requests a lost actor never answered is not counted.
-  - Death: an actor that dies (any of `raylhf.contracts.remote.actor_lost_errors()`: `RayActorError` /
-    `ActorDiedError`, crashed worker, lost object, OOM kill) is replaced and all its in-flight requests
-    resubmitted. A request is dispatched at most `max_attempts` times; beyond that it fails with
-    `ScoringError`.
   - Exactly once: every request has one live object ref at a time; refs of a replaced actor are
     forgotten, so a late answer can never be delivered, and each request id is delivered once.
     Nothing is dropped: a request leaves the pool only as a result or as a `ScoringError`.
@@ -30,19 +33,18 @@ Semantics
   - Failures: an exception inside the scorer that is not about one rollout (a reward function raising,
     a model failing) raises `ScoringError` naming the actor, the request and the cause, from `ready()` /
     `score()`. It is never turned into a reward.
-  - Every remote wait has a deadline: answers are collected with `ray.wait(..., timeout=...)` up to the
+  - Every remote wait has a deadline: answers are collected with `raylhf.contracts.remote.wait` up to the
     next head request's deadline, and a result is read only once it is ready; actor start-up waits go
-    through `raylhf.contracts.remote.get_all`. No blocking `ray.get` on one actor.
+    through `raylhf.contracts.remote.get_all`. No blocking wait on one actor.
   - Normalisation/clipping runs here, in the driver, once per delivered request, so all actors share
     one set of running statistics (`state_dict()` saves them).
   - Start-up: the actors of a new pool must all start (`ScorerStartupError` otherwise). A replacement
-    that fails to start is tried again, `startup_attempts` times in all, waiting `startup_backoff_s`
-    after the first failure and twice as long after each further one; then `ScorerStartupError`.
-Replacing an actor blocks the calling thread while the new actor loads its models (bounded by
-`startup_attempts` × `startup_timeout_s` plus the backoff). The pool is not thread-safe: drive it from
-one thread. All limits above (`max_in_flight`, `request_size`, `request_timeout_s`, `startup_timeout_s`,
-`max_attempts`, `startup_attempts`, `startup_backoff_s`, `max_reject_rate`, `reject_rate_min_rollouts`)
-are fields of the `RewardConfig` the pool is built from.
+    that fails to start is a fault of its own and is tried again after `backoff_s`, doubled after each
+    further failure, up to the restart cap; then `ScorerStartupError`.
+Replacing an actor blocks the calling thread while the new actor loads its models (bounded by the restart
+cap × `startup_timeout_s` plus the backoff). The pool is not thread-safe: drive it from one thread. The
+request limits (`max_in_flight`, `request_size`, `max_reject_rate`, `reject_rate_min_rollouts`) are fields of
+the `RewardConfig` the pool is built from; deadlines, restarts and attempts those of its `SupervisionPolicy`.
 """
 
 from __future__ import annotations
@@ -57,13 +59,13 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import ray
-from ray.exceptions import GetTimeoutError, RayTaskError
-
-from raylhf.configs.schema import RewardConfig
+from raylhf.configs.schema import RewardConfig, SupervisionConfig
+from raylhf.contracts import remote
 from raylhf.contracts.model_files import ModelFiles, share_dir
+from raylhf.contracts.protocols import PoolStats, ScorerStats
 from raylhf.contracts.records import Rollout
-from raylhf.contracts.remote import ActorFailure, actor_lost_errors, cause, get_all
+from raylhf.contracts.remote import ActorFailure, NamedActor, get_all
+from raylhf.contracts.supervision import FaultLog, Supervised, SupervisionPolicy
 from raylhf.reward_service.actor import ScorerActor
 from raylhf.reward_service.errors import PoolFullError, ScorerStartupError, ScoringError
 from raylhf.reward_service.normalize import RewardTransform
@@ -72,49 +74,13 @@ from raylhf.reward_service.rejects import NONFINITE_REWARD, Reject, RejectLog
 
 log = logging.getLogger(__name__)
 
-# A ready result that still cannot be read within the deadline counts as lost, like a dead actor:
-# the request moves to a fresh actor.
-_LOST = (*actor_lost_errors(), GetTimeoutError)
-
-
 @dataclass
 class _Request:
     request_id: int
     rollouts: list[Rollout]
     attempts: int = 0
-    slot: "_Slot | None" = None
+    slot: Supervised | None = None
     ref: Any = None
-    t_dispatch: float = 0.0
-
-
-@dataclass
-class _Slot:
-    index: int
-    name: str
-    handle: Any
-    restarts: int = 0
-    completed: int = 0  # requests answered, over all restarts
-    in_flight: "OrderedDict[int, _Request]" = field(default_factory=OrderedDict)  # dispatch order
-    t_last_done: float = 0.0
-    busy_s: float = 0.0  # seconds with a request running, over all restarts
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} (restart {self.restarts})" if self.restarts else self.name
-
-    def head_started(self) -> float:
-        """When the oldest in-flight request began running (the actor serves them in order)."""
-        head = next(iter(self.in_flight.values()))
-        return max(head.t_dispatch, self.t_last_done)
-
-    def answered(self, request_id: int, now: float) -> None:
-        """Request `request_id` was answered (seen by the driver) at `now`: the actor was busy from when its
-        head request started running until now. Several answers seen at once add up to one interval (the
-        later ones start at `now`), whatever order they are read in, so the sum is the time the actor had work."""
-        if request_id in self.in_flight:
-            self.busy_s += max(0.0, now - self.head_started())
-            del self.in_flight[request_id]
-        self.t_last_done = now
 
 
 class RewardPool:
@@ -132,6 +98,9 @@ class RewardPool:
         name: prefix of the actors' labels ("scorer-0", "scorer-1", ...).
         rejects_path: JSON Lines file the quarantined rollouts are appended to (format in
             `raylhf.reward_service.rejects`); None: they are only counted and logged.
+        supervision: deadlines, restart cap, back-off and attempts of the scorers (default: the `supervision`
+            section's defaults for kind `scorer`).
+        faults: the stage's fault log the replacements are recorded in (a new one by default).
     The checkpoints are read where the driver runs; scorers on other nodes get their files through the
     object store (`raylhf.contracts.model_files`).
     `score()` and `ready()` return the scored rollouts only, so `submitted - returned` rollouts of a
@@ -147,9 +116,13 @@ class RewardPool:
         trust_remote_code: bool = False,
         name: str = "scorer",
         rejects_path: str | os.PathLike | None = None,
+        supervision: SupervisionPolicy | None = None,
+        faults: FaultLog | None = None,
     ):
         validate_sources(cfg.sources)  # a bad import path fails here, in the driver, before any actor starts
         self.cfg = cfg
+        self.policy = supervision or SupervisionConfig().policy("scorer")
+        self.faults = faults or FaultLog()
         self._actor_args = dict(
             # `cfg.*_path` wins, as in `RewardScorer`; shared so that scorers on any node can read them
             rm_path=share_dir(cfg.rm_path or rm_path),
@@ -162,15 +135,13 @@ class RewardPool:
         self._completed: dict[int, list[Rollout]] = {}
         self._failed: list[ScoringError] = []
         self._abandoned: set[int] = set()
-        self._counters = dict(
-            requests=0, rollouts_scored=0, actor_restarts=0, resubmitted=0, timeouts=0, deaths=0, failures=0,
-            startup_failures=0,
-        )
+        self._answered: dict[str, int] = {}  # requests delivered, per actor name, over all restarts
+        self._counters = dict(requests=0, rollouts_scored=0, resubmitted=0, failures=0)
         self._rejects = RejectLog(
             rejects_path, max_rate=cfg.max_reject_rate, min_rollouts=cfg.reject_rate_min_rollouts
         )
         self._over_limit: ScoringError | None = None  # the reject rate passed its limit: the run must stop
-        self._slots: list[_Slot] = []
+        self._slots: list[Supervised] = []
         self._closed = False
         labels = [f"{name}-{i}" for i in range(cfg.num_actors)]
         handles = [self._spawn(label) for label in labels]
@@ -178,10 +149,12 @@ class RewardPool:
             infos = self._await_ready(labels, handles)
         except BaseException:
             for h in handles:
-                ray.kill(h, no_restart=True)
+                remote.kill(h)
             self._rejects.close()
             raise
-        self._slots = [_Slot(i, label, h) for i, (label, h) in enumerate(zip(labels, handles))]
+        self._slots = [Supervised("scorer", (lambda label=label: NamedActor(label, self._spawn(label))), self.policy,
+                                  self.faults, actor=NamedActor(label, h), progress=frozenset({"score"}))
+                       for label, h in zip(labels, handles)]
         self.actor_info = infos
 
     # -- public API ----------------------------------------------------------------------------------
@@ -199,12 +172,16 @@ class RewardPool:
         return len(self._by_ref)
 
     def has_capacity(self) -> bool:
-        return any(len(s.in_flight) < self.cfg.max_in_flight for s in self._slots)
+        return any(len(s.calls) < self.cfg.max_in_flight for s in self._slots)
 
     @property
     def actors(self) -> dict[str, Any]:
         """Live actor handles by label (for inspection and fault-injection tests)."""
         return {s.name: s.handle for s in self._slots}
+
+    @property
+    def restarts(self) -> int:
+        return sum(s.restarts for s in self._slots)
 
     def submit(self, rollouts: Sequence[Rollout], block: bool = True, timeout: float | None = None) -> int:
         """Queue one request; returns its id. Full pool: waits (block=True, at most `timeout` s, None =
@@ -275,23 +252,20 @@ class RewardPool:
             out.extend(self._completed.pop(rid))
         return out
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            **self._counters,
-            **self._rejects.stats(),
-            "in_flight": self.num_in_flight,
-            "completed_waiting": len(self._completed),
-            # Seconds the actors had a request running (head of its queue to its answer), summed over
-            # actors: divided by wall time and actor count, the pool's busy fraction.
-            "busy_s": sum(s.busy_s for s in self._slots),
-            "actors": {
-                s.name: {"restarts": s.restarts, "completed": s.completed, "in_flight": len(s.in_flight),
-                         "busy_s": s.busy_s}
-                for s in self._slots
-            },
-            "reward_running_mean": self.transform.mean,
-            "reward_running_std": self.transform.std,
-        }
+    def stats(self) -> PoolStats:
+        rejects = self._rejects.stats()
+        return PoolStats(
+            **self._counters, rejected=rejects["rejected"], rejected_by_cause=rejects["rejected_by_cause"],
+            reject_rate=rejects["reject_rate"], in_flight=self.num_in_flight, completed_waiting=len(self._completed),
+            busy_s=sum(s.busy_s for s in self._slots),
+            actors={s.name: ScorerStats(s.restarts, self._answered.get(s.name, 0), len(s.calls), s.busy_s)
+                    for s in self._slots},
+            reward_running_mean=self.transform.mean, reward_running_std=self.transform.std,
+        )
+
+    @property
+    def rejects_path(self) -> str | None:
+        return self._rejects.stats()["rejects_path"]
 
     def state_dict(self) -> dict[str, Any]:
         """The running reward statistics and the reject counts (a resumed run keeps its reject rate)."""
@@ -307,7 +281,7 @@ class RewardPool:
         if self._closed:
             return
         for slot in self._slots:
-            ray.kill(slot.handle, no_restart=True)
+            slot.stop()
         self._by_ref.clear()
         self._rejects.close()
         self._closed = True
@@ -333,20 +307,18 @@ class RewardPool:
     def _await_ready(self, labels: list[str], handles: list[Any]) -> list[dict[str, Any]]:
         """Each actor's `ready()` info once its models are loaded; `ScorerStartupError` otherwise."""
         try:
-            return get_all([h.ready.remote() for h in handles], labels, "model loading", self.cfg.startup_timeout_s)
+            return get_all([h.ready.remote() for h in handles], labels, "model loading", self.policy.startup_timeout_s)
         except ActorFailure as e:
             raise ScorerStartupError(f"scorer actor {e}", actor=e.actor, cause=e.cause) from e
 
-    def _least_loaded(self) -> _Slot:
-        return min(self._slots, key=lambda s: (len(s.in_flight), s.t_last_done, s.index))
+    def _least_loaded(self) -> Supervised:
+        return min(self._slots, key=lambda s: (len(s.calls), s.last_done, self._slots.index(s)))
 
-    def _dispatch(self, request: _Request, slot: _Slot | None = None) -> None:
+    def _dispatch(self, request: _Request, slot: Supervised | None = None) -> None:
         slot = slot or self._least_loaded()
         request.attempts += 1
         request.slot = slot
-        request.t_dispatch = time.monotonic()
-        request.ref = slot.handle.score.remote(request.rollouts)
-        slot.in_flight[request.request_id] = request
+        request.ref = slot.submit("score", request.rollouts, payload=request, attempts=request.attempts).ref
         self._by_ref[request.ref] = request
 
     def _pump(self, timeout: float) -> None:
@@ -354,41 +326,33 @@ class RewardPool:
         if not self._by_ref:
             return
         now = time.monotonic()
-        busy = [s for s in self._slots if s.in_flight]
-        next_deadline = min(s.head_started() + self.cfg.request_timeout_s for s in busy)
-        wait_s = max(0.0, min(timeout, next_deadline - now))
-        refs = list(self._by_ref)
-        done, _ = ray.wait(refs, num_returns=1, timeout=wait_s)
-        if done:
-            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        lost: dict[int, tuple[_Slot, str]] = {}
+        next_deadline = min(s.head_started() + s.allowance_s() for s in self._slots if s.calls)
+        done = remote.wait(list(self._by_ref), max(0.0, min(timeout, next_deadline - now)))
+        lost: dict[int, tuple[Supervised, ActorFailure]] = {}
         for ref in done:
             request = self._by_ref.get(ref)
             if request is None:  # its actor was replaced meanwhile: the request lives on elsewhere
                 continue
             slot = request.slot
             try:
-                result = ray.get(ref, timeout=self.cfg.request_timeout_s)  # ready: returns at once
-            except _LOST as e:  # stays in `slot.in_flight`; the replacement resubmits it
-                lost.setdefault(slot.index, (slot, f"died: {cause(e)}"))
+                _, result, _ = slot.finish(ref)
+            except ActorFailure as e:
+                if e.kind == "error":  # the scorer raised on this request and lives on: the request fails
+                    slot.answered(slot.calls.pop(ref))
+                    self._by_ref.pop(ref, None)
+                    self._fail(request, f"scorer actor {_label(slot)} failed on request {request.request_id}",
+                               e.cause, e)
+                else:  # stays with the slot; the replacement resubmits it
+                    lost.setdefault(id(slot), (slot, e))
                 continue
-            except RayTaskError as e:
-                self._forget(request)
-                self._fail(request, f"scorer actor {slot.label} failed on request {request.request_id}", cause(e), e)
-                continue
-            self._forget(request)
+            self._by_ref.pop(ref, None)
             self._deliver(request, result)
-        now = time.monotonic()
         for slot in self._slots:
-            if slot.index not in lost and slot.in_flight and now - slot.head_started() > self.cfg.request_timeout_s:
-                self._counters["timeouts"] += 1
-                lost[slot.index] = (slot, f"hung: no answer within {self.cfg.request_timeout_s} s")
-        for slot, reason in lost.values():
-            self._replace(slot, reason)
-
-    def _forget(self, request: _Request) -> None:
-        self._by_ref.pop(request.ref, None)
-        request.slot.answered(request.request_id, time.monotonic())
+            late = slot.overdue() if id(slot) not in lost else None
+            if late is not None:
+                lost[id(slot)] = (slot, slot.deadline_failure(late))
+        for slot, failure in lost.values():
+            self._replace(slot, failure)
 
     def _deliver(self, request: _Request, answer: tuple[list[Rollout], list[Reject]]) -> None:
         rid = request.request_id
@@ -398,7 +362,7 @@ class RewardPool:
         result, rejects = answer
         sent = [r.sample_id for r in request.rollouts]
         if not _answers(sent, [r.sample_id for r in result], [r.sample_id for r in rejects]):
-            where = f"scorer actor {request.slot.label} answered request {rid} with other rollouts"
+            where = f"scorer actor {_label(request.slot)} answered request {rid} with other rollouts"
             self._fail(request, where, "mismatch")
             return
         rejects = list(rejects)
@@ -409,9 +373,9 @@ class RewardPool:
                     rejects.append(Reject.of(r, NONFINITE_REWARD, f"normalised reward is {v}"))
             result = [_with_score(r, v) for r, v in zip(result, scores) if math.isfinite(v)]
         self._completed[rid] = result
-        request.slot.completed += 1
+        self._answered[request.slot.name] = self._answered.get(request.slot.name, 0) + 1
         self._counters["rollouts_scored"] += len(result)
-        self._rejects.record(rejects, scored=len(result), where=f"request {rid}, scorer actor {request.slot.label}")
+        self._rejects.record(rejects, scored=len(result), where=f"request {rid}, scorer actor {_label(request.slot)}")
         reason = self._rejects.over_limit()
         if reason is not None and self._over_limit is None:
             self._over_limit = ScoringError(reason, request_id=rid, cause="reward.max_reject_rate")
@@ -421,7 +385,7 @@ class RewardPool:
         if request.request_id in self._abandoned:
             self._abandoned.discard(request.request_id)
             return
-        actor = request.slot.label if request.slot is not None else None
+        actor = _label(request.slot) if request.slot is not None else None
         err = ScoringError(f"{where}: {cause}", actor=actor, request_id=request.request_id, cause=cause)
         if exc is not None:
             err.__cause__ = exc
@@ -439,61 +403,37 @@ class RewardPool:
             if self._completed.pop(rid, None) is None and any(r.request_id == rid for r in self._by_ref.values()):
                 self._abandoned.add(rid)
 
-    def _replace(self, slot: _Slot, reason: str) -> None:
-        """Kill `slot`'s actor, start a fresh one, and resubmit everything the old one held."""
-        if reason.startswith("died"):
-            self._counters["deaths"] += 1
-        orphans = list(slot.in_flight.values())
-        for request in orphans:
+    def _replace(self, slot: Supervised, failure: ActorFailure) -> None:
+        """Kill `slot`'s actor, start a fresh one (waiting until it has loaded), resubmit what the old one held."""
+        old_label = _label(slot)
+        held: list[_Request] = [c.payload for c in slot.calls.values()]
+        for request in held:
             self._by_ref.pop(request.ref, None)
-        slot.in_flight.clear()
-        old_label = slot.label
-        ray.kill(slot.handle, no_restart=True)
-        slot.restarts += 1
-        self._counters["actor_restarts"] += 1
         try:
-            self._restart(slot)
-        except ScorerStartupError as e:
-            for request in orphans:
-                self._fail(request, f"scorer actor {old_label} {reason}; its replacement failed", str(e), e)
-            raise
-        slot.t_last_done = time.monotonic()
-        for request in orphans:
+            _, orphans = slot.replace(failure, wait_ready=True)
+        except ActorFailure as e:
+            for request in held:
+                self._fail(request, f"{failure}; its replacement failed", str(e), e)
+            if e is failure:  # out of restarts on a running actor
+                raise
+            raise ScorerStartupError(
+                f"scorer actor {slot.name} did not start in {slot.failures_in_a_row - 1} attempts "
+                f"(supervision.max_consecutive_restarts); last failure: {e}", actor=e.actor, cause=e.cause) from e
+        self.actor_info[self._slots.index(slot)] = slot.info
+        for request in (call.payload for call in orphans):
             if request.request_id in self._abandoned:
                 self._abandoned.discard(request.request_id)
                 continue
-            if request.attempts >= self.cfg.max_attempts:
-                self._fail(
-                    request,
-                    f"request {request.request_id} lost {request.attempts} times (max_attempts)",
-                    f"scorer actor {old_label} {reason}",
-                )
+            if request.attempts >= self.policy.max_attempts:
+                self._fail(request, f"request {request.request_id} lost {request.attempts} times "
+                           "(supervision.max_attempts)", str(failure))
                 continue
             self._counters["resubmitted"] += 1
             self._dispatch(request)
 
-    def _restart(self, slot: _Slot) -> None:
-        """Start a fresh actor in `slot`: `startup_attempts` tries, the wait between them doubling."""
-        attempts, delay = self.cfg.startup_attempts, self.cfg.startup_backoff_s
-        for attempt in range(1, attempts + 1):
-            slot.handle = self._spawn(slot.name)
-            try:
-                self.actor_info[slot.index] = self._await_ready([slot.label], [slot.handle])[0]
-                return
-            except ScorerStartupError as e:
-                ray.kill(slot.handle, no_restart=True)
-                self._counters["startup_failures"] += 1
-                if attempt == attempts:
-                    raise ScorerStartupError(
-                        f"scorer actor {slot.label} did not start in {attempts} attempts "
-                        f"(reward.startup_attempts); last failure: {e}",
-                        actor=e.actor,
-                        cause=e.cause,
-                    ) from e
-                log.warning("scorer actor %s did not start (attempt %d of %d), trying again in %.1f s: %s",
-                            slot.label, attempt, attempts, delay, e)
-                time.sleep(delay)
-                delay *= 2
+
+def _label(slot: Supervised) -> str:
+    return f"{slot.name} (restart {slot.restarts})" if slot.restarts else slot.name
 
 
 def _answers(sent: Sequence[str], scored: Sequence[str], rejected: Sequence[str]) -> bool:

@@ -2,17 +2,18 @@
 
 For each rollout, the sequence is `prompt_ids + response_ids` (prompt with BOS, response with EOS when
 it ended on one), P and T tokens long:
-  - RM score     = the reward model's scalar head (`*ForTokenClassification` as the RM stage writes
-                   it, or `*ForSequenceClassification`) applied to the last hidden state at position
-                   P + T - 1, the last response token (read there explicitly, not found by searching
-                   for the pad id, which may also occur inside content),
+  - RM score     = the reward model's scalar head applied to the last hidden state at position P + T - 1,
+                   the last response token: `raylhf.learners.reward_model.score_sequences`, the one
+                   reward-model path (the RM trainer and the RM evaluations read rewards through it too),
   - ref_logprobs = [log π_ref(response_ids[t] | prompt_ids, response_ids[:t]) for t < T], from the
-                   reference policy's logits at positions P - 1 .. P + T - 2,
+                   reference policy's logits at positions P - 1 .. P + T - 2
+                   (`raylhf.learners.losses.token_logprobs`, as the learner computes its own),
   - score        = sum over sources of `weight * r_source`, then the configured normalise/clip transform.
 Rollouts are sorted by length and packed into right-padded micro-batches of at most
-`max_tokens_per_microbatch` padded tokens. Right padding under a causal mask leaves every real
-position's output independent of what follows it, so a rollout gets the same numbers whatever it is
-batched with, up to float rounding (other batch shapes run other matmul kernels).
+`max_tokens_per_microbatch` padded tokens (`raylhf.learners.batching.pack_microbatches`). Right padding
+under a causal mask leaves every real position's output independent of what follows it, so a rollout gets
+the same numbers whatever it is batched with, up to float rounding (other batch shapes run other matmul
+kernels).
 
 A rollout that cannot be scored (empty, too long, a token id outside a model's vocabulary, a NaN/inf
 score, reference logprob or function reward) is quarantined: left out of the result and returned as a
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Sequence
 
@@ -33,6 +35,11 @@ from raylhf.configs.schema import RewardConfig
 from raylhf.contracts.formatting import decode_response
 from raylhf.contracts.hf_checkpoint import require_checkpoint
 from raylhf.contracts.records import Rollout
+from raylhf.learners.batching import pack_microbatches, pad_right
+from raylhf.learners.losses import token_logprobs
+from raylhf.learners.models import load_causal_lm
+from raylhf.learners.reward_model import load_reward_model, score_sequences
+from raylhf.learners.rollout_batch import gather_positions
 from raylhf.reward_service.normalize import RewardTransform
 from raylhf.reward_service.programmatic import ProgrammaticReward, source_key, validate_sources
 from raylhf.reward_service.rejects import (
@@ -49,48 +56,8 @@ from raylhf.reward_service.rejects import (
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def pack_microbatches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Indices grouped into micro-batches, longest first, each with rows * longest <= max_tokens
-    (a single sequence longer than `max_tokens` gets a micro-batch of its own)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) + 1) * longest > max_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _as_str(path: Any) -> str | None:
+def _as_str(path: str | os.PathLike | None) -> str | None:
     return None if path is None else str(path)
-
-
-def _load_reward_model(path: str, load_kwargs: dict[str, Any]):
-    """A one-label `*ForTokenClassification` (what the RM stage writes: a scalar with a bias at every
-    position) or `*ForSequenceClassification`; either way the reward is its `score` head applied to the
-    last hidden state of the last response token."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
-
-    config = AutoConfig.from_pretrained(path, trust_remote_code=load_kwargs["trust_remote_code"], local_files_only=True)
-    arch = (getattr(config, "architectures", None) or ["?"])[0]
-    if arch.endswith("ForTokenClassification"):
-        model = AutoModelForTokenClassification.from_pretrained(path, **load_kwargs)
-    elif arch.endswith("ForSequenceClassification"):
-        model = AutoModelForSequenceClassification.from_pretrained(path, **load_kwargs)
-    else:
-        raise ValueError(f"reward.rm_path: {path} holds a {arch}; expected a *ForTokenClassification or "
-                         "*ForSequenceClassification reward model")
-    if model.config.num_labels != 1:
-        n = model.config.num_labels
-        raise ValueError(f"reward.rm_path: {path}: a reward model has one output label, this one has {n}")
-    if not isinstance(getattr(model, "score", None), torch.nn.Linear):
-        raise ValueError(f"reward.rm_path: {path}: {type(model).__name__} has no linear `score` head")
-    return model
 
 
 def _check_finite_weights(model: torch.nn.Module, key: str, path: str) -> None:
@@ -123,14 +90,12 @@ class RewardScorer:
         self,
         cfg: RewardConfig,
         *,
-        rm_path: str | None,
-        ref_path: str | None,
+        rm_path: str | os.PathLike | None,
+        ref_path: str | os.PathLike | None,
         trust_remote_code: bool = False,
         device: str = "cpu",
         apply_transform: bool = True,
     ):
-        from transformers import AutoModelForCausalLM
-
         validate_sources(cfg.sources)
         self.cfg = cfg
         self.device = torch.device(device)
@@ -145,8 +110,7 @@ class RewardScorer:
                                 (tokenizer_path, "reward.tokenizer_path", {"model": False, "tokenizer": True})):
             if path is not None:
                 require_checkpoint(path, key, **kind)
-        load_kwargs = dict(use_safetensors=True, trust_remote_code=trust_remote_code, dtype=_DTYPES[cfg.dtype],
-                           local_files_only=True)
+        dtype = _DTYPES[cfg.dtype]
 
         self.rm = None
         self.rm_weight = 0.0
@@ -154,20 +118,21 @@ class RewardScorer:
             if rm_path is None:
                 key = source_key(rm_index)
                 raise ValueError(f"{key}: an `rm` source needs a reward-model checkpoint (reward.rm_path)")
-            self.rm = _load_reward_model(rm_path, load_kwargs)
+            self.rm = load_reward_model(rm_path, self.device, trust_remote_code, key="reward.rm_path", dtype=dtype)
             _check_finite_weights(self.rm, "reward.rm_path", rm_path)
-            self.rm.to(self.device).eval().requires_grad_(False)
+            self.rm.requires_grad_(False)
             self.rm_weight = cfg.sources[rm_index].weight
 
         self.ref = None
         if ref_path is not None:
-            self.ref = AutoModelForCausalLM.from_pretrained(ref_path, **load_kwargs)
+            self.ref = load_causal_lm(ref_path, self.device, trust_remote_code, key="reward.ref_path", dtype=dtype)
             _check_finite_weights(self.ref, "reward.ref_path", ref_path)
-            self.ref.to(self.device).eval().requires_grad_(False)
+            self.ref.eval().requires_grad_(False)
 
         self.functions = [ProgrammaticReward(s, source_key(i)) for i, s in enumerate(cfg.sources) if s.kind != "rm"]
         self.tokenizer = None
         if any(f.kind == "function" for f in self.functions):
+            # deferred: transformers takes seconds to import, and most scorers need no tokenizer
             from transformers import AutoTokenizer
 
             tok_path = tokenizer_path or rm_path or ref_path
@@ -310,33 +275,27 @@ class RewardScorer:
     @torch.inference_mode()
     def _forward(self, rollouts: list[Rollout]) -> tuple[list[float], list[list[float] | None]]:
         """Raw RM scores and reference logprobs, in input order; non-finite values are returned as they are."""
-        lengths = [len(r.prompt_ids) + len(r.response_ids) for r in rollouts]
+        seqs = [list(r.prompt_ids) + list(r.response_ids) for r in rollouts]
+        budget = self.cfg.max_tokens_per_microbatch
         rm_scores = [0.0] * len(rollouts)
+        if self.rm is not None:
+            rm_scores = score_sequences(self.rm, seqs, self._pad_id, self.device, max_tokens=budget).tolist()
         ref_logprobs: list[list[float] | None] = [None] * len(rollouts)
-        for batch in pack_microbatches(lengths, self.cfg.max_tokens_per_microbatch):
-            width = max(lengths[i] for i in batch)
-            input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                seq = list(rollouts[i].prompt_ids) + list(rollouts[i].response_ids)
-                input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                attention_mask[row, : len(seq)] = 1
-            input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-
-            if self.rm is not None:
-                base = getattr(self.rm, self.rm.base_model_prefix)
-                hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
-                last = torch.tensor([lengths[i] - 1 for i in batch], device=self.device)  # [B]
-                # The head is per-position, so applying it to the last hidden state alone is exact.
-                values = self.rm.score(hidden[torch.arange(len(batch), device=self.device), last]).float()  # [B, 1]
-                for row, i in enumerate(batch):
-                    rm_scores[i] = float(values[row, 0])
-
-            if self.ref is not None:
-                logits = self.ref(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, L, V]
-                for row, i in enumerate(batch):
-                    p, t = len(rollouts[i].prompt_ids), len(rollouts[i].response_ids)
-                    targets = input_ids[row, p : p + t]  # [T]
-                    logp = torch.log_softmax(logits[row, p - 1 : p + t - 1].float(), dim=-1)  # [T, V]
-                    ref_logprobs[i] = logp.gather(-1, targets[:, None])[:, 0].tolist()  # [T]
+        if self.ref is not None:
+            for batch in pack_microbatches([len(s) for s in seqs], budget):
+                for i, lp in zip(batch, self._ref_logprobs([rollouts[i] for i in batch], [seqs[i] for i in batch])):
+                    ref_logprobs[i] = lp
         return rm_scores, ref_logprobs
+
+    def _ref_logprobs(self, rollouts: list[Rollout], seqs: list[list[int]]) -> list[list[float]]:
+        """log π_ref of each rollout's response tokens, from one forward pass over the right-padded `seqs`."""
+        input_ids, attention_mask = pad_right(seqs, self._pad_id)  # [B, L]
+        prompt_lens = torch.tensor([len(r.prompt_ids) for r in rollouts])  # [B]
+        response_lens = [len(r.response_ids) for r in rollouts]
+        # Response token t of a row is predicted at position P - 1 + t; past a row's end, any in-range
+        # position does (those entries are cut off below).
+        positions = (prompt_lens[:, None] - 1 + torch.arange(max(response_lens))).clamp(max=input_ids.shape[1] - 1)
+        targets = input_ids.gather(1, (positions + 1).clamp(max=input_ids.shape[1] - 1))  # [B, T]
+        logits = self.ref(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
+        logprobs = token_logprobs(gather_positions(logits, positions.to(self.device)), targets.to(self.device))
+        return [logprobs[row, :t].tolist() for row, t in enumerate(response_lens)]  # [T] each

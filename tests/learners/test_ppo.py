@@ -7,18 +7,24 @@ Rollouts carry fixed token ids; expected numbers are worked out in the comments.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from raylhf.configs.schema import PPOConfig
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.snapshot import named_checkpoint_tensors, signature_mismatches, snapshot_tensors
-from raylhf.learners.ppo import TIMING_METRICS, PPOLearner
+from raylhf.learners import ppo as ppo_module
+from raylhf.learners.models import load_causal_lm, load_tokenizer
+from raylhf.learners.ppo import PHASES, TIMING_METRICS, PPOLearner
 from raylhf.learners.pretrain import pack_documents
 from raylhf.learners.reward_model import reward_model_from_policy
+from raylhf.learners.rollout_batch import collate
+from tests.conftest import CORPUS
 
 PROMPT = [1, 40, 41, 42]  # BOS + three prompt tokens (ids below the tiny vocabulary's size)
 GOOD = [50, 51, 2]  # two tokens + EOS
@@ -57,10 +63,6 @@ def value_const(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stream(tiny_checkpoint):
-    from raylhf.learners.models import load_tokenizer
-
-    from tests.conftest import CORPUS
-
     tok = load_tokenizer(tiny_checkpoint)
     docs = tok(CORPUS[:50], add_special_tokens=False)["input_ids"]
     return pack_documents(docs, tok.bos_token_id, tok.eos_token_id)
@@ -160,7 +162,7 @@ def test_nan_guard_skips_the_step_and_keeps_weights(tiny_checkpoint, value_zero,
     else:
         batch[5].ref_logprobs[0] = float("nan")
     policy_before, value_before = params_of(learner.policy), params_of(learner.value_model)
-    with caplog.at_level("WARNING", logger="raylhf.learners.ppo"):
+    with caplog.at_level("WARNING", logger="raylhf.learners.policy_value"):
         metrics = learner.train_step(batch)
     # One NaN poisons the whitened advantages (and returns) of the whole batch: both minibatches skip.
     assert metrics["skipped_steps"] == 2 and metrics["optimizer_steps"] == 0
@@ -168,7 +170,8 @@ def test_nan_guard_skips_the_step_and_keeps_weights(tiny_checkpoint, value_zero,
     assert "skipping a PPO minibatch" in caplog.text
     assert_unchanged(policy_before, learner.policy)
     assert_unchanged(value_before, learner.value_model)
-    assert not learner.policy_optimizer.state and not learner.value_optimizer.state  # no Adam moments either
+    models = learner.models
+    assert not models.policy_optimizer.state and not models.value_optimizer.state  # no Adam moments either
     assert math.isfinite(learner.kl_coef)
     if poison == "ref_logprob":
         assert learner.kl_coef == 0.05  # a NaN KL does not reach the controller
@@ -269,8 +272,6 @@ def test_ptx_term(tiny_checkpoint, value_const, stream, monkeypatch):
 ])
 def test_ptx_windows_per_minibatch(tiny_checkpoint, value_const, stream, monkeypatch, ptx_per_rl, windows):
     # 7 rollouts in minibatches of 3, 3, 1: round(ptx_per_rl x rows) windows each, never fewer than one.
-    import raylhf.learners.ppo as ppo_module
-
     drawn = []
     real = ppo_module.sample_windows
 
@@ -321,8 +322,6 @@ def test_first_minibatch_ratio_is_exactly_one(tiny_checkpoint, value_zero):
 
 
 def test_microbatches_group_rows_of_similar_length():
-    from raylhf.learners.rollout_batch import collate
-
     # prompt 4 tokens + responses of 1, 6, 2, 5, 3 tokens: lengths 5, 10, 6, 9, 7
     batch = collate([rollout([50] * t, 0.0, i=i) for i, t in enumerate([1, 6, 2, 5, 3])], 0, torch.device("cpu"))
     rows = torch.tensor([0, 1, 2, 3, 4])
@@ -344,8 +343,6 @@ def test_microbatches_give_the_minibatch_update(tiny_checkpoint, value_zero, str
                     lr=1e-4, value_lr=1e-4)
     whole = make_learner(tiny_checkpoint, value_zero, **settings)
     split = make_learner(tiny_checkpoint, value_zero, microbatch_tokens=microbatch_tokens, **settings)
-    from raylhf.learners.rollout_batch import collate
-
     collated = collate(mixed_batch(9, seed=30), split.pad_id, split.device)
     assert len(split._plan(collated, torch.arange(4))[0]) > 1  # a minibatch really is split
     _assert_same_steps(whole, split, n_rollouts=9, seed=30)
@@ -365,8 +362,6 @@ def test_attention_kernels_give_the_same_step(tiny_checkpoint, value_zero):
 
 
 def test_train_step_reports_its_phase_times(tiny_checkpoint, value_zero, stream):
-    from raylhf.learners.ppo import PHASES
-
     learner = make_learner(tiny_checkpoint, value_zero, ptx_coef=0.5, ptx_seq_len=16, pretrain_stream=stream)
     metrics = learner.train_step(mixed_batch(8, seed=7))
     times = [metrics[f"time_{phase}_s"] for phase in PHASES]
@@ -375,8 +370,6 @@ def test_train_step_reports_its_phase_times(tiny_checkpoint, value_zero, stream)
 
 
 def test_publish_increments_version_and_round_trips_weights(tiny_checkpoint, value_zero):
-    from safetensors import safe_open
-
     learner = make_learner(tiny_checkpoint, value_zero)
     assert learner.version == 0
     version, snapshot = learner.publish()
@@ -436,7 +429,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_checkpoint, value_zero, st
 
 
 def test_ray_actor_trains_and_publishes(ray_session, tiny_checkpoint, value_zero):
-    from raylhf.learners.ppo_actor import PPOLearnerActor
+    from raylhf.learners.ppo_actor import PPOLearnerActor  # deferred: imports Ray, for this slow test only
 
     ray = ray_session
     cfg = PPOConfig(lr=1e-3, minibatch_size=4, ptx_coef=0.0)
@@ -455,8 +448,6 @@ def test_ray_actor_trains_and_publishes(ray_session, tiny_checkpoint, value_zero
         snapshot = ray.get(refs[-1], timeout=60)
         assert snapshot.version == 3 == ray.get(actor.version.remote(), timeout=60)
         # The published weights are the trained ones, not the checkpoint's.
-        from raylhf.learners.models import load_causal_lm
-
         initial = dict(named_checkpoint_tensors(load_causal_lm(tiny_checkpoint, device="cpu")))
         assert any(not torch.equal(t, initial[n]) for n, t in snapshot_tensors(snapshot))
         # Refs the actor no longer pins stay readable while the caller holds them.
@@ -466,8 +457,6 @@ def test_ray_actor_trains_and_publishes(ray_session, tiny_checkpoint, value_zero
 
 
 def test_hyperparameters_come_from_the_config_section_only():
-    import inspect
-
     # Every PPO hyperparameter is a field of the schema's section, whose defaults and validation are the
     # only ones: the learner takes no keyword that could restate (and drift from) one of them.
     keywords = set(inspect.signature(PPOLearner).parameters)
@@ -479,8 +468,8 @@ def test_learner_reads_its_section(tiny_checkpoint, value_zero, stream):
     cfg = PPOConfig().model_copy(update={"lr": 3e-4, "value_lr": 2e-4, "kl_coef": 0.05, "adaptive_kl": True})
     learner = PPOLearner(cfg, tiny_checkpoint, value_zero, pretrain_stream=stream, device="cpu")
     assert learner.kl_coef == 0.05 and type(learner.kl_controller).__name__ == "AdaptiveKLController"
-    assert learner.policy_optimizer.param_groups[0]["lr"] == 3e-4
-    assert learner.value_optimizer.param_groups[0]["lr"] == 2e-4
+    assert learner.models.policy_optimizer.param_groups[0]["lr"] == 3e-4
+    assert learner.models.value_optimizer.param_groups[0]["lr"] == 2e-4
     assert learner.describe()["ptx"] is (PPOConfig().ptx_coef > 0)
     with pytest.raises(ValueError, match="snapshot_dtype"):
         PPOLearner(cfg, tiny_checkpoint, value_zero, pretrain_stream=stream, device="cpu", snapshot_dtype="int8")
@@ -495,23 +484,8 @@ def test_output_layer_on_response_positions_and_fused_adamw_change_nothing_but_r
     # those positions; the fused AdamW kernel takes the steps the foreach one does.
     settings = dict(kl_coef=0.1, minibatch_size=3, ppo_epochs=2, ptx_coef=0.5, ptx_seq_len=16, pretrain_stream=stream)
     fast = make_learner(tiny_checkpoint, value_zero, **settings)
-    assert fast._decoder_and_head is not None
+    assert fast.models.decoder_and_head is not None
     baseline = type("Baseline", (PPOLearner,), {"split_output_layer": False, "fused_optimizer": False})
     slow = make_learner(tiny_checkpoint, value_zero, learner_class=baseline, **settings)
-    assert slow._decoder_and_head is None
+    assert slow.models.decoder_and_head is None
     _assert_same_steps(fast, slow, n_rollouts=7, seed=40)
-
-
-def test_output_layer_split_refused_where_logits_are_transformed_after_it(tiny_checkpoint):
-    from transformers import LlamaForCausalLM
-
-    from raylhf.learners.ppo import response_head_split
-
-    class SoftCapped(LlamaForCausalLM):  # as Gemma 2 does: logits squashed after the output layer
-        def forward(self, *args, **kwargs):
-            out = super().forward(*args, **kwargs)
-            out.logits = 3.0 * torch.tanh(out.logits / 3.0)
-            return out
-
-    assert response_head_split(LlamaForCausalLM.from_pretrained(tiny_checkpoint)) is not None
-    assert response_head_split(SoftCapped.from_pretrained(tiny_checkpoint)) is None

@@ -130,7 +130,7 @@ def test_reward_read_at_last_token_is_padding_invariant(tiny_checkpoint):
     model = reward_model_from_policy(tiny_checkpoint, device="cpu")
     torch.nn.init.normal_(model.score.weight)
     seqs = [[1, 5, 6, 2], [1, 7, 2], [1, 8, 9, 10, 11, 2]]
-    together = score_sequences(model, seqs, 0, CPU, batch_size=8)
+    together = score_sequences(model, seqs, 0, CPU, max_tokens=64)  # one micro-batch of 3 x 6 padded tokens
     alone = np.array([score_sequences(model, [s], 0, CPU)[0] for s in seqs])
     np.testing.assert_allclose(together, alone, atol=1e-5)
     ids = torch.tensor([[1, 7, 2, 0, 0]])

@@ -1,4 +1,5 @@
-"""The PPO driver's loop with stand-in actors (the real ones are exercised in test_pipeline.py)."""
+"""The PPO driver's loop with in-process stand-in actors (`LocalActor`, no Ray; the real actors are exercised in
+test_pipeline.py)."""
 
 import json
 import math
@@ -7,16 +8,20 @@ import uuid
 from pathlib import Path
 
 import pytest
-import ray
 
+from raylhf.configs.schema import PPOConfig, SupervisionConfig
+from raylhf.contracts import remote
+from raylhf.contracts.local_actor import LocalActor
 from raylhf.contracts.model_files import local_dir
-from raylhf.configs.schema import PPOConfig
-from raylhf.contracts.protocols import GeneratorService, LearnerService, RequestError, SamplingSpec, ScoringPool
+from raylhf.contracts.protocols import (GenerationRequest, GeneratorService, LearnerService, PoolStats, RequestError,
+                                        SamplingSpec, ScoringPool)
 from raylhf.contracts.records import Prompt, Rollout
 from raylhf.contracts.remote import ActorFailure, NamedActor
 from raylhf.orchestration.cursor import PromptCursor
-from raylhf.orchestration.driver import PPODriver, RunStats
+from raylhf.orchestration.driver import PPODriver
 from raylhf.orchestration.evaluation import pairwise_agreement
+from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
+from raylhf.orchestration.run_stats import RunStats
 
 
 class _Tokenizer:
@@ -90,9 +95,7 @@ class FakeLearner:
 
     def publish(self, advance=True):
         self.version += int(advance)
-        ref = ray.put({"version": self.version})
-        self._refs = (self._refs + [ref])[-2:]
-        return self.version, ref
+        return self.version, {"version": self.version}  # in process, the snapshot itself stands for its ref
 
     def save_checkpoint(self, path, driver_node_id=None):
         Path(path).mkdir(parents=True)
@@ -130,7 +133,7 @@ class FakePool:
         return [dataclasses.replace(r, score=1.0, ref_logprobs=[0.0] * len(r.response_ids)) for r in rollouts]
 
     def stats(self):
-        return {}
+        return PoolStats()
 
     def state_dict(self):
         return {}
@@ -155,17 +158,18 @@ def test_fakes_implement_the_driver_seams():
     assert issubclass(RewardPool, ScoringPool)
 
 
-RemoteGenerator, RemoteLearner = ray.remote(FakeGenerator), ray.remote(FakeLearner)
-# As GeneratorActorInFlight: weight loads run in their own concurrency group, beside generate calls.
-RemoteInFlightGenerator = ray.remote(concurrency_groups={"weights": 1})(FakeGenerator)
-
-
 def _gen(i, in_flight=False, **kwargs):
-    return NamedActor(f"generator-{i}", (RemoteInFlightGenerator if in_flight else RemoteGenerator).remote(**kwargs))
+    # In flight or not, a LocalActor runs a call sent to a concurrency group (the in-flight weight loads) beside
+    # the ordered ones, as GeneratorActorInFlight does.
+    return NamedActor(f"generator-{i}", LocalActor(FakeGenerator(**kwargs)))
 
 
 def _learner(**kwargs):
-    return NamedActor("learner", RemoteLearner.remote(**kwargs))
+    return NamedActor("learner", LocalActor(FakeLearner(**kwargs)))
+
+
+def _versions(generators):
+    return [g.handle.obj.version for g in generators]
 
 
 def _prompts(n=20):
@@ -173,7 +177,7 @@ def _prompts(n=20):
 
 
 class Respawner:
-    """Replaces lost fake actors as `PPOActors` replaces real ones: kill, then a fresh actor."""
+    """Starts replacements of lost stand-ins as `PPOActors` starts real ones (the `ActorFactory` seam)."""
 
     def __init__(self, generators, learner, generator_kwargs=None, in_flight=False):
         self.generators, self.learner_actor = list(generators), learner
@@ -181,16 +185,13 @@ class Respawner:
         self.in_flight = in_flight
         self.spawned = []
 
-    def respawn_generator(self, index):
-        ray.kill(self.generators[index].handle, no_restart=True)
+    def spawn_generator(self, index):
         self.generators[index] = _gen(index, self.in_flight, **self.generator_kwargs)
         self.spawned.append(f"generator-{index}")
         return self.generators[index]
 
-    def respawn_learner(self):
-        ray.kill(self.learner_actor.handle, no_restart=True)
+    def spawn_learner(self):
         self.learner_actor = _learner()
-        ray.get(self.learner_actor.handle.ready.remote())
         self.spawned.append("learner")
         return self.learner_actor
 
@@ -212,42 +213,43 @@ class RecordingObserver:
 def _driver(generators, learner, mode="async", steps=6, buffer_size=32, timeout_s=30.0, checkpoint_every=0,
             **kwargs):
     cfg = PPOConfig(total_steps=steps, batch_size=8, prompts_per_request=4, sync_every=1, buffer_size=buffer_size,
-                    timeout_s=timeout_s, actor_startup_timeout_s=30.0, mode=mode, checkpoint_every=checkpoint_every)
-    return PPODriver(cfg, generators=generators, learner=learner, pool=FakePool(), tokenizer=_Tokenizer(),
+                    mode=mode, checkpoint_every=checkpoint_every)
+    supervision = SupervisionConfig(call_timeout_s=timeout_s, startup_timeout_s=30.0, backoff_s=0.1)
+    if "respawn" in kwargs:
+        kwargs["factory"] = kwargs.pop("respawn")
+    return PPODriver(cfg, supervision, generators=generators, learner=learner, pool=FakePool(), tokenizer=_Tokenizer(),
                      cursor=PromptCursor(_prompts(), seed=0), sampling=SamplingSpec(seed=0), in_flight=2, **kwargs)
 
 
-def test_async_loop_trains_publishes_and_bounds_staleness(ray_session):
+def test_async_loop_trains_publishes_and_bounds_staleness():
     gens = [_gen(0), _gen(1)]
     learner = _learner()
     stats = _driver(gens, learner, "async", steps=6, buffer_size=16).run()
     assert stats.steps == 6 and stats.rollouts == 48 and stats.final_version == 6
-    assert ray.get([g.handle.get_version.remote() for g in gens]) == [6, 6]  # every generator applied the newest
+    assert _versions(gens) == [6, 6]  # every generator applied the newest
     # A bounded system (16 rollouts = 2 batches) keeps rollouts at most a few versions old.
-    seen = [s for batch in ray.get(learner.handle.staleness.remote()) for s in batch]
+    seen = [s for batch in learner.handle.obj.staleness() for s in batch]
     assert max(seen) <= 3 and sum(stats.staleness.values()) == 48
     assert stats.accounting["accounting_balanced"] and stats.accounting["samples_trained"] == 48
 
 
-def test_sync_loop_is_on_policy(ray_session):
+def test_sync_loop_is_on_policy():
     gens = [_gen(0)]
     learner = _learner()
     stats = _driver(gens, learner, "sync", steps=3).run()
     assert stats.steps == 3 and set(stats.staleness) == {0}
-    assert all(s == 0 for batch in ray.get(learner.handle.staleness.remote()) for s in batch)
+    assert all(s == 0 for batch in learner.handle.obj.staleness() for s in batch)
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
-def test_generator_failure_without_healing_names_the_actor(ray_session, mode):
+def test_generator_failure_without_healing_names_the_actor(mode):
     gens = [_gen(0), _gen(1, fail_after=1)]
     with pytest.raises(ActorFailure, match=r"generator-1: generate failed: .*engine exploded"):
         _driver(gens, _learner(), mode, steps=50).run()
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
-def test_failing_and_hung_generators_are_replaced_and_lose_nothing(ray_session, tmp_path, mode):
-    from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
-
+def test_failing_and_hung_generators_are_replaced_and_lose_nothing(tmp_path, mode):
     # generator-0 raises on its 3rd call, generator-1 hangs on its 2nd; their replacements work.
     gens, learner = [_gen(0, fail_after=2), _gen(1, hang_after=1)], _learner()
     respawn = Respawner(gens, learner)
@@ -262,14 +264,12 @@ def test_failing_and_hung_generators_are_replaced_and_lose_nothing(ray_session, 
     assert stats.accounting["generator_restarts"] == 2 and stats.accounting["samples_resubmitted"] > 0
     assert stats.accounting["accounting_balanced"], stats.accounting
     # the replacements hold the newest weights
-    assert ray.get([g.handle.get_version.remote() for g in respawn.generators]) == [stats.final_version] * 2
+    assert _versions(respawn.generators) == [stats.final_version] * 2
 
 
-def test_in_flight_loads_run_beside_generate_calls_and_still_heal(ray_session, tmp_path):
+def test_in_flight_loads_run_beside_generate_calls_and_still_heal(tmp_path):
     """With in-flight weight updates a load is not queued behind generate calls: it has its own deadline, and
     a generate call that hangs (or a load stuck behind it) still gets the actor replaced."""
-    from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
-
     # generator-0 hangs in its 2nd generate call, generator-1's 3rd load never returns (its generate calls do).
     gens = [_gen(0, True, hang_after=1), _gen(1, True, hang_load_after=2)]
     learner = _learner()
@@ -280,22 +280,20 @@ def test_in_flight_loads_run_beside_generate_calls_and_still_heal(ray_session, t
     faults = {f.actor: f for f in stats.faults}
     assert faults["generator-0"].kind == "timeout" and faults["generator-1"].kind == "timeout"
     assert stats.accounting["accounting_balanced"], stats.accounting
-    assert ray.get([g.handle.get_version.remote() for g in respawn.generators]) == [stats.final_version] * 2
+    assert _versions(respawn.generators) == [stats.final_version] * 2
 
 
-def test_a_generator_that_keeps_failing_ends_the_run_naming_it(ray_session, tmp_path):
+def test_a_generator_that_keeps_failing_ends_the_run_naming_it(tmp_path):
     gens, learner = [_gen(0, fail_after=0)], _learner()
     respawn = Respawner(gens, learner, generator_kwargs={"fail_after": 0})
     with pytest.raises(ActorFailure, match=r"generator-0: generate failed: .*engine exploded"):
         _driver(gens, learner, "async", steps=5, respawn=respawn).run()
-    assert len(respawn.spawned) == PPOConfig().max_consecutive_restarts
+    assert len(respawn.spawned) == SupervisionConfig().max_consecutive_restarts
 
 
 @pytest.mark.parametrize("fault", ["killed", "hung"])
-def test_lost_learner_is_restored_from_the_newest_checkpoint(ray_session, tmp_path, fault):
+def test_lost_learner_is_restored_from_the_newest_checkpoint(tmp_path, fault):
     import threading
-
-    from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
 
     gens = [_gen(0), _gen(1)]
     learner = _learner(delay=0.2, hang_at_step=7 if fault == "hung" else None)
@@ -304,7 +302,7 @@ def test_lost_learner_is_restored_from_the_newest_checkpoint(ray_session, tmp_pa
     driver = _driver(gens, learner, "async", steps=12, buffer_size=16, timeout_s=3.0, checkpoint_every=3,
                      checkpoint=PPOCheckpoint(tmp_path), respawn=respawn, observer=observer)
     if fault == "killed":
-        threading.Timer(1.5, lambda: ray.kill(learner.handle)).start()
+        threading.Timer(1.5, lambda: remote.kill(learner.handle)).start()
     stats = driver.run()
     assert stats.steps == 12 and observer.steps == list(range(1, 13))  # rewound steps are reported once
     assert respawn.spawned == ["learner"]
@@ -312,13 +310,11 @@ def test_lost_learner_is_restored_from_the_newest_checkpoint(ray_session, tmp_pa
     assert lost.kind == ("timeout" if fault == "hung" else "died") and 0 <= lost.lost_steps < 3
     assert [m["step"] for m in stats.metrics] == list(range(1, 13))
     assert stats.final_version == 12 and stats.accounting["accounting_balanced"], stats.accounting
-    assert ray.get([g.handle.get_version.remote() for g in respawn.generators]) == [12, 12]
+    assert _versions(respawn.generators) == [12, 12]
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
-def test_resumed_driver_runs_on_from_its_checkpoint_with_the_learners_weights(ray_session, tmp_path, mode):
-    from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
-
+def test_resumed_driver_runs_on_from_its_checkpoint_with_the_learners_weights(tmp_path, mode):
     checkpoint = PPOCheckpoint(tmp_path)
     first = _driver([_gen(0), _gen(1)], _learner(), mode, steps=4, buffer_size=16, checkpoint=checkpoint).run()
     assert checkpoint.step() == 4 and first.final_version == 4
@@ -328,10 +324,10 @@ def test_resumed_driver_runs_on_from_its_checkpoint_with_the_learners_weights(ra
     assert stats.steps == 6 and stats.rollouts == 16  # two more steps of 8 rollouts
     # The restored weights went out before the first generate call: no rollout of the initial policy
     # (4 versions behind) was trained on, and the version did not move on a republish.
-    seen = [s for batch in ray.get(learner.handle.staleness.remote()) for s in batch]
+    seen = [s for batch in learner.handle.obj.staleness() for s in batch]
     assert max(seen) <= (0 if mode == "sync" else 3), seen
     assert stats.final_version == 6
-    assert ray.get([g.handle.get_version.remote() for g in gens]) == [6, 6]
+    assert _versions(gens) == [6, 6]
     assert stats.accounting["accounting_balanced"]
 
 
@@ -409,8 +405,8 @@ def test_pairwise_agreement_on_equal_length_pairs_only():
     assert math.isnan(pairwise_agreement(scores, rankings, lengths=[[1, 2, 3], [1, 2]]))
 
 
-def test_ppo_checkpoint_is_swapped_in_whole_and_survives_a_crash_mid_swap(ray_session, tmp_path):
-    from raylhf.orchestration.ppo_checkpoint import DRIVER_STATE, PPOCheckpoint
+def test_ppo_checkpoint_is_swapped_in_whole_and_survives_a_crash_mid_swap(tmp_path):
+    from raylhf.orchestration.ppo_checkpoint import DRIVER_STATE
 
     checkpoint = PPOCheckpoint(tmp_path)
     state_dir = tmp_path / "checkpoints" / "ppo"
@@ -460,3 +456,50 @@ def test_summary_divides_busy_time_by_wall_time_and_actor_count():
     assert summary["generator_busy"] == 12.0 / (10.0 * 2)
     assert summary["scorer_busy"] == 5.0 / (10.0 * 2)
     assert summary["learner_busy"] == 9.0 / 10.0
+
+
+class EvaluatingObserver(RecordingObserver):
+    """Evaluates on the first generator after chosen steps (as the in-training evaluation does through
+    `PPODriver.generate`), killing that generator just before each evaluation."""
+
+    def __init__(self, driver_box, at_steps):
+        super().__init__()
+        self.driver_box, self.at_steps, self.answers = driver_box, at_steps, []
+
+    def on_step(self, step, metrics):
+        super().on_step(step, metrics)
+        if step in self.at_steps:
+            driver = self.driver_box[0]
+            remote.kill(driver.generators[0].handle)
+            requests = [GenerationRequest(f"eval-{i}", (3, 4)) for i in range(3)]
+            self.answers.append(driver.generate(requests, SamplingSpec(seed=0)))
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_generators_killed_during_in_training_evaluation_are_replaced_and_every_step_logged_once(tmp_path, mode):
+    gens, learner = [_gen(0), _gen(1)], _learner()
+    respawn = Respawner(gens, learner)
+    box = []
+    observer = EvaluatingObserver(box, at_steps={2, 5})
+    driver = _driver(gens, learner, mode, steps=6, buffer_size=16, timeout_s=3.0, checkpoint_every=2,
+                     checkpoint=PPOCheckpoint(tmp_path), respawn=respawn, observer=observer)
+    box.append(driver)
+    stats = driver.run()
+    assert stats.steps == 6 and observer.steps == list(range(1, 7))  # each step once
+    assert [len(a) for a in observer.answers] == [3, 3] and all(r is not None for a in observer.answers for r in a)
+    assert respawn.spawned == ["generator-0", "generator-0"]
+    assert [(f.actor, f.kind) for f in stats.faults] == [("generator-0", "died")] * 2
+    assert stats.accounting["generator_restarts"] == 2 and stats.accounting["accounting_balanced"], stats.accounting
+    assert _versions(respawn.generators) == [stats.final_version] * 2
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_each_phase_is_timed_once_so_the_phases_add_up_to_at_most_the_wall_time(tmp_path, mode):
+    # Publishing, checkpoints and the per-step observers are phases of their own, not part of `train`.
+    slow = RecordingObserver()
+    slow.on_step = lambda step, metrics: time.sleep(0.05)
+    stats = _driver([_gen(0)], _learner(), mode, steps=6, buffer_size=16, checkpoint_every=2,
+                    checkpoint=PPOCheckpoint(tmp_path), observer=slow).run()
+    assert {"train", "publish", "checkpoint", "observe"} <= set(stats.phases)
+    assert sum(stats.phases.values()) <= stats.wall_s + 1e-6, (stats.phases, stats.wall_s)
+    assert stats.phases["observe"] >= 6 * 0.05 and stats.phases["train"] < stats.wall_s - stats.phases["observe"]

@@ -10,6 +10,8 @@ import pytest
 
 from cli_runs import SMALL  # noqa: E402  (tests/orchestration/conftest.py puts it on the path)
 
+from raylhf.orchestration import cli, eval_stages
+
 pytestmark = pytest.mark.slow
 
 ROUNDS = [*SMALL, "iterate.rounds=2", "iterate.n_prompts=40", "iterate.temperatures=[1.0]", "iterate.ppo_steps=4",
@@ -32,12 +34,10 @@ def _summary(run: Path, r: int, stage: str) -> dict:
 def iterated(pipeline_run, tmp_path_factory):
     """The pipeline's run copied, then `raylhf iterate` for two rounds, killed after round 2's reward model
     and started again. Returns the run, the summaries' mtimes before the restart and the restart's log."""
-    from raylhf.orchestration import cli, stages
-
     run = tmp_path_factory.mktemp("iterate") / "short"
     shutil.copytree(pipeline_run, run)
     args = ["iterate", f"output_dir={run.parent}", "name=short", *ROUNDS]
-    real_rm_eval = stages.stage_rm_eval
+    real_rm_eval = eval_stages.stage_rm_eval
 
     def dies_in_round_2(cfg, paths, *a, **kw):
         if paths.root.name == "2":
@@ -45,7 +45,7 @@ def iterated(pipeline_run, tmp_path_factory):
         return real_rm_eval(cfg, paths, *a, **kw)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(stages, "stage_rm_eval", dies_in_round_2)
+    mp.setattr(eval_stages, "stage_rm_eval", dies_in_round_2)
     with pytest.raises(Killed):
         cli.main(args)
     mp.undo()

@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from raylhf.configs.schema import MetricsConfig, RunConfig
-from raylhf.orchestration.driver import LoopState, RunStats
+from raylhf.orchestration.run_stats import LoopState, RunStats
 from raylhf.orchestration.metrics_exporter import (ENDPOINT_FILE, MetricsEndpoint, PPOMetrics, serve_ppo_metrics)
 
 README = Path(__file__).resolve().parents[2] / "README.md"

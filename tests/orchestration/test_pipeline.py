@@ -4,12 +4,16 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow  # the whole pipeline, end to end
 
@@ -58,8 +62,6 @@ def test_in_flight_weight_updates_and_pinned_actors_end_to_end(pipeline_run, tmp
     # the learner's newest weights at the end. Whether a load lands inside a call here depends on timing (calls of
     # a few tens of ms): tests/actors/test_in_flight_updates.py checks the mid-call update itself with a long call.
     # The same run pins generator and scorer to one CPU, the learner to another (the first and last available).
-    import os
-
     first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
     args = _ppo_run(pipeline_run, tmp_path, "in_flight", "generation.weight_updates=in_flight", "ppo.total_steps=6",
                     "ppo.eval_every=0", "ppo.buffer_size=256", "ppo.max_staleness=8",
@@ -79,8 +81,6 @@ def test_in_flight_weight_updates_and_pinned_actors_end_to_end(pipeline_run, tmp
 
 def _ppo_run(pipeline_run, root, name, *overrides):
     """Arguments of a `raylhf ppo` on the pipeline's SFT and RM models, in a new run directory."""
-    import shutil
-
     shutil.copytree(pipeline_run / "data", root / name / "data")
     models = pipeline_run / "models"
     return ["ppo", "--policy", str(models / "sft"), "--rm", str(models / "rm"), f"output_dir={root}", f"name={name}",
@@ -124,7 +124,7 @@ def _last_row(run: Path) -> dict:
 
 def _actor_pid(proc, class_name: str) -> int:
     """The process of the run's live `class_name` actor (Ray names actor processes `ray::<Class>...`)."""
-    import psutil
+    import psutil  # installed with vLLM, not a dependency of raylhf: collecting this module must not need it
 
     for child in psutil.Process(proc.pid).children(recursive=True):
         try:
@@ -138,11 +138,6 @@ def _actor_pid(proc, class_name: str) -> int:
 def test_killed_run_resumes_to_the_same_weights_and_metrics(pipeline_run, tmp_path):
     # N + M steps in one go == N steps, kill -9 of the whole run, resume, M steps: identical weights
     # (bitwise, on CPU) and identical metrics. Sync mode: async timing decides which version samples what.
-    import signal
-
-    import torch
-    from safetensors.torch import load_file
-
     steps = ["ppo.mode=sync", "ppo.eval_every=0", "ppo.checkpoint_every=1", "ppo.total_steps=4"]
     out = _raylhf(_ppo_run(pipeline_run, tmp_path, "straight", *steps), cwd=tmp_path)
     summary = json.loads(out.stdout.split("[ppo] ", 1)[1].splitlines()[0])  # sync mode on the pipeline's models
@@ -178,12 +173,10 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(pipeline_run, tmp_pa
 @pytest.mark.parametrize("fault", ["kill", "hang"])
 def test_async_run_heals_lost_actors_and_finishes(pipeline_run, tmp_path, fault):
     # kill: kill -9 a generator's process, then a scorer's, then the learner's.
-    # hang: stop (SIGSTOP) a generator, then the learner, past `ppo.timeout_s`.
-    import signal
-
+    # hang: stop (SIGSTOP) a generator, then the learner, past `supervision.call_timeout_s`.
     total = 14
     args = _ppo_run(pipeline_run, tmp_path, fault, "ppo.eval_every=0", "ppo.checkpoint_every=2",
-                    f"ppo.total_steps={total}", "ppo.timeout_s=10")
+                    f"ppo.total_steps={total}", "supervision.call_timeout_s=10")
     proc = _start(args, tmp_path)
     run = tmp_path / fault
     stopped = []

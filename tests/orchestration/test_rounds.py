@@ -1,16 +1,26 @@
-"""Iterated RLHF bookkeeping: fresh prompts, policies per round, tags, round paths, config, contrasts, report."""
+"""Iterated RLHF bookkeeping: fresh prompts, policies per round, tags, round paths, the collect stage of every round,
+config, contrasts, report."""
 
 import json
+import os
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from raylhf.configs.loader import ConfigError, explain, load_config
+from raylhf.configs.schema import TaskConfig
 from raylhf.contracts.dataio import read_records, write_records
+from raylhf.contracts.protocols import ContrastingTask
 from raylhf.contracts.records import Comparison, Prompt
-from raylhf.orchestration import rounds
+from raylhf.orchestration import collect_stage, rounds, sample_and_rank
 from raylhf.orchestration.evaluation import agreement_by, agreement_table, ranked_pairs
 from raylhf.orchestration.paths import RoundPaths, RunPaths
+from raylhf.orchestration.pipeline import Stages
+from raylhf.orchestration.preflight import check_iterate_prompts
+from raylhf.orchestration.report import round_rows, round_section
+from raylhf.tasks.demo import build
 
 
 def _comparison(pid, source="sft", r=0):
@@ -63,9 +73,6 @@ def test_comparisons_without_round_tags_still_load(tmp_path):
     path.write_text(json.dumps(old) + "\n")
     (row,), _ = read_records(path, Comparison)
     assert (row.round, row.source) == (0, "")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     pq.write_table(pa.Table.from_pylist([old]), tmp_path / "old.parquet")  # written before the tags existed
     (row,), _ = read_records(tmp_path / "old.parquet", Comparison)
     assert (row.round, row.source) == (0, "")
@@ -93,6 +100,68 @@ def test_init_paths_and_the_rounds_ppo_config(tmp_path):
     assert ppo.ppo.model_copy(update={"total_steps": cfg.ppo.total_steps}) == cfg.ppo and ppo.rm == cfg.rm
 
 
+# -- the collect stage of every round --------------------------------------------------------------------------
+class _LongestFirst:
+    """A labeler unlike the task's: a stage that ranked with a labeler of its own would show."""
+
+    def rank(self, prompt, responses):
+        return sorted(range(len(responses)), key=lambda i: (-len(responses[i]), i))
+
+    def prefer(self, prompt, a, b):
+        return 1.0 if len(a) > len(b) else 0.0 if len(a) < len(b) else 0.5
+
+
+def _checkpoint(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(b"")
+    return path
+
+
+def test_round_0_and_later_rounds_collect_through_one_stage_with_the_given_labeler(tmp_path, monkeypatch):
+    calls = []
+
+    def sample_sources(cfg, policies, prompts, n_per_source, temperatures, seed):  # stands in for the generators
+        calls.append((list(policies), [p.prompt_id for p in prompts], n_per_source, list(temperatures), seed))
+        return {name: [[f"{name} {p.prompt_id} " + "x" * i for i in range(n_per_source * len(temperatures))]
+                       for p in prompts] for name in policies}
+
+    monkeypatch.setattr(sample_and_rank, "sample_sources", sample_sources)
+    cfg = load_config("tiny", ["collect.n_prompts=4", "collect.k=3", "collect.temperatures=[1.0]",
+                               "iterate.n_prompts=2", "iterate.temperatures=[0.7, 1.0]", "iterate.samples_per_prompt=4"])
+    run = RunPaths(tmp_path)
+    write_records(run.prompts("train"), [Prompt(f"train-{i}", f"p{i}") for i in range(8)], Prompt)
+    seed = write_records(run.data / "demo_comparisons.jsonl", [_comparison("train-7", rounds.SEED_SOURCE)], Comparison)
+    sft = _checkpoint(run.model("sft"))
+    _checkpoint(run.model("ppo"))
+
+    plan = collect_stage.first_round_plan(cfg, {"sft": sft}, run.prompts("train"), run.comparisons, seed)
+    summary = collect_stage.stage_collect(cfg, plan, _LongestFirst())
+    rows, _ = read_records(run.comparisons, Comparison)
+    assert [(c.prompt_id, c.round, c.source) for c in rows] == [
+        ("train-0", 0, "sft"), ("train-1", 0, "sft"), ("train-2", 0, "sft"), ("train-3", 0, "sft"),
+        ("train-7", 0, rounds.SEED_SOURCE)]
+    # K = 3 of 1 source: 3 + a spare sample per prompt; the first 3 distinct, longest first.
+    assert calls[-1] == (["sft"], ["train-0", "train-1", "train-2", "train-3"], 4, [1.0], cfg.seed)
+    assert rows[0].responses == ["sft train-0 ", "sft train-0 x", "sft train-0 xx"] and rows[0].ranking == [2, 1, 0]
+    assert (summary["collected"], summary["total"], summary["source"]) == (4, 5, "sft")
+
+    summary = collect_stage.stage_collect(cfg, collect_stage.iteration_round_plan(cfg, run, 1), _LongestFirst())
+    rows, _ = read_records(run.round(1).comparisons, Comparison)
+    # Fresh prompts (the seed ranking of train-7 does not use it up), the previous round's policy, the round's seed.
+    assert calls[-1] == (["round0"], ["train-4", "train-5"], 2, [0.7, 1.0], cfg.seed + 1)
+    assert [(c.prompt_id, c.round, c.source) for c in rows] == [("train-4", 1, "round0"), ("train-5", 1, "round0")]
+    # 2 samples per temperature, interleaved so the first K mix both temperatures: "", "xx", "x".
+    assert rows[0].responses == ["round0 train-4 ", "round0 train-4 xx", "round0 train-4 x"]
+    assert rows[0].ranking == [1, 2, 0]
+    assert (summary["collected"], summary["total"], summary["source"]) == (2, 7, "round0")
+
+    more = load_config("tiny", ["iterate.n_prompts=3"])
+    with pytest.raises(ConfigError, match=r"iterate\.n_prompts: round 2 needs 3 training prompts no earlier round "
+                                          r"ranked, only 2 are left"):
+        collect_stage.iteration_round_plan(more, run, 2)
+
+
 # -- config ---------------------------------------------------------------------------------------------------
 def test_default_config_runs_one_round():
     assert load_config().iterate.rounds >= 1
@@ -115,8 +184,6 @@ def test_bad_iterate_config_names_the_key(overrides, needle):
 
 
 def test_a_run_with_more_rounds_than_fresh_prompts_is_refused_before_it_starts():
-    from raylhf.orchestration.preflight import check_iterate_prompts
-
     check_iterate_prompts(load_config())
     many = ["iterate.rounds=5", "collect.n_prompts=3000"]
     with pytest.raises(ConfigError, match=r"iterate\.n_prompts: 5 rounds x 1000 fresh prompts .* need 8000 training"):
@@ -147,10 +214,6 @@ def test_agreement_table_puts_scorers_side_by_side_per_label():
 
 
 def test_demo_task_tells_what_separates_two_responses():
-    from raylhf.configs.schema import TaskConfig
-    from raylhf.contracts.protocols import ContrastingTask
-    from raylhf.tasks.demo import build
-
     world = build(TaskConfig())
     assert isinstance(world, ContrastingTask)
     prompt = "Instruction: add 3 and 9\nResponse:"
@@ -180,8 +243,6 @@ def _summaries(policy, previous, win, utility, rm_acc, current=None):
 
 
 def test_report_has_a_row_per_round(tmp_path):
-    from raylhf.orchestration.report import round_rows, round_section
-
     run = RunPaths(tmp_path)
     run.round(1).root.mkdir(parents=True)
     run.round(1).metrics.write_text("".join(json.dumps({"stage": "ppo", "step": i, "kl": float(i)}) + "\n"
@@ -200,10 +261,6 @@ def test_report_has_a_row_per_round(tmp_path):
 
 # -- stage bookkeeping ------------------------------------------------------------------------------------------
 def test_a_finished_stage_is_skipped_and_a_redone_ppo_stage_is_evaluated_again(tmp_path):
-    import os
-
-    from raylhf.orchestration.pipeline import Stages
-
     reported, ran = [], []
     stage = Stages(RunPaths(tmp_path).round(1), lambda name, s: reported.append(name), label="round 1 ")
     stage("rm", True, lambda: ran.append("rm") or {"seconds": 1.0})  # output there, no summary yet: runs

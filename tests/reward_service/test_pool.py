@@ -36,8 +36,8 @@ def pool(ray_session, rm_checkpoint, tiny_checkpoint, tmp_path_factory):
             "ppo.num_cpus=0.5",  # the PPO actors of this config must fit 2 cores
             "reward.request_size=8",
             "reward.max_in_flight=2",
-            f"reward.request_timeout_s={TIMEOUT_S}",
-            "reward.startup_timeout_s=120.0",
+            f"supervision.scorer.call_timeout_s={TIMEOUT_S}",
+            "supervision.scorer.startup_timeout_s=120.0",
             "reward.normalize=fixed",
             f"reward.shift={SHIFT}",
             f"reward.scale={SCALE}",
@@ -48,18 +48,26 @@ def pool(ray_session, rm_checkpoint, tiny_checkpoint, tmp_path_factory):
         ],
     )
     rejects = tmp_path_factory.mktemp("rejects") / "rejects.jsonl"
-    p = RewardPool(cfg.reward, rm_path=str(rm_checkpoint), ref_path=str(tiny_checkpoint), rejects_path=rejects)
+    p = RewardPool(cfg.reward, rm_path=str(rm_checkpoint), ref_path=str(tiny_checkpoint), rejects_path=rejects,
+                   supervision=cfg.supervision.policy("scorer"))
     yield p
     p.shutdown()
 
 
-def small_pool(rm_path, tmp_path, **reward):
+def small_pool(rm_path, tmp_path, supervision=None, **reward):
     """A one-actor pool scoring with the reward model alone, its rejects in `tmp_path/rejects.jsonl`."""
-    from raylhf.configs.schema import RewardConfig
+    from raylhf.configs.schema import RewardConfig, SupervisionConfig
     from raylhf.reward_service.pool import RewardPool
 
-    cfg = RewardConfig(num_actors=1, num_cpus=0.5, ref_logprobs=False, startup_timeout_s=120.0, **reward)
-    return RewardPool(cfg, rm_path=str(rm_path), ref_path=None, rejects_path=tmp_path / "rejects.jsonl")
+    cfg = RewardConfig(num_actors=1, num_cpus=0.5, ref_logprobs=False, **reward)
+    policy = SupervisionConfig(scorer={"startup_timeout_s": 120.0, **(supervision or {})}).policy("scorer")
+    return RewardPool(cfg, rm_path=str(rm_path), ref_path=None, rejects_path=tmp_path / "rejects.jsonl",
+                      supervision=policy)
+
+
+def counts(pool):
+    """The pool's fault counters (`FaultLog.counts`) and its figures (`PoolStats`)."""
+    return pool.faults.counts(), pool.stats()
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +113,11 @@ def test_scores_equal_a_direct_model_call_in_order_across_actors(pool, make_roll
     from raylhf.contracts.protocols import Scorer, ScoringPool
 
     assert isinstance(pool, Scorer) and isinstance(pool, ScoringPool)
-    before = {name: a["completed"] for name, a in pool.stats()["actors"].items()}
+    before = {name: a.completed for name, a in pool.stats().actors.items()}
     rollouts = make_rollouts(40, seed=10)
     check(pool.score(rollouts), rollouts)  # 5 requests of 8 over 2 actors
-    after = pool.stats()["actors"]
-    assert all(after[name]["completed"] > before[name] for name in before), "both actors took part"
+    after = pool.stats().actors
+    assert all(after[name].completed > before[name] for name in before), "both actors took part"
     assert pool.actor_info[0]["threads"] == 1 and pool.actor_info[0]["ref"] == "LlamaForCausalLM"
 
 
@@ -125,12 +133,12 @@ def test_submit_ready_matches_results_to_requests_and_applies_backpressure(pool,
 
 
 def test_killed_actor_loses_and_duplicates_nothing(ray_session, pool, make_rollouts, check):
-    stats0 = pool.stats()
+    faults0, stats0 = counts(pool)
     victim = pool.actors["scorer-0"]
     victim.debug_sleep.remote(2.0)  # keeps its queue in flight until the kill
     batches = [make_rollouts(8, seed=40 + i, prefix=f"k{i}-") for i in range(8)]
     ids = [pool.submit(b) for b in batches[:4]]
-    assert pool.stats()["actors"]["scorer-0"]["in_flight"] == 2
+    assert pool.stats().actors["scorer-0"].in_flight == 2
     ray_session.kill(victim)
     ids += [pool.submit(b) for b in batches[4:]]  # blocks on a full pool while the lost work moves
     got = collect(pool, ids)
@@ -138,10 +146,10 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_session, pool, make_rollo
     assert sorted(seen) == sorted(r.sample_id for b in batches for r in b)  # all there, none twice
     for rid, batch in zip(ids, batches):
         check(got[rid], batch)
-    stats = pool.stats()
-    assert stats["deaths"] == stats0["deaths"] + 1
-    assert stats["actors"]["scorer-0"]["restarts"] == stats0["actors"]["scorer-0"]["restarts"] + 1
-    assert stats["resubmitted"] >= stats0["resubmitted"] + 2
+    faults, stats = counts(pool)
+    assert faults["scorer_died"] == faults0["scorer_died"] + 1
+    assert stats.actors["scorer-0"].restarts == stats0.actors["scorer-0"].restarts + 1
+    assert stats.resubmitted >= stats0.resubmitted + 2
     assert pool.actors["scorer-0"] != victim
 
 
@@ -149,8 +157,8 @@ def test_request_lost_more_than_max_attempts_is_an_error_not_dropped(ray_session
     victim = pool.actors["scorer-0"]
     victim.debug_sleep.remote(2.0)
     batches = {}
-    cfg = pool.cfg
-    pool.cfg = cfg.model_copy(update={"max_attempts": 1})
+    policy = pool.policy
+    pool.policy = dataclasses.replace(policy, max_attempts=1)
     try:
         for seed in (45, 46):  # one request per actor
             rollouts = make_rollouts(4, seed=seed, prefix=f"m{seed}-")
@@ -165,24 +173,24 @@ def test_request_lost_more_than_max_attempts_is_an_error_not_dropped(ray_session
             except ScoringError as e:
                 errors.append(e)
     finally:
-        pool.cfg = cfg
+        pool.policy = policy
     assert len(errors) == 1 and len(got) == 1
     assert errors[0].request_id in batches and errors[0].request_id not in got
-    assert re.search(r"lost 1 times \(max_attempts\): scorer actor scorer-0 .*died: ActorDiedError", str(errors[0]))
+    assert re.search(r"lost 1 times \(supervision\.max_attempts\): scorer-0 died during score: ActorDiedError", str(errors[0]))
     (rid, results), = got.items()
     check(results, batches[rid])
 
 
 def test_hung_actor_hits_the_timeout_and_is_replaced(pool, make_rollouts, check):
-    stats0 = pool.stats()
+    faults0, stats0 = counts(pool)
     pool.actors["scorer-1"].debug_sleep.remote(600.0)
     rollouts = make_rollouts(16, seed=50)
     t0 = time.monotonic()
     check(pool.score(rollouts), rollouts)  # one request per actor; scorer-1's is resubmitted
     elapsed = time.monotonic() - t0
-    stats = pool.stats()
-    assert stats["timeouts"] == stats0["timeouts"] + 1
-    assert stats["actors"]["scorer-1"]["restarts"] == stats0["actors"]["scorer-1"]["restarts"] + 1
+    faults, stats = counts(pool)
+    assert faults["scorer_timeout"] == faults0["scorer_timeout"] + 1
+    assert stats.actors["scorer-1"].restarts == stats0.actors["scorer-1"].restarts + 1
     assert TIMEOUT_S <= elapsed < 60.0
 
 
@@ -201,12 +209,12 @@ def test_unscorable_rollouts_are_quarantined_and_the_others_delivered(pool, make
     check(pool.score(batch), good)  # two requests of 3, one reject in each
 
     stats = pool.stats()
-    assert stats["rejected"] == stats0["rejected"] + 4
-    by_cause0 = stats0["rejected_by_cause"]
-    assert stats["rejected_by_cause"][TOKEN_OUT_OF_VOCAB] == by_cause0.get(TOKEN_OUT_OF_VOCAB, 0) + 2
-    assert stats["rejected_by_cause"][NONFINITE_FUNCTION_REWARD] == by_cause0.get(NONFINITE_FUNCTION_REWARD, 0) + 2
-    assert stats["rollouts_scored"] == stats0["rollouts_scored"] + 8
-    rows = [json.loads(line) for line in Path(stats["rejects_path"]).read_text().splitlines()]
+    assert stats.rejected == stats0.rejected + 4
+    by_cause0 = stats0.rejected_by_cause
+    assert stats.rejected_by_cause[TOKEN_OUT_OF_VOCAB] == by_cause0.get(TOKEN_OUT_OF_VOCAB, 0) + 2
+    assert stats.rejected_by_cause[NONFINITE_FUNCTION_REWARD] == by_cause0.get(NONFINITE_FUNCTION_REWARD, 0) + 2
+    assert stats.rollouts_scored == stats0.rollouts_scored + 8
+    rows = [json.loads(line) for line in Path(pool.rejects_path).read_text().splitlines()]
     first = [r for r in rows if r["sample_id"] in (oov.sample_id, nan.sample_id)][:2]  # the submit's rejects
     assert [(r["sample_id"], r["cause"]) for r in first] == [
         (oov.sample_id, TOKEN_OUT_OF_VOCAB), (nan.sample_id, NONFINITE_FUNCTION_REWARD)
@@ -249,7 +257,7 @@ def test_pool_past_its_reject_rate_stops_the_run(ray_session, rm_checkpoint, tmp
             assert needle in str(err.value), needle
         with pytest.raises(ScoringError, match=r"reward\.max_reject_rate"):
             p.submit(make_rollouts(1, seed=83))  # stopped: no more work is taken
-        assert p.stats()["rejected"] == 5
+        assert p.stats().rejected == 5
         assert len((tmp_path / "rejects.jsonl").read_text().splitlines()) == 5
     finally:
         p.shutdown()
@@ -260,13 +268,13 @@ def test_replacement_that_fails_to_start_is_retried_with_backoff(
 ):
     checkpoint, away = tmp_path / "rm", tmp_path / "rm-away"
     shutil.copytree(rm_checkpoint, checkpoint)
-    p = small_pool(checkpoint, tmp_path, startup_attempts=3, startup_backoff_s=1.0)
+    p = small_pool(checkpoint, tmp_path, supervision={"max_consecutive_restarts": 3, "backoff_s": 1.0})
     try:
         checkpoint.rename(away)  # replacements cannot find their model ...
 
         def bring_back():  # ... until two of them have failed to start
             end = time.monotonic() + 300
-            while p.stats()["startup_failures"] < 2 and time.monotonic() < end:
+            while p.faults.counts()["scorer_start_failures"] < 2 and time.monotonic() < end:
                 time.sleep(0.02)
             away.rename(checkpoint)
 
@@ -280,9 +288,11 @@ def test_replacement_that_fails_to_start_is_retried_with_backoff(
         restorer.join(timeout=10)
         assert [s.sample_id for s in scored] == [r.sample_id for r in rollouts]
         assert [s.score for s in scored] == close([expected(r)[0] for r in rollouts])
-        stats = p.stats()
-        assert (stats["deaths"], stats["actor_restarts"], stats["startup_failures"]) == (1, 1, 2)
-        assert stats["actors"]["scorer-0"]["restarts"] == 1
+        faults, stats = counts(p)
+        # the death, then two replacements that did not start: one fault record each, three restarts
+        assert (faults["scorer_restarts"], faults["scorer_start_failures"]) == (3, 2)
+        assert [f.at_start for f in p.faults.faults] == [False, True, True]
+        assert stats.actors["scorer-0"].restarts == 3
         assert elapsed >= 1.0 + 2.0  # waited 1 s after the first failed start, 2 s after the second
     finally:
         p.shutdown()
@@ -293,16 +303,16 @@ def test_replacement_that_never_starts_is_a_startup_error_after_its_attempts(
 ):
     checkpoint = tmp_path / "rm"
     shutil.copytree(rm_checkpoint, checkpoint)
-    p = small_pool(checkpoint, tmp_path, startup_attempts=2, startup_backoff_s=0.5)
+    p = small_pool(checkpoint, tmp_path, supervision={"max_consecutive_restarts": 2, "backoff_s": 0.5})
     try:
         checkpoint.rename(tmp_path / "gone")
         ray_session.kill(p.actors["scorer-0"])
         with pytest.raises(ScorerStartupError) as err:
             p.score(make_rollouts(2, seed=91))
         assert err.value.actor.startswith("scorer-0")
-        assert "did not start in 2 attempts (reward.startup_attempts)" in str(err.value)
+        assert "did not start in 2 attempts (supervision.max_consecutive_restarts)" in str(err.value)
         assert "reward.rm_path: " in str(err.value) and "does not exist" in str(err.value)
-        assert p.stats()["startup_failures"] == 2
+        assert p.faults.counts()["scorer_start_failures"] == 2
     finally:
         p.shutdown()
 
@@ -312,7 +322,7 @@ def test_actor_that_cannot_load_its_model_is_a_startup_error(ray_session, tmp_pa
     from raylhf.reward_service.pool import RewardPool
 
     with pytest.raises(ScorerStartupError) as err:
-        RewardPool(RewardConfig(startup_timeout_s=120.0), rm_path=str(tmp_path / "missing_rm"), ref_path=None)
+        RewardPool(RewardConfig(), rm_path=str(tmp_path / "missing_rm"), ref_path=None)
     assert err.value.actor == "scorer-0"
     assert "scorer-0" in str(err.value) and "reward.rm_path: " in str(err.value) and "does not exist" in str(err.value)
 
@@ -330,28 +340,37 @@ def test_pool_methods_match_the_scoring_pool_protocol():
 
 
 def test_busy_time_runs_from_the_head_of_each_queue_to_the_answer():
-    # No Ray: the pool's accounting on one slot, with times chosen by hand. An actor serves its requests in
-    # order, so it is busy from when a request reaches the head of its queue until its answer is seen.
-    from raylhf.reward_service.pool import _Request, _Slot
+    # No Ray: the supervision slot's accounting (the pool's and the generators'), with times chosen by hand. An
+    # actor serves its calls in order, so it is busy from when a call reaches the head of its queue until its
+    # answer is seen.
+    from raylhf.configs.schema import SupervisionConfig
+    from raylhf.contracts.supervision import Call, FaultLog, Supervised
 
-    slot = _Slot(0, "scorer-0", handle=None)
-    for rid, t_dispatch in ((0, 10.0), (1, 10.5)):
-        slot.in_flight[rid] = _Request(rid, [], t_dispatch=t_dispatch)
-    slot.answered(0, now=12.0)  # request 0 ran 10.0 -> 12.0
+    now = [0.0]
+    slot = Supervised("scorer", spawn=None, policy=SupervisionConfig().policy("scorer"), faults=FaultLog(),
+                      actor=object(), clock=lambda: now[0])
+
+    def dispatch(ref, t):
+        slot.calls[ref] = Call("score", ref, t)
+
+    def answer(ref, t):
+        now[0] = t
+        started = slot.head_started()
+        return slot.answered(slot.calls.pop(ref), started)
+
+    dispatch(0, 10.0)
+    dispatch(1, 10.5)
+    answer(0, 12.0)  # call 0 ran 10.0 -> 12.0
     assert slot.busy_s == 2.0
-    slot.answered(1, now=13.5)  # request 1 was queued behind it: it started at 12.0, not at its dispatch
+    answer(1, 13.5)  # call 1 was queued behind it: it started at 12.0, not at its dispatch
     assert slot.busy_s == 2.0 + 1.5
-    # Idle from 13.5 to 20.0: a request dispatched then starts at once; idle time is not busy time.
-    slot.in_flight[2] = _Request(2, [], t_dispatch=20.0)
-    slot.answered(2, now=20.25)
+    # Idle from 13.5 to 20.0: a call dispatched then starts at once; idle time is not busy time.
+    dispatch(2, 20.0)
+    answer(2, 20.25)
     assert slot.busy_s == 3.5 + 0.25
     # Two answers seen by one poll, read in either order, count the interval once: 30.0 -> 34.0.
-    slot.in_flight[3] = _Request(3, [], t_dispatch=30.0)
-    slot.in_flight[4] = _Request(4, [], t_dispatch=31.0)
-    slot.answered(4, now=34.0)
-    slot.answered(3, now=34.0)
-    assert slot.busy_s == 3.75 + 4.0 and not slot.in_flight
-    # An answer for a request the slot no longer holds (its actor was replaced) adds nothing.
-    slot.answered(5, now=40.0)
-    assert slot.busy_s == 7.75
-
+    dispatch(3, 30.0)
+    dispatch(4, 31.0)
+    answer(4, 34.0)
+    answer(3, 34.0)
+    assert slot.busy_s == 3.75 + 4.0 and not slot.calls

@@ -1,4 +1,5 @@
-"""In-process scoring math (no Ray): values, padding invariance, programmatic sources, config errors."""
+"""In-process scoring math (no Ray): values, padding invariance, the one reward-model path shared with the RM
+trainer, programmatic sources, config errors."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ import sys
 import textwrap
 
 import pytest
+import torch
+from pydantic import ValidationError
 
+from raylhf.configs.loader import ConfigError, load_config
 from raylhf.configs.schema import RewardConfig, RewardSourceConfig
+from raylhf.contracts.formatting import encode_prompt, encode_response
 from raylhf.contracts.hf_checkpoint import CheckpointError
+from raylhf.contracts.protocols import Scorer
+from raylhf.contracts.records import Rollout
+from raylhf.learners.batching import pack_microbatches
+from raylhf.learners.reward_model import evaluate_rankings, load_reward_model, score_sequences
 from raylhf.reward_service.errors import RewardConfigError, ScoringError
 from raylhf.reward_service.normalize import RewardTransform
 from raylhf.reward_service.programmatic import load_reward_function
@@ -22,7 +31,8 @@ from raylhf.reward_service.rejects import (
     TOO_LONG,
 )
 from raylhf.reward_service.rewards import length_penalty
-from raylhf.reward_service.scorer import RewardScorer, pack_microbatches
+from raylhf.reward_service.scorer import RewardScorer
+from tests.reward_service.faulty_rewards import NAN_MARKER, RAISE_MARKER, SOURCE
 
 LENGTH_PENALTY = "raylhf.reward_service.rewards:length_penalty"
 
@@ -62,8 +72,6 @@ def reward_module(tmp_path, monkeypatch):
 
 
 def test_scores_and_ref_logprobs_equal_a_direct_model_call(scorer, make_rollouts, expected, close):
-    from raylhf.contracts.protocols import Scorer
-
     assert isinstance(scorer, Scorer)
     rollouts = make_rollouts(12, seed=1)
     scored = scorer.score(rollouts)
@@ -90,7 +98,7 @@ def test_result_does_not_depend_on_batch_composition(scorer, make_rollouts, clos
 
 
 def test_pad_id_inside_content_is_scored_at_the_last_token(scorer, make_rollouts, expected, close):
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # deferred: seconds to import
 
     pad = AutoConfig.from_pretrained(scorer.rm.name_or_path).pad_token_id
     r = make_rollouts(1, seed=5)[0]
@@ -103,8 +111,7 @@ def test_pad_id_inside_content_is_scored_at_the_last_token(scorer, make_rollouts
 
 
 def test_sequence_classification_reward_model_is_read_at_the_last_token(seqcls_rm_checkpoint, make_rollouts, close):
-    import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification  # deferred: seconds to import
 
     direct = AutoModelForSequenceClassification.from_pretrained(seqcls_rm_checkpoint, use_safetensors=True).eval()
     pad = direct.config.pad_token_id
@@ -119,6 +126,30 @@ def test_sequence_classification_reward_model_is_read_at_the_last_token(seqcls_r
         with torch.no_grad():
             want = direct(input_ids=torch.tensor([r.prompt_ids + r.response_ids])).logits[0, 0].item()
         assert s.score == close(want)
+
+
+def test_scorer_and_rm_trainer_evaluation_read_the_same_reward(rm_checkpoint, make_rollouts, close):
+    # One reward-model path: the class a scorer actor hosts and the RM trainer's held-out evaluation (and the RM
+    # evaluations' `score_sequences`) give a sequence the same reward, whatever else shares its forward pass.
+    scorer = RewardScorer(RewardConfig(ref_logprobs=False, max_tokens_per_microbatch=100), rm_path=str(rm_checkpoint),
+                          ref_path=None)
+    rollouts = make_rollouts(6, seed=21)
+    r = [s.score for s in scorer.score(rollouts)]
+    seqs = [list(x.prompt_ids) + list(x.response_ids) for x in rollouts]
+    model = load_reward_model(rm_checkpoint, device="cpu")
+    assert type(model) is type(scorer.rm)
+    cpu = torch.device("cpu")
+    assert score_sequences(model, seqs, 0, cpu).tolist() == close(r)
+
+    # Two prompts of K = 3, each ranked 0 > 1 > 2. Eq. 1 from the scorer's rewards, by hand: every prompt's mean of
+    # -log σ(r_w - r_l) over its C(3, 2) = 3 pairs, averaged over the prompts; accuracy pooled over the 6 pairs.
+    groups = [(seqs[0:3], [0, 1, 2]), (seqs[3:6], [0, 1, 2])]
+    pairs = [(g + w, g + l) for g in (0, 3) for w, l in ((0, 1), (0, 2), (1, 2))]
+    nll = [-math.log(1.0 / (1.0 + math.exp(-(r[w] - r[l])))) for w, l in pairs]
+    got = evaluate_rankings(model, groups, pad_id=0, device=cpu, bf16=False)
+    assert got["pairs"] == 6
+    assert got["loss"] == close((sum(nll[:3]) / 3 + sum(nll[3:]) / 3) / 2)
+    assert got["accuracy"] == pytest.approx(sum(r[w] > r[l] for w, l in pairs) / 6)  # a float32 fraction
 
 
 def test_reward_model_of_another_kind_is_rejected(tiny_checkpoint):
@@ -154,10 +185,7 @@ def test_rm_plus_token_function_weighted_sum(rm_checkpoint, tiny_checkpoint, mak
 
 
 def test_text_function_alone_sees_decoded_prompt_and_response(tiny_checkpoint, reward_module):
-    from transformers import AutoTokenizer
-
-    from raylhf.contracts.formatting import encode_prompt, encode_response
-    from raylhf.contracts.records import Rollout
+    from transformers import AutoTokenizer  # deferred: seconds to import
 
     tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
     count = RewardSourceConfig(kind="function", weight=1.0, path=f"{reward_module}:count_word", kwargs={"word": "cat"})
@@ -187,7 +215,7 @@ def test_length_penalty_example():
     ],
 )
 def test_bad_import_path_is_a_config_error_naming_key_and_path(path, needle, rm_checkpoint):
-    from raylhf.reward_service.pool import RewardPool
+    from raylhf.reward_service.pool import RewardPool  # deferred: imports Ray
 
     cfg = RewardConfig(sources=[RewardSourceConfig(kind="rm"), RewardSourceConfig(kind="token_function", path=path)])
     with pytest.raises(RewardConfigError) as err:
@@ -199,8 +227,6 @@ def test_bad_import_path_is_a_config_error_naming_key_and_path(path, needle, rm_
 
 
 def test_malformed_import_path_is_rejected_by_the_schema_and_the_loader():
-    from pydantic import ValidationError
-
     with pytest.raises(ValidationError, match="expected an import path"):
         RewardSourceConfig(kind="token_function", path="raylhf.reward_service.rewards.length_penalty")
     with pytest.raises(RewardConfigError, match=r"reward\.sources\[1\]\.path: .* not an import path"):
@@ -208,8 +234,7 @@ def test_malformed_import_path_is_rejected_by_the_schema_and_the_loader():
 
 
 def test_bad_import_path_through_the_config(reward_module, tmp_path):
-    from raylhf.configs.loader import ConfigError, load_config
-    from raylhf.reward_service.pool import RewardPool
+    from raylhf.reward_service.pool import RewardPool  # deferred: imports Ray
 
     cfg = load_config("tiny", ['reward.sources=[{kind: rm}, {kind: function, path: "nowhere.mod:fn", weight: 0.5}]'])
     with pytest.raises(ConfigError, match=r"reward\.sources\[1\]\.path: cannot import module 'nowhere\.mod'"):
@@ -260,8 +285,6 @@ def test_unscorable_rollouts_are_quarantined_and_the_others_scored(scorer, make_
 
 
 def test_nonfinite_function_reward_quarantines_that_rollout_never_zero(make_rollouts, vocab, reward_module):
-    from tests.reward_service.faulty_rewards import NAN_MARKER, SOURCE
-
     eos = vocab[1]
     rollouts = make_rollouts(3, seed=14)
     nan = dataclasses.replace(rollouts[1], response_ids=[*NAN_MARKER, eos], logprobs=[-1.0] * 5)
@@ -280,8 +303,7 @@ def test_nonfinite_function_reward_quarantines_that_rollout_never_zero(make_roll
 
 
 def test_reward_model_overflow_quarantines_only_that_rollout(rm_checkpoint, tmp_path, make_rollouts):
-    import torch
-    from transformers import AutoModelForTokenClassification
+    from transformers import AutoModelForTokenClassification  # deferred: seconds to import
 
     rollouts = make_rollouts(6, seed=15)
     rm = AutoModelForTokenClassification.from_pretrained(rm_checkpoint, use_safetensors=True).eval()
@@ -311,10 +333,7 @@ def test_reward_model_overflow_quarantines_only_that_rollout(rm_checkpoint, tmp_
 
 
 def test_failures_not_about_one_rollout_are_errors(rm_checkpoint, tmp_path, make_rollouts, vocab, reward_module):
-    import torch
-    from transformers import AutoModelForTokenClassification
-
-    from tests.reward_service.faulty_rewards import RAISE_MARKER, SOURCE
+    from transformers import AutoModelForTokenClassification  # deferred: seconds to import
 
     rollouts = make_rollouts(3, seed=8)
     too_few = RewardSourceConfig(kind="token_function", path=f"{reward_module}:too_few")
@@ -355,8 +374,6 @@ def test_transform_fixed_running_and_clip():
 
 
 def test_scorer_applies_the_configured_normalisation(rm_checkpoint, tiny_checkpoint, make_rollouts, expected, close):
-    from raylhf.configs.loader import load_config
-
     cfg = load_config("tiny", ["reward.normalize=fixed", "reward.shift=0.25", "reward.scale=2.0", "reward.clip=0.5"])
     scorer = RewardScorer(cfg.reward, rm_path=str(rm_checkpoint), ref_path=str(tiny_checkpoint))
     rollouts = make_rollouts(4, seed=9)
