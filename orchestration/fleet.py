@@ -7,10 +7,17 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import ray
+import torch
+
+from raylhf.actors.generator import start_generators
 from raylhf.configs.schema import GenerationConfig
 from raylhf.contracts import remote
 from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
+from raylhf.contracts.model_files import share_dir
 from raylhf.contracts.records import Rollout
+from raylhf.contracts.snapshot import build_snapshot, named_checkpoint_tensors
+from raylhf.learners.models import load_causal_lm
 
 
 class GeneratorFleet:
@@ -18,9 +25,6 @@ class GeneratorFleet:
 
     def __init__(self, cfg: GenerationConfig, checkpoint: str | os.PathLike, *, seed: int, trust_remote_code: bool,
                  name_prefix: str = "generator", timeout_s: float = 1800.0):
-        from raylhf.actors.generator import start_generators
-        from raylhf.contracts.model_files import share_dir
-
         self.actors = start_generators(cfg, share_dir(checkpoint), seed=seed, trust_remote_code=trust_remote_code,
                                        name_prefix=name_prefix)
         self.timeout_s = timeout_s
@@ -31,8 +35,6 @@ class GeneratorFleet:
     def load_policy(self, checkpoint: str | os.PathLike) -> bool:
         """Swap another policy's weights into every generator (seconds cheaper than starting new actors);
         False, changing nothing, when its tensors do not match the fleet's model."""
-        import ray
-
         self.version += 1
         snapshot = checkpoint_snapshot(checkpoint, self.dtype, self.version, self.trust_remote_code)
         if snapshot.signature() != self.signature:
@@ -55,10 +57,8 @@ class GeneratorFleet:
         return results
 
     def shutdown(self) -> None:
-        import ray
-
         for a in self.actors:
-            ray.kill(a.handle)
+            remote.kill(a.handle)
         self.actors = []
 
     def __enter__(self) -> "GeneratorFleet":
@@ -70,11 +70,6 @@ class GeneratorFleet:
 
 def checkpoint_snapshot(checkpoint: str | os.PathLike, dtype: str, version: int, trust_remote_code: bool):
     """The `WeightSnapshot` a generator of `dtype` loads for an HF causal-LM checkpoint."""
-    import torch
-
-    from raylhf.contracts.snapshot import build_snapshot, named_checkpoint_tensors
-    from raylhf.learners.models import load_causal_lm
-
     model = load_causal_lm(checkpoint, "cpu", trust_remote_code)
     cast = getattr(torch, dtype)
     with torch.no_grad():

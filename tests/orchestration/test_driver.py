@@ -503,3 +503,20 @@ def test_each_phase_is_timed_once_so_the_phases_add_up_to_at_most_the_wall_time(
     assert {"train", "publish", "checkpoint", "observe"} <= set(stats.phases)
     assert sum(stats.phases.values()) <= stats.wall_s + 1e-6, (stats.phases, stats.wall_s)
     assert stats.phases["observe"] >= 6 * 0.05 and stats.phases["train"] < stats.wall_s - stats.phases["observe"]
+
+
+def test_actor_classes_serve_their_protocols_with_the_same_signatures():
+    # Protocols are the seams the driver is written against: a method the driver calls must take the same
+    # parameters on the real actor class as on its Protocol (names and order), or a stand-in passes tests the
+    # real actor would fail.
+    import inspect
+
+    from raylhf.actors.generator import GeneratorActor
+    from raylhf.learners.ppo_actor import PPOLearnerActor
+
+    for actor_class, protocol in ((GeneratorActor, GeneratorService), (PPOLearnerActor, LearnerService)):
+        served = actor_class.__ray_metadata__.modified_class
+        for name in (m for m in vars(protocol) if not m.startswith("_") and callable(getattr(protocol, m))):
+            want = list(inspect.signature(getattr(protocol, name)).parameters)
+            got = list(inspect.signature(getattr(served, name)).parameters)
+            assert got[: len(want)] == want, (actor_class.__name__, name, got, want)
