@@ -120,7 +120,6 @@ class StepReporter:
 
 def pretrain_stream(cfg: RunConfig, paths: RunPaths, tokenizer) -> np.ndarray | None:
     """The packed pretraining corpus for the PPO-ptx term (None when `ppo.ptx_coef` is 0)."""
-
     if cfg.ppo.ptx_coef == 0:
         return None
     docs, _ = read_records(paths.corpus("train"), Document, on_bad_rows=cfg.data.on_bad_rows)

@@ -55,8 +55,8 @@ import logging
 import math
 import os
 import time
-from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from raylhf.configs.schema import RewardConfig, SupervisionConfig
@@ -405,7 +405,6 @@ class RewardPool:
 
     def _replace(self, slot: Supervised, failure: ActorFailure) -> None:
         """Kill `slot`'s actor, start a fresh one (waiting until it has loaded), resubmit what the old one held."""
-        old_label = _label(slot)
         held: list[_Request] = [c.payload for c in slot.calls.values()]
         for request in held:
             self._by_ref.pop(request.ref, None)
