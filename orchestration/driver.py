@@ -192,8 +192,8 @@ class PPODriver:
             with self.timer("train"):
                 t0 = time.perf_counter()
                 metrics = self._learner_call("train_step", scored)
-                self._record_step(scored, metrics, time.perf_counter() - t0)
-            self._after_step()
+                metrics = self._record_step(scored, metrics, time.perf_counter() - t0)
+            self._after_step(scored, metrics)
             with self.timer("apply_weights"):
                 self.gens.wait_until(self.gens.weights_current)
 
@@ -215,8 +215,8 @@ class PPODriver:
                 self._score(work)
             with self.timer("train"):
                 stepped = self._train(work, done)
-            if stepped:
-                self._after_step()
+            if stepped is not None:
+                self._after_step(*stepped)
             with self.timer("deadlines"):
                 self.gens.check_deadlines()
                 late = self.learner.overdue()
@@ -250,9 +250,10 @@ class PPODriver:
             self.ledger.rejected_among(sent, scored)
             work.buffer.extend(scored)
 
-    def _train(self, work: InFlight, done: set) -> bool:
-        """Finish the learner's step if it is done (True); start the next one as soon as a batch is buffered."""
-        stepped = False
+    def _train(self, work: InFlight, done: set) -> tuple[list[Rollout], dict[str, Any]] | None:
+        """Finish the learner's step if it is done (returns its batch and metrics row); start the next one as
+        soon as a batch is buffered."""
+        stepped = None
         if work.train_ref is not None and work.train_ref in done:
             try:
                 _, metrics, learner_s = self.learner.finish(work.train_ref)
@@ -260,8 +261,7 @@ class PPODriver:
                 raise _LearnerLost(e) from e
             batch = work.train_batch
             work.train_ref, work.train_batch = None, []
-            self._record_step(batch, metrics, learner_s)
-            stepped = True
+            stepped = batch, self._record_step(batch, metrics, learner_s)
         if work.train_ref is None and len(work.buffer) >= self.cfg.batch_size and self.stats.steps < self.cfg.total_steps:
             work.train_batch = [work.buffer.popleft() for _ in range(self.cfg.batch_size)]
             work.train_ref = self.learner.submit("train_step", work.train_batch).ref
@@ -297,7 +297,8 @@ class PPODriver:
         except ActorFailure as e:
             raise _LearnerLost(e) from e
 
-    def _record_step(self, batch: list[Rollout], metrics: dict[str, Any], learner_s: float) -> None:
+    def _record_step(self, batch: list[Rollout], metrics: dict[str, Any], learner_s: float) -> dict[str, Any]:
+        """Account for a finished learner step; returns its metrics row."""
         for r in batch:  # the learner drops stale rollouts by this same rule
             self.ledger.resolve([r], "dropped_stale" if self.version - r.policy_version > self.cfg.max_staleness
                                 else "trained")
@@ -316,11 +317,10 @@ class PPODriver:
                        rollouts_in_flight_updated=self.stats.rollouts_in_flight_updated,
                        **self._fault_counts())
         self.stats.metrics.append(metrics)
-        self._observed = (batch, metrics)
+        return metrics
 
-    def _after_step(self) -> None:
+    def _after_step(self, batch: list[Rollout], metrics: dict[str, Any]) -> None:
         """What follows a learner step, each in its own phase: report it, publish, checkpoint."""
-        batch, metrics = self._observed
         with self.timer("observe"):
             self.observer.on_rollouts(batch)
             self.observer.on_step(self.stats.steps, metrics)

@@ -173,19 +173,18 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
                                        dataclasses.replace(sampling, n=1, temperature=cfg.eval.temperature))
         start_step = checkpoint.step() if resume else 0
         bar = tqdm(total=p.total_steps, initial=start_step, desc=f"ppo ({p.mode})", unit="step", dynamic_ncols=True)
-        observers = StepObservers()
         driver = PPODriver(p, cfg.supervision, generators=actors.generators, learner=actors.learner, pool=actors.pool,
                            tokenizer=tokenizer, cursor=cursor, sampling=sampling, in_flight=cfg.generation.in_flight,
-                           weight_updates=cfg.generation.weight_updates, observer=observers,
+                           weight_updates=cfg.generation.weight_updates,
                            checkpoint=checkpoint, factory=actors, faults=actors.faults, resume=resume)
         if evaluator is not None:
             first = evaluator.start(driver.generate)  # the generators still hold the initial policy here
             if not resume:
                 metrics_log(0, first)
-        observers.observers = (StepReporter(cfg, task=task, tokenizer=tokenizer,
-                                            prompt_text={q.prompt_id: q.prompt for q in prompts},
-                                            metrics_log=metrics_log, bar=bar, evaluator=evaluator,
-                                            generate=driver.generate), *([live] if live is not None else []))
+        # The reporter evaluates through the driver's supervised generate call, so it is told after the driver exists.
+        reporter = StepReporter(cfg, task=task, tokenizer=tokenizer, prompt_text={q.prompt_id: q.prompt for q in prompts},
+                                metrics_log=metrics_log, bar=bar, evaluator=evaluator, generate=driver.generate)
+        driver.observer = reporter if live is None else StepObservers(reporter, live)
         if live is not None:
             live.watch(driver.loop_state)
         try:

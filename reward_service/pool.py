@@ -312,7 +312,7 @@ class RewardPool:
             raise ScorerStartupError(f"scorer actor {e}", actor=e.actor, cause=e.cause) from e
 
     def _least_loaded(self) -> Supervised:
-        return min(self._slots, key=lambda s: (len(s.calls), s.last_done, self._slots.index(s)))
+        return min(self._slots, key=lambda s: (len(s.calls), s.last_done))  # ties: the first slot
 
     def _dispatch(self, request: _Request, slot: Supervised | None = None) -> None:
         slot = slot or self._least_loaded()
