@@ -21,6 +21,7 @@ Two actor classes serve the two `generation.weight_updates` modes with the same 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Sequence
 
 import ray
@@ -30,7 +31,7 @@ from raylhf.configs.schema import GenerationConfig
 from raylhf.contracts import remote
 from raylhf.contracts.affinity import current_cpus, pin_process
 from raylhf.contracts.model_files import ModelFiles
-from raylhf.contracts.protocols import GenerationRequest, RequestError, SamplingSpec
+from raylhf.contracts.protocols import ActorInfo, GenerationRequest, RequestError, SamplingSpec
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.remote import NamedActor
 from raylhf.contracts.snapshot import WeightSnapshot
@@ -58,19 +59,12 @@ class _Generator:
             cfg, local_dir(checkpoint), seed=seed, trust_remote_code=trust_remote_code, version=version
         )
 
-    def ready(self) -> dict[str, Any]:
+    def ready(self) -> ActorInfo:
         e = self._engine
-        return {
-            "name": self.name,
-            "engine": type(e).__name__,
-            "version": e.version,
-            "pid": os.getpid(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "cpus": current_cpus(),
-            "start_s": e.start_s,
-            "context_len": e.context_len,
-            "vocab_size": e.vocab_size,
-        }
+        return ActorInfo(self.name, os.getpid(), ray.get_runtime_context().get_node_id(), current_cpus(),
+                         socket.gethostname(),
+                         {"engine": type(e).__name__, "version": e.version, "start_s": e.start_s,
+                          "context_len": e.context_len, "vocab_size": e.vocab_size})
 
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingSpec

@@ -150,8 +150,8 @@ class GeneratorService(Protocol):
         """Per-tensor checksums of the weights the engine computes with (read back from it)."""
         ...
 
-    def ready(self) -> dict[str, Any]:
-        """Returns once the engine can generate: name, pid, engine, version."""
+    def ready(self) -> ActorInfo:
+        """Returns once the engine can generate (details: engine, version, context_len, vocab_size, start_s)."""
         ...
 
 
@@ -168,8 +168,8 @@ class LearnerService(Protocol):
         ``(version, ObjectRef)``."""
         ...
 
-    def ready(self) -> dict[str, Any]:
-        """Returns once the models are loaded: name, pid, host and sizes."""
+    def ready(self) -> ActorInfo:
+        """Returns once the models are loaded (details: version, sizes, device)."""
         ...
 
     def save_checkpoint(self, path: str, driver_node_id: str | None = None) -> dict[str, bytes] | None:
@@ -179,6 +179,18 @@ class LearnerService(Protocol):
     def load_checkpoint(self, path: Any) -> int:
         """Restore a checkpoint (a path or `ModelFiles`); returns the restored version."""
         ...
+
+
+@dataclass(frozen=True)
+class ActorInfo:
+    """What every actor's `ready()` answers once it can serve: who it is, where it runs, what it loaded."""
+
+    name: str
+    pid: int
+    node_id: str  # the Ray node it runs on
+    cpus: list[int]  # CPU ids its process may run on (all of the node's unless pinned)
+    host: str = ""
+    details: dict[str, Any] = field(default_factory=dict)  # per kind: engine, version, sizes, threads, ...
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import ray
 
 from raylhf.contracts.affinity import current_cpus, pin_process
 from raylhf.contracts.model_files import ModelFiles, PackedDir, local_dir, pack_dir
+from raylhf.contracts.protocols import ActorInfo
 from raylhf.contracts.records import Rollout
 from raylhf.learners.ppo import PPOLearner
 
@@ -45,11 +46,10 @@ class PPOLearnerActor:
         self.learner = PPOLearner(cfg, local_dir(policy_path), local_dir(value_path), **run_values)
         self._published: collections.deque = collections.deque(maxlen=KEEP_SNAPSHOTS)
 
-    def ready(self) -> dict[str, Any]:
+    def ready(self) -> ActorInfo:
         """Where the actor runs and what it holds; returns once the models are loaded."""
-        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
-                "node_id": ray.get_runtime_context().get_node_id(), "cpus": current_cpus(),
-                **self.learner.describe()}
+        return ActorInfo(self.name, os.getpid(), ray.get_runtime_context().get_node_id(), current_cpus(),
+                         socket.gethostname(), self.learner.describe())
 
     def version(self) -> int:
         return self.learner.version

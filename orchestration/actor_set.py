@@ -21,7 +21,7 @@ from raylhf.configs.loader import ConfigError
 from raylhf.configs.schema import RunConfig
 from raylhf.contracts import remote
 from raylhf.contracts.model_files import ModelFiles, share_dir
-from raylhf.contracts.protocols import ScoringPool
+from raylhf.contracts.protocols import ActorInfo, ScoringPool
 from raylhf.contracts.remote import ActorFailure, NamedActor
 from raylhf.contracts.supervision import FaultLog
 from raylhf.learners.models import pick_device
@@ -86,9 +86,9 @@ class PPOActors:
         self.pool = RewardPool(cfg.reward, rm_path=self.rm_files, ref_path=self.ref_files,
                                trust_remote_code=cfg.trust_remote_code, rejects_path=self.rejects_path,
                                supervision=cfg.supervision.policy("scorer"), faults=self.faults)
-        self.learner_info = self._retrying("learner", self._learner_ready, "learner", again=self._restart_learner)
+        self._retrying("learner", self._learner_ready, "learner", again=self._restart_learner)
 
-    def _learner_ready(self) -> dict[str, Any]:
+    def _learner_ready(self) -> ActorInfo:
         return remote.get(self.learner.handle.ready.remote(), actor=self.learner.name, what="start",
                           timeout_s=self.cfg.supervision.policy("learner").startup_timeout_s)
 
@@ -118,7 +118,7 @@ class PPOActors:
         infos = remote.get_all([a.handle.ready.remote() for a in actors], [a.name for a in actors], "ready",
                                self.cfg.supervision.policy("learner").call_timeout_s)
         infos = [*infos, *self.pool.actor_info]
-        return ({i["name"]: i["node_id"] for i in infos if i}, {i["name"]: i.get("cpus", []) for i in infos if i})
+        return {i.name: i.node_id for i in infos}, {i.name: i.cpus for i in infos}
 
     def spawn_learner(self) -> NamedActor:
         """A new learner on the initial checkpoints (not waited for: calls on it run once it has loaded)."""

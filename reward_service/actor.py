@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import ray
 import torch
@@ -13,6 +13,7 @@ import torch
 from raylhf.configs.schema import RewardConfig
 from raylhf.contracts.affinity import current_cpus, pin_process
 from raylhf.contracts.model_files import ModelFiles, local_dir
+from raylhf.contracts.protocols import ActorInfo
 from raylhf.contracts.records import Rollout
 from raylhf.reward_service.rejects import Reject
 from raylhf.reward_service.scorer import RewardScorer
@@ -59,10 +60,9 @@ class ScorerActor:
         )
         self.requests = 0
 
-    def ready(self) -> dict[str, Any]:
-        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
-                "node_id": ray.get_runtime_context().get_node_id(), "cpus": current_cpus(),
-                **self.scorer.describe()}
+    def ready(self) -> ActorInfo:
+        return ActorInfo(self.name, os.getpid(), ray.get_runtime_context().get_node_id(), current_cpus(),
+                         socket.gethostname(), self.scorer.describe())
 
     def score(self, rollouts: Sequence[Rollout]) -> tuple[list[Rollout], list[Reject]]:
         """(scored rollouts in request order, quarantined rollouts): `RewardScorer.score_with_rejects`."""

@@ -62,7 +62,7 @@ from typing import Any, Sequence
 from raylhf.configs.schema import RewardConfig, SupervisionConfig
 from raylhf.contracts import remote
 from raylhf.contracts.model_files import ModelFiles, share_dir
-from raylhf.contracts.protocols import PoolStats, ScorerStats
+from raylhf.contracts.protocols import ActorInfo, PoolStats, ScorerStats
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.remote import ActorFailure, NamedActor, get_all
 from raylhf.contracts.supervision import FaultLog, Supervised, SupervisionPolicy
@@ -304,7 +304,7 @@ class RewardPool:
             label, self.cfg.model_copy(update={"rm_path": None, "ref_path": None}), **self._actor_args
         )
 
-    def _await_ready(self, labels: list[str], handles: list[Any]) -> list[dict[str, Any]]:
+    def _await_ready(self, labels: list[str], handles: list[Any]) -> list[ActorInfo]:
         """Each actor's `ready()` info once its models are loaded; `ScorerStartupError` otherwise."""
         try:
             return get_all([h.ready.remote() for h in handles], labels, "model loading", self.policy.startup_timeout_s)

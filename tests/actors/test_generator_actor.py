@@ -46,7 +46,8 @@ def responses(ray, actor, timeout=120):
 
 def test_actor_starts_from_config_and_generates(ray_session, generator):
     info = ray_session.get(generator.ready.remote(), timeout=60)
-    assert info["engine"] == "VLLMEngine" and info["version"] == 0 and info["context_len"] == 256
+    assert info.details["engine"] == "VLLMEngine" and info.details["version"] == 0
+    assert info.details["context_len"] == 256
     results = responses(ray_session, generator)
     assert all(len(r) == 1 and r[0].policy_version == 0 and len(r[0].response_ids) == 12 for r in results)
 
@@ -153,7 +154,7 @@ def test_hf_engine_actor_matches_vllm_actor(ray_session, generator, tiny_checkpo
     hf = named.handle
     try:
         info = ray_session.get(hf.ready.remote(), timeout=60)
-        assert info["engine"] == "HFEngine"
+        assert info.details["engine"] == "HFEngine"
         ray_session.get(hf.load_weights.remote(dataclasses.replace(base_snapshot, version=40)), timeout=60)
         a = responses(ray_session, generator)
         b = responses(ray_session, hf)

@@ -437,7 +437,7 @@ def test_ray_actor_trains_and_publishes(ray_session, tiny_checkpoint, value_zero
                                                          device="cpu", torch_threads=1)
     try:
         info = ray.get(actor.ready.remote(), timeout=120)
-        assert info["name"] == "learner-test" and info["version"] == 0
+        assert info.name == "learner-test" and info.details["version"] == 0
         metrics = ray.get(actor.train_step.remote(mixed_batch(4, seed=5)), timeout=120)
         assert metrics["optimizer_steps"] == 1
         refs = []

@@ -3,6 +3,7 @@ test_pipeline.py)."""
 
 import json
 import math
+import os
 import time
 import uuid
 from pathlib import Path
@@ -13,7 +14,7 @@ from raylhf.configs.schema import PPOConfig, SupervisionConfig
 from raylhf.contracts import remote
 from raylhf.contracts.local_actor import LocalActor
 from raylhf.contracts.model_files import local_dir
-from raylhf.contracts.protocols import (GenerationRequest, GeneratorService, LearnerService, PoolStats, RequestError,
+from raylhf.contracts.protocols import (ActorInfo, GenerationRequest, GeneratorService, LearnerService, PoolStats, RequestError,
                                         SamplingSpec, ScoringPool)
 from raylhf.contracts.records import Prompt, Rollout
 from raylhf.contracts.remote import ActorFailure, NamedActor
@@ -39,9 +40,7 @@ class FakeGenerator:
         self.loads, self.hang_load_after = 0, hang_load_after
 
     def ready(self):
-        import os
-
-        return {"pid": os.getpid()}
+        return ActorInfo("generator", os.getpid(), "local", [])
 
     def generate(self, requests, sampling):
         self.calls += 1
@@ -81,9 +80,7 @@ class FakeLearner:
         self._refs = []
 
     def ready(self):
-        import os
-
-        return {"pid": os.getpid()}
+        return ActorInfo("learner", os.getpid(), "local", [])
 
     def train_step(self, rollouts):
         self.steps += 1

@@ -118,7 +118,7 @@ def test_scores_equal_a_direct_model_call_in_order_across_actors(pool, make_roll
     check(pool.score(rollouts), rollouts)  # 5 requests of 8 over 2 actors
     after = pool.stats().actors
     assert all(after[name].completed > before[name] for name in before), "both actors took part"
-    assert pool.actor_info[0]["threads"] == 1 and pool.actor_info[0]["ref"] == "LlamaForCausalLM"
+    assert pool.actor_info[0].details["threads"] == 1 and pool.actor_info[0].details["ref"] == "LlamaForCausalLM"
 
 
 def test_submit_ready_matches_results_to_requests_and_applies_backpressure(pool, make_rollouts, check):
