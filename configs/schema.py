@@ -99,6 +99,27 @@ class RunConfig(Section):
                      f"reward.num_actors x reward.num_cpus + ppo.num_cpus = {g.num_generators} x {g.num_cpus:g} + "
                      f"{r.num_actors} x {r.num_cpus:g} + {p.num_cpus:g}) but the local Ray has {have} ({source}); "
                      "lower those, or join a cluster with ray.address")
+        if self.task.name == "none":
+            _check_taskless(self, fail)
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self
+
+
+def _check_taskless(cfg: RunConfig, fail) -> None:
+    """A run without a task reads everything from files: name each missing one at its key."""
+    needs = {("data", "prompts", "train"): cfg.data.prompts.train,
+             ("data", "prompts", "heldout"): cfg.data.prompts.heldout,
+             ("model", "path"): cfg.model.path,
+             ("data", "demonstrations"): cfg.data.demonstrations}
+    if cfg.reward.rm_path is None:
+        needs[("data", "comparisons")] = cfg.data.comparisons
+    for loc, value in needs.items():
+        if value is None:
+            fail(loc, value, "must be set when task.name is none (there is no task to write it)")
+    if cfg.iterate.rounds > 0:
+        fail(("iterate", "rounds"), cfg.iterate.rounds,
+             "must be 0 when task.name is none: an iteration round ranks new samples and there is no labeler")
+    if cfg.eval.judge == "labeler":
+        fail(("eval", "judge"), cfg.eval.judge, "task.name is none, so there is no task labeler; use rm, auto or "
+                                                 "a ranker by import path")

@@ -1,11 +1,14 @@
 """Read and write records as JSONL or Parquet, validating every row.
 
-A bad row is reported with its file, line (JSONL, 1-based) or row (Parquet, 0-based) and the
-reason. With `on_bad_rows="error"` the first bad row raises `DataError`; with `"skip"` bad rows
-are counted and logged and every valid row is kept. Besides the record contract, a row is bad when
-its prompt id repeats an earlier row's in a prompts file (the first is kept) or when the caller's
-`check` (e.g. a token-length limit only the stage with the tokenizer knows) names a reason. A file
-without a single valid row is a `DataError` under either policy.
+Rows may come in the shapes other tools use (TRL, verl, chat datasets) and under the user's column names;
+`row_shapes.normalise_row` turns each into the native row of its record first. A bad row is reported
+with its file, line (JSONL, 1-based) or row (Parquet, 0-based) and the reason, `field '<name>': <reason>`
+for a field (the name as the user's file spells it). With `on_bad_rows="error"` the first bad row raises
+`DataError`; with `"skip"` bad rows are counted, in total and per reason (`ReadReport.by_reason`), and
+logged, and every valid row is kept. Besides the record contract, a row is bad when its prompt id repeats an
+earlier row's in a prompts file (the first is kept) or when the caller's `check` (e.g. a token-length limit
+only the stage with the tokenizer knows) names a reason. A file without a single valid row is a
+`DataError` under either policy.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, TypeVar
+from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raylhf.contracts.records import MAX_RESPONSES, MIN_RESPONSES, Comparison, Prompt, Rollout, record_fields, to_row
+from raylhf.contracts.records import Prompt, Rollout, record_fields, to_row
+from raylhf.contracts.row_shapes import RowError, check_columns, normalise_row
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,15 @@ class ReadReport:
     n_rows: int = 0
     n_bad: int = 0
     errors: list[str] = field(default_factory=list)  # the first few skipped rows, for the log
+    # skipped rows per reason, keyed without row-specific values: "field 'ranking': not a permutation",
+    # "duplicate prompt_id", "invalid JSON", or a `check` reason with its numbers as N
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line: what was kept and skipped, and the skipped rows per reason (most frequent first)."""
+        reasons = sorted(self.by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+        counts = "; ".join(f"{n} x {reason}" for reason, n in reasons)
+        return f"{self.path}: skipped {self.n_bad} bad rows, kept {self.n_rows}" + (f": {counts}" if counts else "")
 
 
 _MAX_LOGGED_ERRORS = 10
@@ -62,73 +76,71 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
     if value is None:
         if optional:
             return
-        raise ValueError(f"field '{name}': must not be null")
+        raise RowError(name, "must not be null")
     if base == "str":
         ok = isinstance(value, str)
     elif base == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif base == "float":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif base.startswith("dict["):
+        # dict[str, str] only: the {role, content} turns of a conversation
+        ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     elif base.startswith("list["):
         inner = base[5:-1]
         if not isinstance(value, list):
-            raise ValueError(f"field '{name}': expected a list of {inner}, got {_type_name(value)}")
+            raise RowError(name, f"expected a list of {inner}, got {_type_name(value)}", "wrong type")
         for i, item in enumerate(value):
-            try:
-                _check_type(f"{name}[{i}]", item, inner)
-            except ValueError as e:
-                raise ValueError(str(e)) from None
+            _check_type(f"{name}[{i}]", item, inner)
         return
     else:  # pragma: no cover - a record declared a type this reader does not know
         raise TypeError(f"unsupported annotation {annotation!r}")
     if not ok:
-        raise ValueError(f"field '{name}': expected {base}, got {_type_name(value)}")
+        raise RowError(name, f"expected {base}, got {_type_name(value)}", "wrong type")
 
 
-def parse_record(record_type: type[R], row: Any, max_prompt_chars: int | None = None) -> R:
-    """Validate a decoded row (a dict) and build the record. Raises ValueError with the reason."""
+def parse_record(record_type: type[R], row: Any, max_prompt_chars: int | None = None,
+                 columns: Mapping[str, str] | None = None) -> R:
+    """Validate a decoded row (a dict in any shape `row_shapes` accepts) and build the record.
+
+    Raises ValueError (a `RowError` for a field) with the reason."""
     if not isinstance(row, dict):
-        raise ValueError(f"expected a JSON object, got {_type_name(row)}")
+        error = ValueError(f"expected a JSON object, got {_type_name(row)}")
+        error.category = "expected a JSON object"  # type: ignore[attr-defined]
+        raise error
+    native = normalise_row(record_type, row, columns, max_prompt_chars)
     kwargs = {}
     for f in record_fields(record_type):
-        if f.name not in row:
+        if f.name not in native:
             if f.default is not dataclasses.MISSING:
                 continue  # optional field, the record's default applies
-            raise ValueError(f"missing field '{f.name}'")
-        _check_type(f.name, row[f.name], str(f.type))
-        kwargs[f.name] = row[f.name]
+            raise RowError(f.name, "missing")
+        _check_type(f.name, native[f.name], str(f.type))
+        kwargs[f.name] = native[f.name]
     record = record_type(**kwargs)
-    _check_semantics(record, max_prompt_chars)
+    if isinstance(record, Rollout):
+        _check_rollout(record)
     return record
 
 
-def _check_semantics(record: Any, max_prompt_chars: int | None) -> None:
-    prompt = getattr(record, "prompt", None)
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise ValueError("field 'prompt': empty prompt")
-        if max_prompt_chars is not None and len(prompt) > max_prompt_chars:
-            raise ValueError(
-                f"field 'prompt': {len(prompt)} characters, longer than the limit of {max_prompt_chars} "
-                "(data.max_prompt_chars)"
-            )
-    if isinstance(record, Comparison):
-        k = len(record.responses)
-        if not MIN_RESPONSES <= k <= MAX_RESPONSES:
-            raise ValueError(f"field 'responses': K={k} responses, must be {MIN_RESPONSES}..{MAX_RESPONSES}")
-        if sorted(record.ranking) != list(range(k)):
-            raise ValueError(f"field 'ranking': {record.ranking} is not a permutation of 0..{k - 1}")
-    if isinstance(record, Rollout):
-        if not record.prompt_ids:
-            raise ValueError("field 'prompt_ids': empty prompt")
-        if len(record.logprobs) != len(record.response_ids):
-            raise ValueError(
-                f"field 'logprobs': {len(record.logprobs)} values for {len(record.response_ids)} response tokens"
-            )
-        if record.ref_logprobs is not None and len(record.ref_logprobs) != len(record.response_ids):
-            raise ValueError(
-                f"field 'ref_logprobs': {len(record.ref_logprobs)} values for {len(record.response_ids)} response tokens"
-            )
+def _check_rollout(record: Rollout) -> None:
+    if not record.prompt_ids:
+        raise RowError("prompt_ids", "empty prompt")
+    for name in ("logprobs", "ref_logprobs"):
+        values = getattr(record, name)
+        if values is not None and len(values) != len(record.response_ids):
+            raise RowError(name, f"{len(values)} values for {len(record.response_ids)} response tokens",
+                           "not one value per response token")
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _category(reason: str, error: BaseException | None = None) -> str:
+    """The key a skipped row is counted under: a `RowError`'s category, else the reason with its numbers
+    replaced by N (a caller's `check` says "... 300 tokens, more than ... 256 tokens")."""
+    category = getattr(error, "category", None)
+    return category if category is not None else _NUMBER.sub("N", reason)
 
 
 def _fmt(path: Path) -> str:
@@ -147,14 +159,14 @@ def _iter_jsonl(path: Path):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield where, None, f"invalid UTF-8 at byte {e.start}"
+                yield where, None, (f"invalid UTF-8 at byte {e.start}", "invalid UTF-8")
                 continue
             if not text.strip():
                 continue
             try:
                 yield where, json.loads(text), None
             except json.JSONDecodeError as e:
-                yield where, None, f"invalid JSON: {e.msg} (column {e.colno})"
+                yield where, None, (f"invalid JSON: {e.msg} (column {e.colno})", "invalid JSON")
 
 
 def _iter_parquet(path: Path):
@@ -172,11 +184,15 @@ def read_records(
     on_bad_rows: BadRowPolicy = "error",
     max_prompt_chars: int | None = None,
     check: Callable[[R], str | None] | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> tuple[list[R], ReadReport]:
     """Read a JSONL or Parquet file of `record_type` rows; see the module docstring for bad rows.
 
-    `check(record)` returns why a parsed record is bad, or None when it is good.
+    `check(record)` returns why a parsed record is bad, or None when it is good. `columns` maps a canonical
+    key (`row_shapes.CANONICAL_KEYS`) to the file's column name, e.g. `{"prompt": "question"}`; a bad
+    mapping is a ValueError before the file is opened.
     """
+    columns = check_columns(columns)
     path = Path(path)
     if not path.exists():
         raise DataError(path, "", "file not found")
@@ -185,26 +201,32 @@ def read_records(
     report = ReadReport(path=str(path))
     records: list[R] = []
     first_seen: dict[str, str] = {}  # prompt id -> where it first occurred (prompts files)
+    id_column = columns.get("prompt_id", "prompt_id")
     rows = _iter_jsonl(path) if _fmt(path) == "jsonl" else _iter_parquet(path)
     for where, row, decode_error in rows:
-        reason = decode_error
+        reason, category = decode_error if decode_error is not None else (None, None)
         if reason is None:
             try:
-                record = parse_record(record_type, row, max_prompt_chars)
+                record = parse_record(record_type, row, max_prompt_chars, columns)
                 reason = check(record) if check is not None else None
                 if reason is None and record_type is Prompt:
                     if record.prompt_id in first_seen:
                         reason = f"duplicate prompt_id {record.prompt_id!r} (first at {first_seen[record.prompt_id]})"
+                        if id_column not in row and "prompt_id" not in row:
+                            reason += "; the file has no prompt ids and the id hashes the prompt: the prompt repeats"
+                        category = "duplicate prompt_id"
                     else:
                         first_seen[record.prompt_id] = where
             except ValueError as e:
-                reason = str(e)
+                reason, category = str(e), _category(str(e), e)
             if reason is None:
                 records.append(record)
                 continue
         if on_bad_rows == "error":
             raise DataError(path, where, reason)
         report.n_bad += 1
+        key = category or _category(reason)
+        report.by_reason[key] = report.by_reason.get(key, 0) + 1
         if len(report.errors) < _MAX_LOGGED_ERRORS:
             report.errors.append(f"{path}:{where}: {reason}")
     report.n_rows = len(records)
@@ -231,8 +253,7 @@ def _log_skipped(path: Path, report: ReadReport) -> None:
     if key in _logged_skips:
         return
     _logged_skips.add(key)
-    log.warning("%s: skipped %d bad rows, kept %d (data.on_bad_rows=skip). First: %s",
-                path, report.n_bad, report.n_rows, "; ".join(report.errors[:3]))
+    log.warning("%s (data.on_bad_rows=skip). First: %s", report.summary(), "; ".join(report.errors[:3]))
 
 
 def write_records(path: str | os.PathLike, records: Sequence[Any], record_type: type | None = None) -> Path:

@@ -17,6 +17,9 @@ import pyarrow as pa
 MIN_RESPONSES = 2
 MAX_RESPONSES = 9
 
+# A conversation as {role, content} turns (roles system, user, assistant), on disk and in memory.
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
 
 @dataclass
 class Prompt:
@@ -24,9 +27,16 @@ class Prompt:
 
     prompt_id: str
     prompt: str
+    # the conversation before the response as {role, content} turns (roles system, user, assistant), ending
+    # with a user turn, whose content is `prompt`; None: `prompt` is the whole prompt text
+    messages: list[dict[str, str]] | None = None
 
     SCHEMA: ClassVar[pa.Schema] = pa.schema(
-        [pa.field("prompt_id", pa.string(), nullable=False), pa.field("prompt", pa.string(), nullable=False)]
+        [
+            pa.field("prompt_id", pa.string(), nullable=False),
+            pa.field("prompt", pa.string(), nullable=False),
+            pa.field("messages", MESSAGES_TYPE, nullable=True),
+        ]
     )
 
 
@@ -37,12 +47,16 @@ class Demonstration:
     prompt_id: str
     prompt: str
     response: str
+    # the conversation before the response as {role, content} turns (roles system, user, assistant), ending
+    # with a user turn, whose content is `prompt`; None: `prompt` is the whole prompt text
+    messages: list[dict[str, str]] | None = None
 
     SCHEMA: ClassVar[pa.Schema] = pa.schema(
         [
             pa.field("prompt_id", pa.string(), nullable=False),
             pa.field("prompt", pa.string(), nullable=False),
             pa.field("response", pa.string(), nullable=False),
+            pa.field("messages", MESSAGES_TYPE, nullable=True),
         ]
     )
 
@@ -62,6 +76,9 @@ class Comparison:
     ranking: list[int]  # [K], best -> worst
     round: int = 0  # iteration round that collected the row (0: the first reward model's data)
     source: str = ""  # policies the responses were sampled from, "+"-joined (e.g. "round0+sft"); "seed": written by the task
+    # the conversation before the response as {role, content} turns (roles system, user, assistant), ending
+    # with a user turn, whose content is `prompt`; None: `prompt` is the whole prompt text
+    messages: list[dict[str, str]] | None = None
 
     SCHEMA: ClassVar[pa.Schema] = pa.schema(
         [
@@ -71,6 +88,7 @@ class Comparison:
             pa.field("ranking", pa.list_(pa.int32()), nullable=False),
             pa.field("round", pa.int32(), nullable=False),
             pa.field("source", pa.string(), nullable=False),
+            pa.field("messages", MESSAGES_TYPE, nullable=True),
         ]
     )
 
@@ -167,6 +185,7 @@ __all__ = [
     "RECORD_TYPES",
     "MIN_RESPONSES",
     "MAX_RESPONSES",
+    "MESSAGES_TYPE",
     "to_row",
     "record_fields",
 ]

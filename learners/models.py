@@ -55,16 +55,27 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """Train a byte-level BPE tokenizer and save it in HF format. Returns the HF tokenizer."""
-    from tokenizers import ByteLevelBPETokenizer  # deferred: this module stays light for the command line
-    from transformers import PreTrainedTokenizerFast  # deferred: this module stays light for the command line
+def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,
+                    chat_template: str | None = None) -> PreTrainedTokenizerBase:
+    """Train a byte-level BPE tokenizer and save it in HF format. Returns the HF tokenizer.
+
+    It adds BOS when it encodes text (`tokenizer(text)`), as training prepends it, so a checkpoint given plain
+    text in transformers or `vllm serve` sees the ids it was trained on; `chat_template` (Jinja) is saved with it."""
+    # deferred: this module stays light for the command line
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=2, special_tokens=[PAD, BOS, EOS])
+    backend = bpe._tokenizer
+    bos_id = backend.token_to_id(BOS)
+    backend.post_processor = TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="right"
+        tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="right"
     )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(out_dir)
     return tokenizer
 

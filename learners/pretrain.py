@@ -20,9 +20,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from raylhf.configs.schema import PretrainConfig
 
 
-def pack_documents(docs: Sequence[Sequence[int]], bos_id: int, eos_id: int) -> np.ndarray:
-    """One token stream `[BOS] doc [EOS] [BOS] doc [EOS] ...` (int32 [N])."""
-    parts = [np.asarray([bos_id, *d, eos_id], dtype=np.int32) for d in docs]
+def pack_documents(docs: Sequence[Sequence[int]], bos_id: int | None, eos_id: int) -> np.ndarray:
+    """One token stream `[BOS] doc [EOS] [BOS] doc [EOS] ...` (int32 [N]); without a BOS token (Qwen2)
+    documents are separated by EOS alone. A tokenizer whose BOS is its EOS (GPT-2) writes it once between
+    documents."""
+    head = [] if bos_id is None or bos_id == eos_id else [bos_id]
+    parts = [np.asarray([*head, *d, eos_id], dtype=np.int32) for d in docs]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 

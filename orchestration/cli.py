@@ -44,9 +44,17 @@ output:
 """
 
 
+# Column-name flags: `--prompt-key question` is `data.columns.prompt=question`.
+COLUMN_FLAGS = ("prompt_id", "prompt", "response", "messages", "chosen", "rejected", "responses", "ranking", "text")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_PRESET,
                         help=f"preset ({', '.join(preset_names())}) or path to a YAML config (default: {DEFAULT_PRESET})")
+    columns = parser.add_argument_group("column names of your data files (data.columns.*)")
+    for key in COLUMN_FLAGS:
+        columns.add_argument(f"--{key.replace('_', '-')}-key", dest=f"column_{key}", metavar="NAME",
+                             help=f"column holding `{key}`")
     # default=[]: without one argparse counts the overrides as required when the command's other
     # positional (`data demo`) is missing, and names both in the error.
     parser.add_argument("overrides", nargs="*", default=[], metavar="key.path=value", help="config overrides")
@@ -278,14 +286,16 @@ def _dispatch(args) -> int:
     # --address before validation: on a cluster the local CPU count does not bound the actors.
     address = [f"ray.address={args.address}"] if getattr(args, "address", None) else []
     rounds = [f"iterate.rounds={args.rounds}"] if getattr(args, "rounds", None) is not None else []
-    cfg = load_config(args.config, [*args.overrides, *address, *rounds])
+    columns = [f"data.columns.{key}={getattr(args, 'column_' + key)}" for key in COLUMN_FLAGS
+               if getattr(args, "column_" + key, None)]
+    cfg = load_config(args.config, [*args.overrides, *address, *rounds, *columns])
     from raylhf.orchestration import preflight  # pulls pyarrow: not loaded for --help or `raylhf config`
 
     preflight.check_output_dir(cfg)
     storage = RunStorage.resolve(cfg.output_dir, cfg.name, cfg.staging_dir)
     storage.pull()  # a run kept at a URI continues from what is there
     try:
-        return _run_command(args, cfg, RunPaths(storage.root, sync=storage.push), storage)
+        return _run_command(args, cfg, RunPaths.for_config(storage.root, cfg, sync=storage.push), storage)
     finally:
         storage.push()  # also when the command failed: a later --resume continues from here
 
@@ -319,7 +329,7 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
         key = "--policy" if args.policy else "collect.policies"
         policies = {p: stages.resolve_policy(paths, p, key) for p in (args.policy or cfg.collect.policies)}
         prompts = args.prompts or paths.prompts("train")
-        seed_comparisons = paths.data / "demo_comparisons.jsonl" if cfg.collect.include_seed_comparisons else None
+        seed_comparisons = paths.seed_comparisons if cfg.collect.include_seed_comparisons else None
         preflight.check_collect_inputs(cfg, policies, prompts, seed_comparisons)
         _start(cfg, paths)
         plan = collect_stage.first_round_plan(cfg, policies, prompts, args.out or paths.comparisons, seed_comparisons)
@@ -354,6 +364,7 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
         from raylhf.orchestration.pipeline import run_pipeline  # every stage's modules: only for a whole run
 
         preflight.check_iterate_prompts(cfg)
+        preflight.check_run_inputs(cfg, paths)
         _start(cfg, paths)
         t0 = time.time()
         run_pipeline(cfg, paths, report=_report)

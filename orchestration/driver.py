@@ -41,7 +41,6 @@ from typing import Any, Sequence
 
 from raylhf.configs.schema import PPOConfig, SupervisionConfig
 from raylhf.contracts import remote
-from raylhf.contracts.formatting import encode_prompt
 from raylhf.contracts.protocols import GenerationRequest, GeneratorService, LearnerService, SamplingSpec, ScoringPool
 from raylhf.contracts.records import Rollout
 from raylhf.contracts.remote import ActorFailure, NamedActor
@@ -89,7 +88,7 @@ class PPODriver:
         generators: generator actors serving `GeneratorService`.
         learner: the learner actor serving `LearnerService`.
         pool: the scoring pool (it supervises its own scorers, into the same `faults`).
-        tokenizer: encodes prompts (`encode_prompt`).
+        prompt_format: renders prompts to token ids (`contracts.formatting.PromptFormat`).
         cursor: where the prompts come from.
         sampling: how generators sample (its seed is varied per epoch of the cursor).
         in_flight: generate calls each generator keeps queued (`generation.in_flight`).
@@ -104,7 +103,7 @@ class PPODriver:
 
     def __init__(self, cfg: PPOConfig, supervision: SupervisionConfig, *,
                  generators: Sequence[NamedActor[GeneratorService]], learner: NamedActor[LearnerService],
-                 pool: ScoringPool, tokenizer: Any, cursor: PromptCursor, sampling: SamplingSpec, in_flight: int,
+                 pool: ScoringPool, prompt_format: Any, cursor: PromptCursor, sampling: SamplingSpec, in_flight: int,
                  observer: StepObserver | None = None, checkpoint: PPOCheckpoint | None = None,
                  factory: ActorFactory | None = None, faults: FaultLog | None = None, resume: bool = False,
                  weight_updates: str = "between_calls"):
@@ -116,7 +115,7 @@ class PPODriver:
         self.learner = Supervised("learner", factory.spawn_learner if factory else None,
                                   supervision.policy("learner"), self.faults, actor=learner,
                                   progress=frozenset({"train_step"}))
-        self.tokenizer, self.cursor, self.sampling, self.in_flight = tokenizer, cursor, sampling, in_flight
+        self.prompt_format, self.cursor, self.sampling, self.in_flight = prompt_format, cursor, sampling, in_flight
         self.observer = observer or SilentObserver()
         self.checkpoint, self.resume = checkpoint, resume
         self.ledger = SampleLedger(sampling.n)
@@ -280,7 +279,7 @@ class PPODriver:
             sampling = None
             if d.epoch > 0 and self.sampling.seed is not None:
                 sampling = dataclasses.replace(self.sampling, seed=epoch_seed(self.sampling.seed, d.epoch))
-            out.append(GenerationRequest(d.prompt.prompt_id, tuple(encode_prompt(self.tokenizer, d.prompt.prompt)),
+            out.append(GenerationRequest(d.prompt.prompt_id, tuple(self.prompt_format.prompt_ids(d.prompt)),
                                          sampling))
         return out
 

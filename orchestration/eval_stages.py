@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,10 +18,10 @@ import torch
 from raylhf.actors.sampling import sampling_spec
 from raylhf.configs.loader import ConfigError
 from raylhf.configs.schema import RunConfig
-from raylhf.contracts.formatting import encode_prompt, encode_response
+from raylhf.contracts.formatting import PromptFormat
 from raylhf.contracts.protocols import ContrastingTask, Labeler, Task
 from raylhf.contracts.records import Comparison, Document, Prompt
-from raylhf.learners.models import is_checkpoint, load_causal_lm, load_tokenizer
+from raylhf.learners.models import is_checkpoint, load_causal_lm
 from raylhf.learners.pretrain import evaluate_lm, pack_documents
 from raylhf.learners.reward_model import load_reward_model, score_sequences
 from raylhf.learners.sft import response_logprobs
@@ -35,13 +35,10 @@ from raylhf.orchestration.evaluation import (
     win_rate,
 )
 from raylhf.orchestration.paths import RunPaths
-from raylhf.orchestration.preflight import read_data
+from raylhf.orchestration.preflight import load_format, read_data
 from raylhf.orchestration.sample_and_rank import rank_into_comparisons, sample_sources, sample_splits
 from raylhf.orchestration.stages import comparison_groups, resolve_policy, setup_torch
 from raylhf.tasks import load_task
-
-if TYPE_CHECKING:  # pragma: no cover  (annotations only: transformers takes a second to import)
-    from transformers import PreTrainedTokenizerBase
 
 
 def eval_policies(paths: RunPaths, specs: list[str] | None) -> dict[str, Path]:
@@ -75,7 +72,7 @@ def stage_rm_eval(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path
     device, bf16 = setup_torch(cfg)
     task = load_task(cfg.task)
     labeler = task.labeler(cfg.collect.labeler_seed)
-    tokenizer = load_tokenizer(sft_path, cfg.trust_remote_code, key="--sft")
+    fmt = load_format(cfg, sft_path, key="--sft")
     sft = load_causal_lm(sft_path, cfg.device, cfg.trust_remote_code, key="--sft")
     rms = {"rm": load_reward_model(rm_path, cfg.device, cfg.trust_remote_code, key="--rm")}
     if current is not None and previous_rm is not None:
@@ -92,17 +89,17 @@ def stage_rm_eval(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path
         offset = 0
         for split, prompts in by_split.items():
             pooled, offset = pooled_all[offset : offset + len(prompts)], offset + len(prompts)
-            out[split] = _rm_accuracies(task, labeler, tokenizer, sft, scorers, prompts, pooled, k, device)
+            out[split] = _rm_accuracies(task, labeler, fmt, sft, scorers, prompts, pooled, k, device)
     summary["seconds"] = time.time() - t0
     return summary
 
 
-def _rm_accuracies(task: Task, labeler: Labeler, tokenizer: PreTrainedTokenizerBase, sft: torch.nn.Module,
+def _rm_accuracies(task: Task, labeler: Labeler, fmt: PromptFormat, sft: torch.nn.Module,
                    rms: dict[str, torch.nn.Module], prompts: list[Prompt], responses: list[list[str]], k: int,
                    device: torch.device) -> dict[str, Any]:
     """Pairwise accuracies of the reward models `rms`, the ceiling and the SFT log-prob on the labeler's
     rankings of `responses` (K per prompt): overall, on equal-length pairs, per kind of contrast."""
-    return pair_accuracies(task, score_pairs(task, labeler, tokenizer, sft, rms, prompts, responses, k, device))
+    return pair_accuracies(task, score_pairs(task, labeler, fmt, sft, rms, prompts, responses, k, device))
 
 
 @dataclasses.dataclass
@@ -126,29 +123,28 @@ class ScoredPairs:
         """Indices into `ranked` of the pairs whose two responses have the same token length."""
         return [i for i, (g, w, l) in enumerate(ranked) if self.lengths[g][w] == self.lengths[g][l]]
 
-    def add_reward_model(self, name: str, rm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
-                         device: torch.device) -> None:
+    def add_reward_model(self, name: str, rm: torch.nn.Module, fmt: PromptFormat, device: torch.device) -> None:
         """Score every response with the reward model `rm`, as scorer `name`."""
-        seqs = [seq for g in comparison_groups(tokenizer, self.comparisons) for seq in g[0]]
-        flat = score_sequences(rm, seqs, tokenizer.pad_token_id, device)
+        seqs = [seq for g in comparison_groups(fmt, self.comparisons) for seq in g[0]]
+        flat = score_sequences(rm, seqs, fmt.tokenizer.pad_token_id, device)
         self.scores[name] = split_by_group(flat, [len(c.responses) for c in self.comparisons])
 
 
-def score_pairs(task: Task, labeler: Labeler, tokenizer: PreTrainedTokenizerBase, sft: torch.nn.Module,
+def score_pairs(task: Task, labeler: Labeler, fmt: PromptFormat, sft: torch.nn.Module,
                 rms: dict[str, torch.nn.Module], prompts: list[Prompt], responses: list[list[str]], k: int,
                 device: torch.device) -> ScoredPairs:
     """Rank `responses` (up to K distinct per prompt) with `labeler` and score them with the reward models
     `rms`, the ceiling (`ceiling`: the task's noiseless utility) and the SFT log-prob (`sft_logprob`)."""
     comparisons = rank_into_comparisons(prompts, responses, labeler, k)
     sizes = [len(c.responses) for c in comparisons]
-    pairs = [(encode_prompt(tokenizer, c.prompt), encode_response(tokenizer, r))
-             for c in comparisons for r in c.responses]
+    pairs = [(fmt.prompt_ids(c), fmt.response_ids(r)) for c in comparisons for r in c.responses]
     scored = ScoredPairs(comparisons, {}, split_by_group([len(r) for _, r in pairs], sizes))
     for name, rm in rms.items():
-        scored.add_reward_model(name, rm, tokenizer, device)
+        scored.add_reward_model(name, rm, fmt, device)
     scored.scores["ceiling"] = split_by_group([task.utility(c.prompt, r) for c in comparisons for r in c.responses],
                                               sizes)
-    scored.scores["sft_logprob"] = split_by_group(response_logprobs(sft, pairs, tokenizer.pad_token_id, device), sizes)
+    scored.scores["sft_logprob"] = split_by_group(response_logprobs(sft, pairs, fmt.tokenizer.pad_token_id, device),
+                                                  sizes)
     return scored
 
 
@@ -181,36 +177,35 @@ def stage_eval(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_pa
     t0 = time.time()
     device, bf16 = setup_torch(cfg)
     task = load_task(cfg.task)
-    labeler = task.labeler(cfg.eval.labeler_seed)
+    labeler = task.labeler(cfg.eval.labeler_seed) if task is not None else None  # no task: no ground truth
     spec = dataclasses.replace(sampling_spec(cfg.generation, seed=cfg.seed + 11), n=1, temperature=cfg.eval.temperature)
     rm = load_reward_model(rm_path, cfg.device, cfg.trust_remote_code, key="--rm") if rm_path else None
-    corpus = read_data(cfg, paths.corpus("heldout"), Document)
+    corpus = read_data(cfg, paths.corpus("heldout"), Document) if paths.corpus("heldout").exists() else []
     summary: dict[str, Any] = {"policies": {}, "win_rates": {}}
-    by_split = {split: read_data(cfg, paths.prompts(split), Prompt)[: cfg.eval.n_prompts]
-                for split in ("heldout", "generalization")}
+    # Your data has a held-out split; a task's also has a generalization split.
+    splits = [s for s in ("heldout", "generalization") if s == "heldout" or paths.prompts(s).exists()]
+    by_split = {split: read_data(cfg, paths.prompts(split), Prompt)[: cfg.eval.n_prompts] for split in splits}
     summary["n_prompts"] = {split: len(prompts) for split, prompts in by_split.items()}  # for standard errors
     responses = sample_splits(cfg, policies, by_split, spec)
     for split, prompts in by_split.items():
         for name, path in policies.items():
             texts = responses[name][split]
             entry = summary["policies"].setdefault(name, {})
-            entry[split] = {
-                "utility": mean_utility(task, prompts, texts),
-                "follows": instruction_following(task, prompts, texts),
-                "mean_words": float(np.mean([len(t.split()) for t in texts])),
-            }
+            entry[split] = {"mean_words": float(np.mean([len(t.split()) for t in texts]))}
+            if task is not None:
+                entry[split].update(utility=mean_utility(task, prompts, texts),
+                                    follows=instruction_following(task, prompts, texts))
             if rm is not None:
-                tokenizer = load_tokenizer(path, cfg.trust_remote_code)
-                seqs = [encode_prompt(tokenizer, p.prompt) + encode_response(tokenizer, t)
-                        for p, t in zip(prompts, texts)]
-                entry[split]["rm_score"] = float(score_sequences(rm, seqs, tokenizer.pad_token_id, device).mean())
-        names = list(policies)
+                fmt = load_format(cfg, path)
+                seqs = [fmt.prompt_ids(p) + fmt.response_ids(t) for p, t in zip(prompts, texts)]
+                entry[split]["rm_score"] = float(score_sequences(rm, seqs, fmt.tokenizer.pad_token_id, device).mean())
+        names = list(policies) if labeler is not None else []
         for i, a in enumerate(names):
             for b in names[:i]:
                 summary["win_rates"].setdefault(split, {})[f"{a}_vs_{b}"] = win_rate(
                     labeler, prompts, responses[a][split], responses[b][split])
-    for name, path in policies.items():
-        tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+    for name, path in policies.items() if corpus else ():
+        tokenizer = load_format(cfg, path).tokenizer
         model = load_causal_lm(path, cfg.device, cfg.trust_remote_code)
         ids = tokenizer([d.text for d in corpus], add_special_tokens=False)["input_ids"]
         stream = pack_documents(ids, tokenizer.bos_token_id, tokenizer.eos_token_id)

@@ -28,7 +28,13 @@ class Stages:
         self.paths, self.report, self.label = paths, report, label
         self.summaries: dict[str, dict] = {}
 
-    def __call__(self, name: str, done: bool, fn: Callable[[], dict]) -> None:
+    def __call__(self, name: str, done: bool, fn: Callable[[], dict], provided: Path | None = None) -> None:
+        """Run stage `name` unless it is `done`; `provided` is your file or model standing in for its output
+        (`RunPaths.provided`), which is used as it is and never produced or written."""
+        if provided is not None:
+            log.info("%sstage %s: your %s is used as it is", self.label, name, provided)
+            self.summaries[name] = {"provided": str(provided)}
+            return
         summary = stages.load_summary(self.paths, name)
         if done and summary is not None:
             log.info("%sstage %s: output exists, skipped", self.label, name)
@@ -50,23 +56,28 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     evaluation), then `iterate.rounds` iteration rounds, then `report.md`. `labeler` ranks every round's
     comparisons, round 0's included (default: the task's simulated labeler of `collect.labeler_seed`)."""
     task = load_task(cfg.task)
-    labeler = labeler if labeler is not None else task.labeler(cfg.collect.labeler_seed)
+    if labeler is None and task is not None:
+        labeler = task.labeler(cfg.collect.labeler_seed)
     stage = Stages(paths, report)
 
-    stage("data", paths.demonstrations.exists(), lambda: stages.stage_data(cfg, task, paths.data))
-    stage("pretrain", is_checkpoint(paths.model("base")), lambda: stages.stage_pretrain(cfg, paths, task))
+    if task is not None:
+        stage("data", (paths.data / "demonstrations.jsonl").exists(), lambda: stages.stage_data(cfg, task, paths.data))
+    stage("pretrain", is_checkpoint(paths.model("base")), lambda: stages.stage_pretrain(cfg, paths, task),
+          provided=paths.provided("model_base"))
     stage("sft", is_checkpoint(paths.model("sft")),
           lambda: stages.stage_sft(cfg, paths, paths.model("base"), paths.demonstrations, paths.model("sft")))
-    policies = {p: stages.resolve_policy(paths, p) for p in cfg.collect.policies}
-    seed = paths.data / "demo_comparisons.jsonl" if cfg.collect.include_seed_comparisons else None
+    seed = paths.seed_comparisons if cfg.collect.include_seed_comparisons and task is not None else None
     stage("collect", paths.comparisons.exists(),
           lambda: collect_stage.stage_collect(cfg, collect_stage.first_round_plan(
-              cfg, policies, paths.prompts("train"), paths.comparisons, seed), labeler))
+              cfg, {p: stages.resolve_policy(paths, p) for p in cfg.collect.policies}, paths.prompts("train"),
+              paths.comparisons, seed), labeler),
+          provided=paths.provided("comparisons"))
     stage("rm", is_checkpoint(paths.model("rm")),
           lambda: stages.stage_rm(cfg, paths, paths.model("sft"), paths.comparisons, paths.model("rm"),
-                                  paths.demonstrations))
-    stage("rm_eval", stages.load_summary(paths, "rm_eval") is not None,
-          lambda: eval_stages.stage_rm_eval(cfg, paths, paths.model("sft"), paths.model("rm")))
+                                  paths.demonstrations), provided=paths.provided("model_rm"))
+    if task is not None:  # judged against the task's labeler and utility
+        stage("rm_eval", stages.load_summary(paths, "rm_eval") is not None,
+              lambda: eval_stages.stage_rm_eval(cfg, paths, paths.model("sft"), paths.model("rm")))
     stage("ppo", is_checkpoint(paths.model("ppo")),
           lambda: ppo_resuming(cfg, paths, paths.model("sft"), paths.model("rm")))
     stage("eval", stage.evaluated(),

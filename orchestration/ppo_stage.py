@@ -23,11 +23,10 @@ from raylhf.actors.sampling import sampling_spec
 from raylhf.configs.loader import ConfigError
 from raylhf.configs.schema import RunConfig
 from raylhf.contracts.dataio import read_records
-from raylhf.contracts.formatting import decode_response, encode_prompt
+from raylhf.contracts.formatting import PromptFormat
 from raylhf.contracts.hf_checkpoint import require_checkpoint
 from raylhf.contracts.protocols import GenerationRequest, Labeler, SamplingSpec, Task
 from raylhf.contracts.records import Document, Prompt, Rollout
-from raylhf.learners.models import load_tokenizer
 from raylhf.learners.pretrain import pack_documents
 from raylhf.learners.training import MetricsLog
 from raylhf.orchestration.actor_set import PPOActors
@@ -36,7 +35,7 @@ from raylhf.orchestration.driver import PPODriver
 from raylhf.orchestration.metrics_exporter import serve_ppo_metrics
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
-from raylhf.orchestration.preflight import check_ppo_inputs, policy_prompts
+from raylhf.orchestration.preflight import Skipped, check_ppo_inputs, load_format, policy_prompts
 from raylhf.orchestration.ray_runtime import init_ray
 from raylhf.orchestration.run_stats import StepObservers
 from raylhf.tasks import load_task
@@ -56,10 +55,10 @@ class InTrainingEval:
     is replaced, and the evaluation goes on, as the loop does.
     """
 
-    def __init__(self, task: Task, labeler: Labeler, tokenizer: Any, prompts: list[Prompt], sampling: SamplingSpec):
-        self.task, self.labeler, self.tokenizer = task, labeler, tokenizer
-        self.prompts, self.sampling = prompts, sampling
-        self.requests = [GenerationRequest(p.prompt_id, tuple(encode_prompt(tokenizer, p.prompt))) for p in prompts]
+    def __init__(self, task: Task, labeler: Labeler, fmt: PromptFormat, prompts: list[Prompt], sampling: SamplingSpec):
+        self.task, self.labeler, self.fmt = task, labeler, fmt
+        self.prompts, self.sampling = prompts, fmt.sampling(sampling)
+        self.requests = [GenerationRequest(p.prompt_id, tuple(fmt.prompt_ids(p))) for p in prompts]
         self.reference: list[str] | None = None
 
     def _sample(self, generate: Generate) -> tuple[list[str], int]:
@@ -67,7 +66,7 @@ class InTrainingEval:
         texts, versions = [], []
         for r in results:
             served = isinstance(r, list) and bool(r)  # a refused request counts as an empty response
-            texts.append(decode_response(self.tokenizer, r[0].response_ids) if served else "")
+            texts.append(self.fmt.decode_response(r[0].response_ids) if served else "")
             if served:
                 versions.append(r[0].policy_version)
         return texts, max(versions, default=0)
@@ -90,27 +89,32 @@ class StepReporter:
     """After each learner step: the true utility of the batch, in-training evaluation (`ppo.eval_every`), the
     metrics log and the progress bar. After a rewind to a checkpoint, the rows logged past it are dropped."""
 
-    def __init__(self, cfg: RunConfig, *, task: Task, tokenizer: Any, prompt_text: dict[str, str],
+    def __init__(self, cfg: RunConfig, *, task: Task | None, fmt: PromptFormat, prompt_text: dict[str, str],
                  metrics_log: MetricsLog, bar: tqdm, evaluator: InTrainingEval | None, generate: Generate):
-        self.p, self.task, self.tokenizer, self.prompt_text = cfg.ppo, task, tokenizer, prompt_text
+        self.p, self.task, self.fmt, self.prompt_text = cfg.ppo, task, fmt, prompt_text
         self.metrics_log, self.bar, self.evaluator, self.generate = metrics_log, bar, evaluator, generate
         self._utility: list[float] = []
 
     def on_rollouts(self, batch: list[Rollout]) -> None:
         # The labeler's hidden utility of what the policy actually produced: true quality, next to the RM score.
-        self._utility = [self.task.utility(self.prompt_text[r.prompt_id], decode_response(self.tokenizer, r.response_ids))
-                         for r in batch]
+        # A run without a task has no ground truth, and logs none.
+        if self.task is not None:
+            self._utility = [self.task.utility(self.prompt_text[r.prompt_id], self.fmt.decode_response(r.response_ids))
+                             for r in batch]
 
     def on_step(self, step: int, metrics: dict[str, Any]) -> None:
         p = self.p
-        metrics = dict(metrics, true_utility=float(np.mean(self._utility)) if self._utility else float("nan"))
+        metrics = dict(metrics)
+        if self.task is not None:
+            metrics["true_utility"] = float(np.mean(self._utility)) if self._utility else float("nan")
         metrics.pop("step", None)
         if self.evaluator is not None and (step % p.eval_every == 0 or step == p.total_steps):
             metrics.update(self.evaluator(self.generate))
         self.metrics_log(step, metrics)
         self.bar.update(1)
         self.bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}",
-                             kl=f"{metrics.get('kl', float('nan')):.3f}", utility=f"{metrics['true_utility']:.3f}")
+                             kl=f"{metrics.get('kl', float('nan')):.3f}",
+                             **({"utility": f"{metrics['true_utility']:.3f}"} if "true_utility" in metrics else {}))
 
     def on_rewind(self, step: int) -> None:
         self.metrics_log.truncate_after(step)
@@ -122,7 +126,8 @@ def pretrain_stream(cfg: RunConfig, paths: RunPaths, tokenizer) -> np.ndarray | 
     """The packed pretraining corpus for the PPO-ptx term (None when `ppo.ptx_coef` is 0)."""
     if cfg.ppo.ptx_coef == 0:
         return None
-    docs, _ = read_records(paths.corpus("train"), Document, on_bad_rows=cfg.data.on_bad_rows)
+    docs, _ = read_records(paths.corpus("train"), Document, on_bad_rows=cfg.data.on_bad_rows,
+                           columns=cfg.data.columns.mapping())
     ids = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
     return pack_documents(ids, tokenizer.bos_token_id, tokenizer.eos_token_id)
 
@@ -153,10 +158,12 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
         checkpoint.clear()
     init_ray(cfg.ray)
     task = load_task(cfg.task)
-    tokenizer = load_tokenizer(policy_path, cfg.trust_remote_code)
-    prompts = policy_prompts(cfg, paths.prompts("train"), tokenizer, policy_path)  # each fits the context
+    fmt = load_format(cfg, policy_path)
+    tokenizer = fmt.tokenizer
+    skipped: Skipped = {}
+    prompts = policy_prompts(cfg, paths.prompts("train"), fmt, policy_path, skipped)  # each fits the context
     cursor = PromptCursor(prompts, cfg.seed)
-    sampling = sampling_spec(cfg.generation, seed=cfg.seed)
+    sampling = fmt.sampling(sampling_spec(cfg.generation, seed=cfg.seed))
     metrics_log = MetricsLog(paths.metrics, "ppo")
     if not resume:
         metrics_log.truncate_after(-1)  # rows of an earlier attempt of this stage
@@ -167,14 +174,15 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
                     rejects_path=paths.root / "rejects.jsonl", ref_path=ref_path, value_path=value_path) as actors):
         setup_s = time.time() - t0
         evaluator = None
-        if with_eval and p.eval_every > 0:
-            heldout, _ = read_records(paths.prompts("heldout"), Prompt, on_bad_rows=cfg.data.on_bad_rows)
-            evaluator = InTrainingEval(task, task.labeler(cfg.eval.labeler_seed), tokenizer, heldout[: p.eval_prompts],
+        if with_eval and p.eval_every > 0 and task is not None:  # judged by the task's labeler and utility
+            heldout, _ = read_records(paths.prompts("heldout"), Prompt, on_bad_rows=cfg.data.on_bad_rows,
+                                      columns=cfg.data.columns.mapping())
+            evaluator = InTrainingEval(task, task.labeler(cfg.eval.labeler_seed), fmt, heldout[: p.eval_prompts],
                                        dataclasses.replace(sampling, n=1, temperature=cfg.eval.temperature))
         start_step = checkpoint.step() if resume else 0
         bar = tqdm(total=p.total_steps, initial=start_step, desc=f"ppo ({p.mode})", unit="step", dynamic_ncols=True)
         driver = PPODriver(p, cfg.supervision, generators=actors.generators, learner=actors.learner, pool=actors.pool,
-                           tokenizer=tokenizer, cursor=cursor, sampling=sampling, in_flight=cfg.generation.in_flight,
+                           prompt_format=fmt, cursor=cursor, sampling=sampling, in_flight=cfg.generation.in_flight,
                            weight_updates=cfg.generation.weight_updates,
                            checkpoint=checkpoint, factory=actors, faults=actors.faults, resume=resume)
         if evaluator is not None:
@@ -182,7 +190,7 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
             if not resume:
                 metrics_log(0, first)
         # The reporter evaluates through the driver's supervised generate call, so it is told after the driver exists.
-        reporter = StepReporter(cfg, task=task, tokenizer=tokenizer, prompt_text={q.prompt_id: q.prompt for q in prompts},
+        reporter = StepReporter(cfg, task=task, fmt=fmt, prompt_text={q.prompt_id: q.prompt for q in prompts},
                                 metrics_log=metrics_log, bar=bar, evaluator=evaluator, generate=driver.generate)
         driver.observer = reporter if live is None else StepObservers(reporter, live)
         if live is not None:
@@ -202,7 +210,7 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
     summary = stats.summary(cfg.generation.num_generators, cfg.reward.num_actors)
     last = stats.metrics[-1] if stats.metrics else {}
     summary.update(setup_s=setup_s, seconds=time.time() - t0, generators_match_learner=weights_match, placement=placement,
-                   cpus=cpus,
+                   cpus=cpus, skipped_rows=skipped,
                    final_reward=last.get("reward"), final_kl=last.get("kl"))
     return summary
 

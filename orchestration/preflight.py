@@ -15,29 +15,34 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import Callable, TypeVar
 
 from raylhf.configs.loader import ConfigError
 from raylhf.configs.schema import RunConfig
 from raylhf.contracts.dataio import DataError, read_records
-from raylhf.contracts.formatting import encode_prompt, encode_response
+from raylhf.contracts.formatting import PromptFormat
 from raylhf.contracts.hf_checkpoint import require_checkpoint
 from raylhf.contracts.records import Comparison, Demonstration, Document, Prompt
 from raylhf.learners.models import context_length, load_tokenizer
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.storage import is_remote_uri, local_output_dir
 
-if TYPE_CHECKING:  # pragma: no cover  (annotations only: transformers takes a second to import)
-    from transformers import PreTrainedTokenizerBase
-
 R = TypeVar("R")
+# Rows a stage skipped under `data.on_bad_rows: skip`: file -> reason -> count (goes into its summary).
+Skipped = dict[str, dict[str, int]]
 
 
 def read_data(cfg: RunConfig, path: str | os.PathLike, record_type: type[R],
-              check: Callable[[R], str | None] | None = None) -> list[R]:
-    """Rows of a dataset under the run's bad-row policy (`data.on_bad_rows`, `data.max_prompt_chars`)."""
-    records, _ = read_records(path, record_type, on_bad_rows=cfg.data.on_bad_rows,
-                              max_prompt_chars=cfg.data.max_prompt_chars, check=check)
+              check: Callable[[R], str | None] | None = None, skipped: Skipped | None = None) -> list[R]:
+    """Rows of a dataset under the run's bad-row policy (`data.on_bad_rows`, `data.max_prompt_chars`) and column
+    names (`data.columns`); what was skipped is added to `skipped` when given."""
+    records, report = read_records(path, record_type, on_bad_rows=cfg.data.on_bad_rows,
+                                   max_prompt_chars=cfg.data.max_prompt_chars, check=check,
+                                   columns=cfg.data.columns.mapping())
+    if skipped is not None and report.n_bad:
+        counts = skipped.setdefault(str(path), {})
+        for reason, n in report.by_reason.items():
+            counts[reason] = counts.get(reason, 0) + n
     return records
 
 
@@ -46,67 +51,91 @@ def _context(context: int, checkpoint: str | os.PathLike) -> str:
     return f"the model's context of {context} tokens (max_position_embeddings of {checkpoint})"
 
 
-def demonstration_fits(tokenizer: PreTrainedTokenizerBase, context: int | None, checkpoint: str | os.PathLike
+def _prompt_length(fmt: PromptFormat, record) -> tuple[int | None, str | None]:
+    """(prompt tokens, None), or (None, why the prompt cannot be rendered)."""
+    try:
+        return len(fmt.prompt_ids(record)), None
+    except ValueError as e:
+        return None, str(e)
+
+
+def demonstration_fits(fmt: PromptFormat, context: int | None, checkpoint: str | os.PathLike
                        ) -> Callable[[Demonstration], str | None]:
     """A row check: prompt + response tokens within the context of the model trained on them."""
     def check(d: Demonstration) -> str | None:
-        n = len(encode_prompt(tokenizer, d.prompt)) + len(encode_response(tokenizer, d.response))
+        p, why = _prompt_length(fmt, d)
+        if why is not None:
+            return why
+        n = p + len(fmt.response_ids(d.response))
         if context is not None and n > context:
-            return f"prompt + response are {n} tokens, more than {_context(context, checkpoint)}"
+            return f"field 'response': prompt + response are {n} tokens, more than {_context(context, checkpoint)}"
         return None
     return check
 
 
-def comparison_fits(tokenizer: PreTrainedTokenizerBase, context: int | None, checkpoint: str | os.PathLike
+def comparison_fits(fmt: PromptFormat, context: int | None, checkpoint: str | os.PathLike
                     ) -> Callable[[Comparison], str | None]:
     """A row check: prompt + each response within the reward model's context."""
     def check(c: Comparison) -> str | None:
-        if context is None:
-            return None
-        p = len(encode_prompt(tokenizer, c.prompt))
+        p, why = _prompt_length(fmt, c)
+        if why is not None or context is None:
+            return why
         for i, r in enumerate(c.responses):
-            n = p + len(encode_response(tokenizer, r))
+            n = p + len(fmt.response_ids(r))
             if n > context:
-                return f"prompt + response {i} are {n} tokens, more than {_context(context, checkpoint)}"
+                return (f"field 'responses': prompt + response {i} are {n} tokens, more than "
+                        f"{_context(context, checkpoint)}")
         return None
     return check
 
 
-def prompt_fits(tokenizer: PreTrainedTokenizerBase, context: int | None, max_new_tokens: int,
+def prompt_fits(fmt: PromptFormat, context: int | None, max_new_tokens: int,
                 checkpoint: str | os.PathLike) -> Callable[[Prompt], str | None]:
     """A row check: the prompt leaves room for `generation.max_new_tokens` in the policy's context."""
     def check(p: Prompt) -> str | None:
-        n = len(encode_prompt(tokenizer, p.prompt))
+        n, why = _prompt_length(fmt, p)
+        if why is not None:
+            return why
         if context is not None and n + max_new_tokens > context:
-            return (f"prompt is {n} tokens; with generation.max_new_tokens = {max_new_tokens} that is more than "
-                    f"{_context(context, checkpoint)}")
+            return (f"field 'prompt': {n} tokens; with generation.max_new_tokens = {max_new_tokens} that is more "
+                    f"than {_context(context, checkpoint)}")
         return None
     return check
 
 
 # ---------------------------------------------------------------------------------------------- readers
-def _tokenizer_and_context(cfg: RunConfig, checkpoint: str | os.PathLike, key: str
-                           ) -> tuple[PreTrainedTokenizerBase, int | None]:
-    require_checkpoint(checkpoint, key, weights=True, tokenizer=True)
+def load_format(cfg: RunConfig, checkpoint: str | os.PathLike, *, key: str | None = None) -> PromptFormat:
+    """The tokenizer of `checkpoint` under the run's `data.chat_template` and `data.input_template`."""
     tokenizer = load_tokenizer(checkpoint, cfg.trust_remote_code, key=key)
-    return tokenizer, context_length(checkpoint, cfg.trust_remote_code, key=key)
+    try:
+        return PromptFormat(tokenizer, cfg.data.chat_template, cfg.data.input_template)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
 
 
-def read_demonstrations(cfg: RunConfig, path: str | os.PathLike, tokenizer: PreTrainedTokenizerBase,
-                        context: int | None, checkpoint: str | os.PathLike) -> list[Demonstration]:
-    return read_data(cfg, path, Demonstration, demonstration_fits(tokenizer, context, checkpoint))
+def format_and_context(cfg: RunConfig, checkpoint: str | os.PathLike, key: str) -> tuple[PromptFormat, int | None]:
+    """How prompts are rendered for the model in `checkpoint` and its context length."""
+    require_checkpoint(checkpoint, key, weights=True, tokenizer=True)
+    fmt = load_format(cfg, checkpoint, key=key)
+    return fmt, context_length(checkpoint, cfg.trust_remote_code, key=key)
 
 
-def read_comparisons(cfg: RunConfig, path: str | os.PathLike, tokenizer: PreTrainedTokenizerBase,
-                     context: int | None, checkpoint: str | os.PathLike) -> list[Comparison]:
-    return read_data(cfg, path, Comparison, comparison_fits(tokenizer, context, checkpoint))
+def read_demonstrations(cfg: RunConfig, path: str | os.PathLike, fmt: PromptFormat, context: int | None,
+                        checkpoint: str | os.PathLike, skipped: Skipped | None = None) -> list[Demonstration]:
+    return read_data(cfg, path, Demonstration, demonstration_fits(fmt, context, checkpoint), skipped)
 
 
-def read_prompts(cfg: RunConfig, path: str | os.PathLike, tokenizer: PreTrainedTokenizerBase | None = None,
-                 context: int | None = None, checkpoint: str | os.PathLike = "") -> list[Prompt]:
-    """Prompts with unique ids; with a tokenizer, only those that leave room for a response in the context."""
-    check = prompt_fits(tokenizer, context, cfg.generation.max_new_tokens, checkpoint) if tokenizer else None
-    return read_data(cfg, path, Prompt, check)
+def read_comparisons(cfg: RunConfig, path: str | os.PathLike, fmt: PromptFormat, context: int | None,
+                     checkpoint: str | os.PathLike, skipped: Skipped | None = None) -> list[Comparison]:
+    return read_data(cfg, path, Comparison, comparison_fits(fmt, context, checkpoint), skipped)
+
+
+def read_prompts(cfg: RunConfig, path: str | os.PathLike, fmt: PromptFormat | None = None,
+                 context: int | None = None, checkpoint: str | os.PathLike = "",
+                 skipped: Skipped | None = None) -> list[Prompt]:
+    """Prompts with unique ids; with a format, only those that leave room for a response in the context."""
+    check = prompt_fits(fmt, context, cfg.generation.max_new_tokens, checkpoint) if fmt else None
+    return read_data(cfg, path, Prompt, check, skipped)
 
 
 def split_sizes(n: int, fraction: float, path: str | os.PathLike, what: str, key: str) -> tuple[int, int]:
@@ -127,8 +156,8 @@ def check_pretrain_inputs(cfg: RunConfig, paths: RunPaths) -> None:
 
 def check_sft_inputs(cfg: RunConfig, model_path: Path, data_path: Path, model_key: str = "--model") -> None:
     """A base checkpoint with a tokenizer; demonstrations that fit its context, enough to split off validation."""
-    tokenizer, context = _tokenizer_and_context(cfg, model_path, model_key)
-    demos = read_demonstrations(cfg, data_path, tokenizer, context, model_path)
+    fmt, context = format_and_context(cfg, model_path, model_key)
+    demos = read_demonstrations(cfg, data_path, fmt, context, model_path)
     split_sizes(len(demos), cfg.sft.val_fraction, data_path, "demonstrations", "sft.val_fraction")
 
 
@@ -136,29 +165,29 @@ def check_rm_inputs(cfg: RunConfig, sft_path: Path, data_path: Path, demos_path:
                     model_key: str = "--model") -> None:
     """An SFT checkpoint with a tokenizer; comparisons (and demonstrations for the normalisation, when
     given) that fit its context, enough comparisons to split off validation."""
-    tokenizer, context = _tokenizer_and_context(cfg, sft_path, model_key)
-    comparisons = read_comparisons(cfg, data_path, tokenizer, context, sft_path)
+    fmt, context = format_and_context(cfg, sft_path, model_key)
+    comparisons = read_comparisons(cfg, data_path, fmt, context, sft_path)
     split_sizes(len(comparisons), cfg.rm.val_fraction, data_path, "comparisons", "rm.val_fraction")
     if demos_path is not None:
-        read_demonstrations(cfg, demos_path, tokenizer, context, sft_path)
+        read_demonstrations(cfg, demos_path, fmt, context, sft_path)
 
 
 def check_collect_inputs(cfg: RunConfig, policies: dict[str, Path], prompts_path: Path,
                          seed_comparisons: Path | None) -> None:
     """Policies are checked where they are named (`resolve_policy`); here the prompts fit every policy's context."""
     for name, path in policies.items():
-        tokenizer, context = _tokenizer_and_context(cfg, path, f"policy '{name}'")
-        read_prompts(cfg, prompts_path, tokenizer, context, path)
+        fmt, context = format_and_context(cfg, path, f"policy '{name}'")
+        read_prompts(cfg, prompts_path, fmt, context, path)
     if seed_comparisons is not None and seed_comparisons.exists():
         read_data(cfg, seed_comparisons, Comparison)
 
 
 def check_rm_eval_inputs(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path) -> None:
     """SFT and reward-model checkpoints; held-out and generalization prompts that fit the SFT context."""
-    tokenizer, context = _tokenizer_and_context(cfg, sft_path, "--sft")
+    fmt, context = format_and_context(cfg, sft_path, "--sft")
     require_checkpoint(rm_path, "--rm", weights=True)
     for split in ("heldout", "generalization"):
-        read_prompts(cfg, paths.prompts(split), tokenizer, context, sft_path)
+        read_prompts(cfg, paths.prompts(split), fmt, context, sft_path)
 
 
 def check_eval_inputs(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_path: Path | None,
@@ -168,9 +197,9 @@ def check_eval_inputs(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path]
     if rm_path is not None:
         require_checkpoint(rm_path, rm_key, weights=True)
     for name, path in policies.items():
-        tokenizer, context = _tokenizer_and_context(cfg, path, f"policy '{name}'")
+        fmt, context = format_and_context(cfg, path, f"policy '{name}'")
         for split in ("heldout", "generalization"):
-            read_prompts(cfg, paths.prompts(split), tokenizer, context, path)
+            read_prompts(cfg, paths.prompts(split), fmt, context, path)
     read_data(cfg, paths.corpus("heldout"), Document)
 
 
@@ -184,7 +213,7 @@ def check_ppo_inputs(cfg: RunConfig, paths: RunPaths, policy_path: str | os.Path
     least one does); the held-out prompts exist when `ppo.eval_every > 0`; the pretraining corpus exists
     when `ppo.ptx_coef > 0`.
     """
-    tokenizer, context = _tokenizer_and_context(cfg, policy_path, "--policy")
+    fmt, context = format_and_context(cfg, policy_path, "--policy")
     require_checkpoint(rm_path, "--rm", weights=True)
     r = cfg.reward
     if r.rm_path is not None and any(s.kind == "rm" for s in r.sources):
@@ -193,11 +222,42 @@ def check_ppo_inputs(cfg: RunConfig, paths: RunPaths, policy_path: str | os.Path
         require_checkpoint(r.ref_path, "reward.ref_path", weights=True)
     if r.tokenizer_path is not None and any(s.kind == "function" for s in r.sources):
         require_checkpoint(r.tokenizer_path, "reward.tokenizer_path", model=False, tokenizer=True)
-    read_prompts(cfg, paths.prompts("train"), tokenizer, context, policy_path)
+    read_prompts(cfg, paths.prompts("train"), fmt, context, policy_path)
     if cfg.ppo.eval_every > 0:
-        read_prompts(cfg, paths.prompts("heldout"), tokenizer, context, policy_path)
+        read_prompts(cfg, paths.prompts("heldout"), fmt, context, policy_path)
     if cfg.ppo.ptx_coef > 0:
         read_data(cfg, paths.corpus("train"), Document)
+
+
+def check_run_inputs(cfg: RunConfig, paths: RunPaths) -> None:
+    """Your inputs to `raylhf run` (`data.*`, `model.path`, `reward.rm_path`), all read before anything is
+    written: checkpoints are local HF checkpoints, every row of every file is valid (and fits the model's
+    context when the model is yours), and the reward model reads text with the policy's tokenizer."""
+    base = paths.provided("model_base")
+    fmt, context = format_and_context(cfg, base, "model.path") if base is not None else (None, None)
+    rm = paths.provided("model_rm")
+    if rm is not None:
+        require_checkpoint(rm, "reward.rm_path", weights=True, tokenizer=True)
+        if base is not None:
+            check_same_tokenizer(cfg, base, "model.path", rm, "reward.rm_path")
+    for split in ("train", "heldout"):
+        if paths.provided(f"prompts_{split}") is not None:
+            read_prompts(cfg, paths.prompts(split), fmt, context, base or "")
+        if paths.provided(f"corpus_{split}") is not None:
+            read_data(cfg, paths.corpus(split), Document)
+    if paths.provided("demonstrations") is not None:
+        read_data(cfg, paths.demonstrations, Demonstration,
+                  demonstration_fits(fmt, context, base) if fmt is not None else None)
+    if paths.provided("comparisons") is not None:
+        read_data(cfg, paths.comparisons, Comparison, comparison_fits(fmt, context, base) if fmt is not None else None)
+
+
+def check_same_tokenizer(cfg: RunConfig, a: str | os.PathLike, key_a: str, b: str | os.PathLike, key_b: str) -> None:
+    """The policy and the reward model must read the same token ids: the scorers score the policy's ids."""
+    ta, tb = (load_tokenizer(p, cfg.trust_remote_code, key=k) for p, k in ((a, key_a), (b, key_b)))
+    if ta.get_vocab() != tb.get_vocab() or (ta.bos_token_id, ta.eos_token_id) != (tb.bos_token_id, tb.eos_token_id):
+        raise ConfigError(f"{key_b}: the reward model's tokenizer ({b}) is not the policy's ({key_a}: {a}); the "
+                          "reward model scores the policy's token ids, so both must use one tokenizer")
 
 
 def check_iterate_prompts(cfg: RunConfig) -> None:
@@ -212,10 +272,10 @@ def check_iterate_prompts(cfg: RunConfig) -> None:
                           "collect.n_prompts, or raise task.n_train_prompts")
 
 
-def policy_prompts(cfg: RunConfig, path: str | os.PathLike, tokenizer: PreTrainedTokenizerBase,
-                   policy_path: str | os.PathLike) -> list[Prompt]:
+def policy_prompts(cfg: RunConfig, path: str | os.PathLike, fmt: PromptFormat, policy_path: str | os.PathLike,
+                   skipped: Skipped | None = None) -> list[Prompt]:
     """The prompts of `path` that a PPO or sampling stage can use with the policy in `policy_path`."""
-    return read_prompts(cfg, path, tokenizer, context_length(policy_path, cfg.trust_remote_code), policy_path)
+    return read_prompts(cfg, path, fmt, context_length(policy_path, cfg.trust_remote_code), policy_path, skipped)
 
 
 def submitted_job() -> dict | None:

@@ -11,26 +11,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from tqdm.auto import tqdm
 
 from raylhf.actors.sampling import sampling_spec
 from raylhf.configs.schema import RunConfig
-from raylhf.contracts.formatting import decode_response, encode_prompt
+from raylhf.contracts.formatting import PromptFormat
 from raylhf.contracts.protocols import GenerationEngine, GenerationRequest, Labeler, RequestError, SamplingSpec
 from raylhf.contracts.records import Comparison, Prompt, Rollout
-from raylhf.learners.models import load_tokenizer
 from raylhf.orchestration.fleet import GeneratorFleet, policy_fleets
+from raylhf.orchestration.preflight import load_format
 from raylhf.orchestration.ray_runtime import init_ray
-
-if TYPE_CHECKING:  # pragma: no cover  (annotations only: transformers takes a second to import)
-    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
 
-def sample_rollouts(engine: GeneratorFleet | GenerationEngine, tokenizer: PreTrainedTokenizerBase,
+def sample_rollouts(engine: GeneratorFleet | GenerationEngine, fmt: PromptFormat,
                     prompts: Sequence[Prompt], sampling: SamplingSpec, batch_size: int = 256,
                     desc: str = "sampling") -> list[list[Rollout]]:
     """`sampling.n` rollouts per prompt (an empty list for a prompt the engine refused, logged)."""
@@ -39,8 +36,8 @@ def sample_rollouts(engine: GeneratorFleet | GenerationEngine, tokenizer: PreTra
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True, leave=False)
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
-        requests = [GenerationRequest(p.prompt_id, tuple(encode_prompt(tokenizer, p.prompt))) for p in chunk]
-        for p, result in zip(chunk, engine.generate(requests, sampling)):
+        requests = [GenerationRequest(p.prompt_id, tuple(fmt.prompt_ids(p))) for p in chunk]
+        for p, result in zip(chunk, engine.generate(requests, fmt.sampling(sampling))):
             if isinstance(result, RequestError):
                 refused += 1
                 log.warning("prompt %s refused by the engine: %s", p.prompt_id, result.reason)
@@ -54,10 +51,10 @@ def sample_rollouts(engine: GeneratorFleet | GenerationEngine, tokenizer: PreTra
     return out
 
 
-def sample_texts(engine: GeneratorFleet | GenerationEngine, tokenizer: PreTrainedTokenizerBase,
+def sample_texts(engine: GeneratorFleet | GenerationEngine, fmt: PromptFormat,
                  prompts: Sequence[Prompt], sampling: SamplingSpec, desc: str = "sampling") -> list[list[str]]:
-    return [[decode_response(tokenizer, r.response_ids) for r in rs]
-            for rs in sample_rollouts(engine, tokenizer, prompts, sampling, desc=desc)]
+    return [[fmt.decode_response(r.response_ids) for r in rs]
+            for rs in sample_rollouts(engine, fmt, prompts, sampling, desc=desc)]
 
 
 def sample_sources(cfg: RunConfig, policies: dict[str, Path], prompts: Sequence[Prompt], n_per_source: int,
@@ -68,11 +65,11 @@ def sample_sources(cfg: RunConfig, policies: dict[str, Path], prompts: Sequence[
     out: dict[str, list[list[str]]] = {}
     for name, path, fleet in policy_fleets(cfg.generation, policies, seed=seed,
                                            trust_remote_code=cfg.trust_remote_code, name_prefix="collect"):
-        tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+        fmt = load_format(cfg, path)
         out[name] = [[] for _ in prompts]
         for t in temperatures:
             spec = dataclasses.replace(sampling_spec(cfg.generation, seed=seed), n=n_per_source, temperature=t)
-            texts = sample_texts(fleet, tokenizer, prompts, spec, desc=f"{name} T={t}")
+            texts = sample_texts(fleet, fmt, prompts, spec, desc=f"{name} T={t}")
             for acc, rs in zip(out[name], texts):
                 acc.extend(rs)
     return out
@@ -86,10 +83,10 @@ def sample_splits(cfg: RunConfig, policies: dict[str, Path], by_split: dict[str,
     out: dict[str, dict[str, list[str]]] = {}
     for name, path, fleet in policy_fleets(cfg.generation, policies, seed=cfg.seed,
                                            trust_remote_code=cfg.trust_remote_code, name_prefix="eval"):
-        tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+        fmt = load_format(cfg, path)
         out[name] = {}
         for split, prompts in by_split.items():
-            texts = sample_texts(fleet, tokenizer, prompts, spec, desc=f"eval {name} {split}")
+            texts = sample_texts(fleet, fmt, prompts, spec, desc=f"eval {name} {split}")
             out[name][split] = [t[0] if t else "" for t in texts]
     return out
 
@@ -108,7 +105,8 @@ def rank_into_comparisons(prompts: Sequence[Prompt], responses: Sequence[Sequenc
         distinct = list(dict.fromkeys(rs))[:k]
         if len(distinct) < 2:
             continue
-        comparisons.append(Comparison(p.prompt_id, p.prompt, distinct, labeler.rank(p.prompt, distinct)))
+        comparisons.append(Comparison(p.prompt_id, p.prompt, distinct, labeler.rank(p.prompt, distinct),
+                                      messages=p.messages))
     return comparisons
 
 

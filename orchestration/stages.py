@@ -12,23 +12,21 @@ import collections
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from raylhf.configs.schema import RunConfig
 from raylhf.contracts.dataio import write_records
-from raylhf.contracts.formatting import encode_prompt, encode_response
+from raylhf.contracts.formatting import PromptFormat
 from raylhf.contracts.hf_checkpoint import require_checkpoint
 from raylhf.contracts.protocols import Task
 from raylhf.contracts.records import Comparison, Demonstration, Document, Prompt
 from raylhf.learners.models import (
     build_causal_lm,
-    context_length,
     count_parameters,
     load_causal_lm,
-    load_tokenizer,
     pick_device,
     train_tokenizer,
 )
@@ -42,11 +40,18 @@ from raylhf.learners.reward_model import (
 from raylhf.learners.sft import train_sft
 from raylhf.learners.training import MetricsLog, use_bf16
 from raylhf.orchestration.paths import RunPaths
-from raylhf.orchestration.preflight import read_comparisons, read_data, read_demonstrations, split_sizes
+from raylhf.orchestration.preflight import (
+    Skipped,
+    format_and_context,
+    read_comparisons,
+    read_data,
+    read_demonstrations,
+    split_sizes,
+)
 from raylhf.orchestration.rounds import SEED_SOURCE, tagged
 
 if TYPE_CHECKING:  # pragma: no cover  (annotations only: transformers takes a second to import)
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
 
 SPLITS = ("train", "heldout", "generalization")
 
@@ -80,34 +85,44 @@ def resolve_policy(paths: RunPaths, policy: str, key: str = "collect.policies") 
 
 # ---------------------------------------------------------------------------------------------- data
 def stage_data(cfg: RunConfig, task: Task, out_dir: Path) -> dict[str, Any]:
-    """Write the task's prompts (3 splits), demonstrations, seed comparisons and pretraining corpus."""
+    """Write the task's prompts (3 splits), demonstrations, seed comparisons and pretraining corpus. A file
+    that exists is kept as it is (`kept`): your data is never written over, and an interrupted stage finishes
+    the files it had not written."""
     t0 = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = {}
+    counts: dict[str, Any] = {"kept": []}
+
+    def write(name: str, rows: Callable[[], list], record_type: type) -> None:
+        path = out_dir / name
+        if path.exists():
+            counts["kept"].append(name)
+            return
+        records = rows()
+        write_records(path, records, record_type)
+        counts[name.removesuffix(".jsonl")] = len(records)
+
     for split in SPLITS:
-        prompts = task.prompts(split)
-        write_records(out_dir / f"prompts_{split}.jsonl", prompts, Prompt)
-        counts[f"prompts_{split}"] = len(prompts)
-    demos = task.demonstrations()
-    write_records(out_dir / "demonstrations.jsonl", demos, Demonstration)
-    comparisons = task.seed_comparisons(n=min(1000, cfg.task.n_train_prompts), k=cfg.collect.k, seed=cfg.seed)
-    write_records(out_dir / "demo_comparisons.jsonl", tagged(comparisons, 0, SEED_SOURCE), Comparison)
+        write(f"prompts_{split}.jsonl", lambda: task.prompts(split), Prompt)
+    write("demonstrations.jsonl", task.demonstrations, Demonstration)
+    write("demo_comparisons.jsonl", lambda: tagged(task.seed_comparisons(
+        n=min(1000, cfg.task.n_train_prompts), k=cfg.collect.k, seed=cfg.seed), 0, SEED_SOURCE), Comparison)
     for split in ("train", "heldout"):
-        docs = [Document(f"{split}-{i:06d}", text) for i, text in enumerate(task.pretraining_corpus(split))]
-        write_records(out_dir / f"corpus_{split}.jsonl", docs, Document)
-        counts[f"corpus_{split}"] = len(docs)
-    counts.update(demonstrations=len(demos), demo_comparisons=len(comparisons), seconds=time.time() - t0)
+        write(f"corpus_{split}.jsonl", lambda: [Document(f"{split}-{i:06d}", text)
+                                                for i, text in enumerate(task.pretraining_corpus(split))], Document)
+    counts["seconds"] = time.time() - t0
     return counts
 
 
 # ---------------------------------------------------------------------------------------------- pretrain
 def stage_pretrain(cfg: RunConfig, paths: RunPaths, task: Task) -> dict[str, Any]:
-    """Train the BPE tokenizer and pretrain the demo base model on the task's corpus."""
+    """Train the BPE tokenizer (with the task's chat template) and pretrain the demo base model on the task's
+    corpus."""
     t0 = time.time()
     device, bf16 = setup_torch(cfg)
     out = paths.model("base")
     docs = {split: read_data(cfg, paths.corpus(split), Document) for split in ("train", "heldout")}  # before any write
-    tokenizer = train_tokenizer(task.tokenizer_corpus(), cfg.model.vocab_size, out)
+    tokenizer = train_tokenizer(task.tokenizer_corpus(), cfg.model.vocab_size, out,
+                                chat_template=getattr(task, "chat_template", None))
     model = build_causal_lm(cfg.model.preset, tokenizer, cfg.model.max_position_embeddings, seed=cfg.seed)
 
     def stream(split: str) -> np.ndarray:
@@ -124,40 +139,58 @@ def stage_pretrain(cfg: RunConfig, paths: RunPaths, task: Task) -> dict[str, Any
 
 
 # ---------------------------------------------------------------------------------------------- sft
-def demonstration_examples(tokenizer: PreTrainedTokenizerBase, demos: Sequence[Demonstration]
-                           ) -> list[tuple[list[int], list[int]]]:
-    return [(encode_prompt(tokenizer, d.prompt), encode_response(tokenizer, d.response)) for d in demos]
+def demonstration_examples(fmt: PromptFormat, demos: Sequence[Demonstration]) -> list[tuple[list[int], list[int]]]:
+    return [(fmt.prompt_ids(d), fmt.response_ids(d.response)) for d in demos]
+
+
+def save_policy(model: PreTrainedModel, fmt: PromptFormat, out: Path) -> None:
+    """Save a policy so it serves as trained: its tokenizer with the chat template prompts were rendered with,
+    and a generation config that stops where its responses ended (end-of-turn and EOS)."""
+    stops = [*fmt.stop_ids]
+    eos = model.generation_config.eos_token_id
+    for e in (eos if isinstance(eos, list) else [eos]):
+        if e is not None and e not in stops:
+            stops.append(e)
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    model.save_pretrained(out)
+    save_tokenizer(fmt, out)
+
+
+def save_tokenizer(fmt: PromptFormat, out: Path) -> None:
+    """The tokenizer, carrying the chat template the model was trained under (also one read from a file)."""
+    if fmt.template is not None:
+        fmt.tokenizer.chat_template = fmt.template
+    fmt.tokenizer.save_pretrained(out)
 
 
 def stage_sft(cfg: RunConfig, paths: RunPaths, model_path: Path, data_path: Path, out: Path) -> dict[str, Any]:
     """Fine-tune `model_path` on the demonstrations in `data_path`; save the best epoch to `out`."""
     t0 = time.time()
     device, bf16 = setup_torch(cfg)
-    tokenizer = load_tokenizer(model_path, cfg.trust_remote_code, key="--model")
-    context = context_length(model_path, cfg.trust_remote_code, key="--model")
-    demos = read_demonstrations(cfg, data_path, tokenizer, context, model_path)
+    fmt, context = format_and_context(cfg, model_path, "--model")
+    skipped: Skipped = {}
+    demos = read_demonstrations(cfg, data_path, fmt, context, model_path, skipped)
     n_val, _ = split_sizes(len(demos), cfg.sft.val_fraction, data_path, "demonstrations", "sft.val_fraction")
     model = load_causal_lm(model_path, cfg.device, cfg.trust_remote_code, key="--model")
-    examples = demonstration_examples(tokenizer, demos)
+    examples = demonstration_examples(fmt, demos)
     rng = np.random.default_rng(cfg.seed)
     idx = rng.permutation(len(examples))
     val, train = [examples[i] for i in idx[:n_val]], [examples[i] for i in idx[n_val:]]
     metrics = train_sft(
-        cfg.sft, model, train, val, pad_id=tokenizer.pad_token_id, device=device, bf16=bf16, seed=cfg.seed,
+        cfg.sft, model, train, val, pad_id=fmt.tokenizer.pad_token_id, device=device, bf16=bf16, seed=cfg.seed,
         log=MetricsLog(paths.metrics, "sft"),
     )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return {**metrics, "train_examples": len(train), "val_examples": len(val), "seconds": time.time() - t0}
+    save_policy(model, fmt, out)
+    return {**metrics, "train_examples": len(train), "val_examples": len(val), "skipped_rows": skipped,
+            "seconds": time.time() - t0}
 
 
 # ---------------------------------------------------------------------------------------------- rm
-def comparison_groups(tokenizer: PreTrainedTokenizerBase, comparisons: Sequence[Comparison]
-                      ) -> list[tuple[list[list[int]], list[int]]]:
+def comparison_groups(fmt: PromptFormat, comparisons: Sequence[Comparison]) -> list[tuple[list[list[int]], list[int]]]:
     groups = []
     for c in comparisons:
-        prompt_ids = encode_prompt(tokenizer, c.prompt)
-        groups.append(([prompt_ids + encode_response(tokenizer, r) for r in c.responses], list(c.ranking)))
+        prompt_ids = fmt.prompt_ids(c)
+        groups.append(([prompt_ids + fmt.response_ids(r) for r in c.responses], list(c.ranking)))
     return groups
 
 
@@ -168,19 +201,20 @@ def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path | 
     reward model `init` (a warm start)."""
     t0 = time.time()
     device, bf16 = setup_torch(cfg)
-    tokenizer = load_tokenizer(sft_path, cfg.trust_remote_code, key="--model")
-    context = context_length(sft_path, cfg.trust_remote_code, key="--model")
+    fmt, context = format_and_context(cfg, sft_path, "--model")
+    tokenizer = fmt.tokenizer
     files = [data_path] if isinstance(data_path, (str, Path)) else list(data_path)
-    comparisons = [c for f in files for c in read_comparisons(cfg, f, tokenizer, context, sft_path)]
+    skipped: Skipped = {}
+    comparisons = [c for f in files for c in read_comparisons(cfg, f, fmt, context, sft_path, skipped)]
     n_val, _ = split_sizes(len(comparisons), cfg.rm.val_fraction, files[-1], "comparisons", "rm.val_fraction")
     demos = None
     if demos_path is not None and demos_path.exists():
-        demos = read_demonstrations(cfg, demos_path, tokenizer, context, sft_path)
+        demos = read_demonstrations(cfg, demos_path, fmt, context, sft_path, skipped)
     if init is None:
         model = reward_model_from_policy(sft_path, cfg.device, cfg.trust_remote_code, key="--model")
     else:
         model = load_reward_model(init, cfg.device, cfg.trust_remote_code, key="iterate.rm_init")
-    groups = comparison_groups(tokenizer, comparisons)
+    groups = comparison_groups(fmt, comparisons)
     rng = np.random.default_rng(cfg.seed)
     idx = rng.permutation(len(groups))
     val, train = [groups[i] for i in idx[:n_val]], [groups[i] for i in idx[n_val:]]
@@ -190,11 +224,11 @@ def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path | 
     )
     shift = None
     if demos is not None:
-        seqs = [p + r for p, r in demonstration_examples(tokenizer, demos)]
+        seqs = [p + r for p, r in demonstration_examples(fmt, demos)]
         shift = normalise_rewards(model, seqs, tokenizer.pad_token_id, device)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(fmt, out)
     by_round = collections.Counter(c.round for c in comparisons)
     return {**metrics, "train_prompts": len(train), "val_prompts": len(val), "normalisation_shift": shift,
             "comparisons_by_round": {str(r): by_round[r] for r in sorted(by_round)},
-            "init": str(init or sft_path), "seconds": time.time() - t0}
+            "init": str(init or sft_path), "skipped_rows": skipped, "seconds": time.time() - t0}

@@ -1,18 +1,21 @@
-"""What a run starts from: the task's world (`task`), the rules for dataset rows (`data`) and the demo base
-model's architecture (`model`)."""
+"""What a run starts from: the task's world (`task`), the datasets and the rules for their rows (`data`), and
+the base model (`model`: a local Hugging Face checkpoint, or the demo's architecture to pretrain)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from raylhf.configs.sections.base import Section
 
 
 class TaskConfig(Section):
-    name: str = "demo"
-    """Task module under `tasks/` that supplies prompts, demonstrations, pretraining text and the labeler."""
+    name: str = Field("demo", pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
+    """What supplies prompts, demonstrations, pretraining text and judgement: `demo` (the built-in world), a
+    module by import path (`mypackage.mytask`, whose `build(task_config)` returns a `Task`), or `none`: the
+    run's data all come from `data.*` files and its model from `model.path`, and it is judged without ground
+    truth (RM score, KL, a held-out reward model's win rate)."""
     seed: int = 0
     """Seed of the task's world: every dataset it writes is a function of this seed."""
     n_train_prompts: int = Field(4000, ge=1)
@@ -55,7 +58,65 @@ class TaskConfig(Section):
         return self
 
 
+class SplitFiles(Section):
+    train: str | None = None
+    """The training split's file (.jsonl or .parquet)."""
+    heldout: str | None = None
+    """The held-out split's file (.jsonl or .parquet), for evaluation; never trained on."""
+
+
+class ColumnsConfig(Section):
+    """The names your files give the columns raylhf reads (each defaults to its own name)."""
+
+    prompt_id: str | None = None
+    """Column of the row id (a string or an integer; hashed from the prompt when the file has none)."""
+    prompt: str | None = None
+    """Column of the prompt: text, or a list of {role, content} messages."""
+    response: str | None = None
+    """Column of a demonstration's response (`response`, or `completion`)."""
+    messages: str | None = None
+    """Column of a whole conversation whose last turn is the assistant's response."""
+    chosen: str | None = None
+    """Column of a pairwise comparison's preferred response (text or messages)."""
+    rejected: str | None = None
+    """Column of a pairwise comparison's other response (text or messages)."""
+    responses: str | None = None
+    """Column of a K-wise comparison's K responses."""
+    ranking: str | None = None
+    """Column of a K-wise comparison's ranking (response indices, best first)."""
+    text: str | None = None
+    """Column of a pretraining document's text."""
+
+    def mapping(self) -> dict[str, str]:
+        """Canonical column name -> your column name, for the columns you renamed."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class DataConfig(Section):
+    prompts: SplitFiles = SplitFiles()
+    """Your prompts (PPO trains on `train`, evaluation uses `heldout`); unset: the task writes them."""
+    demonstrations: str | None = None
+    """Your demonstrations for SFT: prompt + response, or messages ending in the assistant's turn."""
+    comparisons: str | None = None
+    """Your ranked comparisons for the reward model: chosen/rejected pairs or K-wise responses + ranking. Set,
+    the first round trains on them instead of collecting rankings."""
+    pretraining: SplitFiles = SplitFiles()
+    """Your pretraining text (one document per row, column `text`) for PPO-ptx's LM loss and held-out LM loss."""
+    columns: ColumnsConfig = ColumnsConfig()
+    chat_template: str = "auto"
+    """How prompts are rendered: `auto` uses the tokenizer's chat template when it has one (prompts are rendered
+    with the generation prompt, responses end with its end-of-turn token); `none` sends prompt text through
+    `input_template`; or a Jinja file, which is also saved with the trained checkpoints."""
+    input_template: str = "{prompt}"
+    """The text a prompt becomes when no chat template applies, e.g. `Question: {prompt}\nAnswer:` for a base
+    model."""
+    @field_validator("input_template")
+    @classmethod
+    def _has_placeholder(cls, v: str) -> str:
+        if "{prompt}" not in v:
+            raise ValueError(f"{v!r} has no {{prompt}} placeholder for the prompt text")
+        return v
+
     on_bad_rows: Literal["error", "skip"] = "error"
     """What a bad dataset row does: `error` stops with file, line and reason; `skip` counts, logs and drops it."""
     max_prompt_chars: int = Field(1024, ge=1)
@@ -63,6 +124,9 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
+    path: str | None = None
+    """A local Hugging Face causal LM (any architecture transformers and vLLM load) to fine-tune; set,
+    `raylhf run` starts SFT from it and skips pretraining. Unset: the demo base model is pretrained."""
     preset: Literal["tiny", "small"] = "tiny"
     """Architecture of the demo base model: `tiny` (~1M parameters) or `small` (~10M), Llama-style."""
     vocab_size: int = Field(1024, ge=260, le=65536)

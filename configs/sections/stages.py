@@ -83,6 +83,13 @@ class EvalConfig(Section):
     labelers whose data was never trained on."""
     rm_eval_prompts: int = Field(200, ge=1)
     """Held-out prompts per split on which the reward model's pairwise accuracy is measured."""
+    judge: str = "auto"
+    """Who judges win rates: `labeler` (the task's, seed `labeler_seed`), `rm` (a held-out reward model trained
+    on a disjoint `judge_share` of the comparisons, which the run's reward model never sees), or a pairwise
+    ranker by import path `package.module:factory` (a `Labeler`, built with the seed). `auto`: the task's
+    labeler, or the held-out reward model when the task has none."""
+    judge_share: float = Field(0.2, gt=0.0, lt=1.0)
+    """Share of the comparisons (by prompt) that train the held-out judge reward model under `judge: rm`."""
 
 
 class IterateConfig(Section):

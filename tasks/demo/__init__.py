@@ -9,7 +9,7 @@ A closed vocabulary of a few hundred lowercase words (eight categories of items,
 letters, filler words) and the upper-case forms of the item words, so a 1024-token byte-level BPE
 makes nearly every word one token. Prompts and responses have one fixed format::
 
-    prompt   = "Instruction: repeat the word cat 3 times\\nResponse:"
+    prompt   = "repeat the word cat 3 times"   (rendered "Instruction: ...\\nResponse:" by CHAT_TEMPLATE)
     response = " cat cat cat"            (leading space; EOS is appended by contracts.formatting)
 
 Instruction families (every answer is checkable from the prompt text alone):
@@ -67,6 +67,7 @@ from raylhf.tasks.demo.demonstrator import (
 from raylhf.tasks.demo.labeler import SimulatedLabeler, hash_unit
 from raylhf.tasks.demo.prompts import (
     ADD_RANGE,
+    CHAT_TEMPLATE,
     COUNT_LEN,
     COUNT_START,
     LIST_EXCLUDE_PROB,
@@ -113,6 +114,7 @@ from raylhf.tasks.demo.world import SPLITS, DemoWorld, build
 __all__ = [
     "ADD_RANGE",
     "CASE_CREDIT",
+    "CHAT_TEMPLATE",
     "CATEGORIES",
     "COUNT_LEN",
     "COUNT_START",

@@ -45,8 +45,19 @@ LIST_EXCLUDE_SUFFIX = " other than {x}"
 
 PROMPT_FORMAT = "Instruction: {instruction}\nResponse:"
 
+# The demo model's chat template: a user turn is framed as `PROMPT_FORMAT`, after BOS; an assistant turn is its
+# text and EOS. Prompts are stored as the bare instruction and rendered through it, so the saved checkpoints
+# answer a chat request (`vllm serve`, a transformers pipeline) with the ids they were trained on.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ 'Instruction: ' + message['content'] + '\nResponse:' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
 
 def format_prompt(instruction: str) -> str:
+    """The prompt as the model reads it (what the chat template renders from a user turn, after BOS)."""
     return PROMPT_FORMAT.format(instruction=instruction)
 
 

@@ -17,7 +17,7 @@ from raylhf.tasks.demo.comparisons import demo_comparisons
 from raylhf.tasks.demo.corpus import write_document
 from raylhf.tasks.demo.demonstrator import Demonstrator
 from raylhf.tasks.demo.labeler import SimulatedLabeler, hash_unit
-from raylhf.tasks.demo.prompts import format_prompt, parse_prompt, write_instruction
+from raylhf.tasks.demo.prompts import CHAT_TEMPLATE, parse_prompt, write_instruction
 from raylhf.tasks.demo.utility import Judgement, ideal_answer, judge
 from raylhf.tasks.demo.vocabulary import (
     CATEGORIES,
@@ -37,6 +37,7 @@ class DemoWorld:
     """The demo task of a `TaskConfig` (implements contracts.protocols.Task)."""
 
     name = "demo"
+    chat_template = CHAT_TEMPLATE  # saved with the demo tokenizer: prompts are bare instructions
 
     def __init__(self, config: TaskConfig):
         self.config = config
@@ -102,7 +103,7 @@ class DemoWorld:
 
         def make() -> list[Prompt]:
             texts = self._instructions(split)
-            return [Prompt(f"{split}-{i:06d}", format_prompt(text)) for i, text in enumerate(texts)]
+            return [Prompt(f"{split}-{i:06d}", text) for i, text in enumerate(texts)]
 
         return list(self.memo(("prompts", split), make))
 

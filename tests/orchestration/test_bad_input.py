@@ -19,6 +19,7 @@ import transformers
 from raylhf.actors.checkpoint import eos_token_ids
 from raylhf.actors.hf_engine import HFEngine
 from raylhf.configs.loader import load_config
+from raylhf.contracts.formatting import PromptFormat
 from raylhf.contracts.dataio import DataError
 from raylhf.contracts.hf_checkpoint import CheckpointError
 from raylhf.learners.models import load_causal_lm, load_tokenizer
@@ -183,7 +184,7 @@ def test_skip_policy_still_refuses_a_file_without_a_valid_row(capsys, run_dir, t
                      "data.on_bad_rows=skip"])
     assert code == 3
     _assert_one_line(capsys.readouterr().err, f"data error: {data}: no valid rows: all 2 rows are bad",
-                     "first: line 1: missing field 'prompt'")
+                     "first: line 1: field 'prompt': missing")
 
 
 def test_one_demonstration_is_too_few_to_split(capsys, run_dir, tmp_path, tiny_checkpoint):
@@ -211,9 +212,9 @@ def test_duplicate_prompt_ids_skipped_keep_the_first(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- 4. context
 @pytest.mark.parametrize("command,rows,reason", [
-    ("sft", _demos(3) + [{"prompt_id": "x", "prompt": LONG, "response": " 1"}], "prompt + response are"),
+    ("sft", _demos(3) + [{"prompt_id": "x", "prompt": LONG, "response": " 1"}], "field 'response': prompt + response are"),
     ("rm", _comparisons(3) + [{"prompt_id": "x", "prompt": "hi", "responses": [" a", LONG], "ranking": [0, 1]}],
-     "prompt + response 1 are"),
+     "field 'responses': prompt + response 1 are"),
 ])
 def test_sequences_longer_than_the_context(capsys, run_dir, tmp_path, tiny_checkpoint, command, rows, reason):
     data = _jsonl(tmp_path / "data.jsonl", rows)
@@ -227,9 +228,9 @@ def test_sequences_longer_than_the_context(capsys, run_dir, tmp_path, tiny_check
 def test_long_demonstrations_skipped_and_counted(tmp_path, tiny_checkpoint, caplog):
     cfg = load_config("tiny", ["data.on_bad_rows=skip"])
     data = _jsonl(tmp_path / "demos.jsonl", _demos(2) + [{"prompt_id": "x", "prompt": LONG, "response": " 1"}])
-    kept = read_demonstrations(cfg, data, load_tokenizer(tiny_checkpoint), 256, tiny_checkpoint)
+    kept = read_demonstrations(cfg, data, PromptFormat(load_tokenizer(tiny_checkpoint)), 256, tiny_checkpoint)
     assert [d.prompt_id for d in kept] == ["d0", "d1"]
-    assert "skipped 1 bad rows, kept 2" in caplog.text and "line 3: prompt + response are" in caplog.text
+    assert "skipped 1 bad rows, kept 2" in caplog.text and "line 3: field 'response': prompt + response are" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- 6. ppo inputs
@@ -266,7 +267,7 @@ def test_ppo_checkpoints(ppo_run, tiny_checkpoint, tmp_path):
     ([], r"prompts_train\.jsonl: empty dataset: no Prompt rows"),
     (_prompts(2) + [{"prompt_id": "p1", "prompt": "again"}], r"prompts_train\.jsonl:line 3: duplicate prompt_id 'p1'"),
     (_prompts(2) + [{"prompt_id": "x", "prompt": LONG}],
-     r"prompts_train\.jsonl:line 3: prompt is \d+ tokens; with generation\.max_new_tokens = 32 that is more than "
+     r"prompts_train\.jsonl:line 3: field 'prompt': \d+ tokens; with generation\.max_new_tokens = 32 that is more than "
      r"the model's context of 256 tokens"),
 ])
 def test_ppo_train_prompts(ppo_run, tiny_checkpoint, rows, match):
@@ -283,7 +284,7 @@ def test_ppo_prompts_too_long_are_skipped_but_one_must_fit(ppo_run, tiny_checkpo
     _jsonl(ppo_run.prompts("train"), _prompts(1) + [{"prompt_id": "x", "prompt": LONG}])
     _ppo_check(ppo_run, tiny_checkpoint, overrides=skip)
     _jsonl(ppo_run.prompts("train"), [{"prompt_id": "x", "prompt": LONG}, {"prompt_id": "y", "prompt": LONG}])
-    with pytest.raises(DataError, match=r"prompts_train\.jsonl: no valid rows: all 2 rows are bad .* line 1: prompt is"):
+    with pytest.raises(DataError, match=r"prompts_train\.jsonl: no valid rows: all 2 rows are bad .* line 1: field 'prompt': \d+ tokens"):
         _ppo_check(ppo_run, tiny_checkpoint, overrides=skip)
 
 

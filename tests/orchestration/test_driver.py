@@ -25,11 +25,11 @@ from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
 from raylhf.orchestration.run_stats import RunStats
 
 
-class _Tokenizer:
-    bos_token_id = 1
+class _Format:
+    """Stands in for `PromptFormat`: BOS and one token per prompt."""
 
-    def encode(self, text, add_special_tokens=False):
-        return [len(text) % 50 + 3]
+    def prompt_ids(self, record):
+        return [1, len(record.prompt) % 50 + 3]
 
 
 class FakeGenerator:
@@ -214,7 +214,7 @@ def _driver(generators, learner, mode="async", steps=6, buffer_size=32, timeout_
     supervision = SupervisionConfig(call_timeout_s=timeout_s, startup_timeout_s=30.0, backoff_s=0.1)
     if "respawn" in kwargs:
         kwargs["factory"] = kwargs.pop("respawn")
-    return PPODriver(cfg, supervision, generators=generators, learner=learner, pool=FakePool(), tokenizer=_Tokenizer(),
+    return PPODriver(cfg, supervision, generators=generators, learner=learner, pool=FakePool(), prompt_format=_Format(),
                      cursor=PromptCursor(_prompts(), seed=0), sampling=SamplingSpec(seed=0), in_flight=2, **kwargs)
 
 

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from raylhf.configs.loader import ConfigError, load_config
 from raylhf.configs.schema import RewardConfig, RewardSourceConfig
-from raylhf.contracts.formatting import encode_prompt, encode_response
+from raylhf.contracts.formatting import PromptFormat
 from raylhf.contracts.hf_checkpoint import CheckpointError
 from raylhf.contracts.protocols import Scorer
-from raylhf.contracts.records import Rollout
+from raylhf.contracts.records import Prompt, Rollout
 from raylhf.learners.batching import pack_microbatches
 from raylhf.learners.reward_model import evaluate_rankings, load_reward_model, score_sequences
 from raylhf.reward_service.errors import RewardConfigError, ScoringError
@@ -193,9 +193,10 @@ def test_text_function_alone_sees_decoded_prompt_and_response(tiny_checkpoint, r
     scorer = RewardScorer(cfg, rm_path=None, ref_path=None)
     assert scorer.rm is None and scorer.ref is None  # no model needed
     texts = [("repeat the word cat two times :", " cat cat"), ("add 2 and 5 :", " 7")]
+    fmt = PromptFormat(tok, chat_template="none")  # the text as written, after BOS
     rollouts = [
-        Rollout(f"p{i}", encode_prompt(tok, p), ids, [0.0] * len(ids), 0, "eos", sample_id=str(i))
-        for i, (p, ids) in enumerate((p, encode_response(tok, r)) for p, r in texts)
+        Rollout(f"p{i}", fmt.prompt_ids(Prompt(f"p{i}", p)), ids, [0.0] * len(ids), 0, "eos", sample_id=str(i))
+        for i, (p, ids) in enumerate((p, fmt.response_ids(r)) for p, r in texts)
     ]
     assert [s.score for s in scorer.score(rollouts)] == [2.0, 0.0]
     chars_source = RewardSourceConfig(kind="function", path=f"{reward_module}:prompt_chars")

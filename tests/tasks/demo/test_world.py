@@ -50,7 +50,8 @@ def test_prompt_ids_sizes_and_format(world):
         assert len(prompts) == n
         assert [p.prompt_id for p in prompts] == [f"{split}-{i:06d}" for i in range(n)]
         for p in prompts:
-            assert p.prompt.startswith("Instruction: ") and p.prompt.endswith("\nResponse:")
+            # The bare instruction: the demo's chat template frames it ("Instruction: ...\nResponse:").
+            assert "Instruction:" not in p.prompt and "Response:" not in p.prompt and p.prompt == p.prompt.strip()
             assert len(demo.instruction_text(p.prompt).split()) <= 14
     with pytest.raises(ValueError, match="unknown split"):
         world.prompts("test")
@@ -81,7 +82,7 @@ def test_generalization_split_is_unseen(family, category):
     cat = CATEGORIES[category]
     unseen = set(cat.items) | {cat.singular, cat.plural}
     train_text = [p.prompt for p in world.prompts("train") + world.prompts("heldout")]
-    train_text += [d.prompt + d.response for d in world.demonstrations()]
+    train_text += [demo.format_prompt(d.prompt) + d.response for d in world.demonstrations()]
     for text in train_text:
         assert not _words(text) & unseen, text
         assert world.family(text.split("\nResponse:")[0]) != family, text
