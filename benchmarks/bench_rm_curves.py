@@ -143,7 +143,7 @@ def load_rankings(cfg, paths) -> dict[str, list]:
     return out
 
 
-def eval_pairs(cfg, paths, task, tokenizer, sft, current: dict, groups: int, device) -> dict[str, dict[str, Any]]:
+def eval_pairs(cfg, paths, task, fmt, sft, current: dict, groups: int, device) -> dict[str, dict[str, Any]]:
     """Held-out groups of K samples per source and split, ranked and scored by the baselines."""
     from raylhf.contracts.dataio import read_records
     from raylhf.contracts.records import Prompt
@@ -163,7 +163,7 @@ def eval_pairs(cfg, paths, task, tokenizer, sft, current: dict, groups: int, dev
         for split, prompts in by_split.items():
             pooled, offset = sampled[name][offset : offset + len(prompts)], offset + len(prompts)
             ps, rs = split_groups(prompts, pooled, groups)
-            out.setdefault(source, {})[split] = score_pairs(task, labeler, tokenizer, sft, {}, ps, rs, k, device)
+            out.setdefault(source, {})[split] = score_pairs(task, labeler, fmt, sft, {}, ps, rs, k, device)
     return out
 
 
@@ -311,7 +311,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from raylhf.configs.loader import load_config
-    from raylhf.learners.models import context_length, is_checkpoint, load_causal_lm, load_tokenizer
+    from raylhf.learners.models import context_length, is_checkpoint, load_causal_lm
+    from raylhf.orchestration.preflight import load_format
     from raylhf.learners.reward_model import load_reward_model
     from raylhf.orchestration.paths import RunPaths
     from raylhf.orchestration.rounds import policy_name, policy_path
@@ -326,7 +327,8 @@ def main() -> None:
     cfg = load_config(args.config, [*args.overrides, f"output_dir={args.run.parent}", f"name={args.run.name}"])
     device, _ = setup_torch(cfg)
     task = load_task(cfg.task)
-    tokenizer = load_tokenizer(paths.model("sft"))
+    fmt = load_format(cfg, paths.model("sft"))
+    tokenizer = fmt.tokenizer
     context = context_length(paths.model("sft"))
     sft = load_causal_lm(paths.model("sft"), cfg.device)
     rankings = load_rankings(cfg, paths)
@@ -345,7 +347,7 @@ def main() -> None:
     print(f"{len(points)} reward models to train: {', '.join(p.name for p in points)}")
 
     t0 = time.time()
-    scored = eval_pairs(cfg, paths, task, tokenizer, sft, current, args.eval_groups, device)
+    scored = eval_pairs(cfg, paths, task, fmt, sft, current, args.eval_groups, device)
     import ray
 
     ray.shutdown()  # the generator actors' cores go back to training
@@ -360,7 +362,7 @@ def main() -> None:
         rm = load_reward_model(path, cfg.device)
         for by_split in scored.values():
             for sp in by_split.values():
-                sp.add_reward_model(name, rm, tokenizer, device)
+                sp.add_reward_model(name, rm, fmt, device)
         return time.time() - t
 
     for name in results["references"]:

@@ -45,18 +45,18 @@ class Judge:
 
     def __init__(self, cfg, paths, prompts, threads: int):
         from raylhf.actors.sampling import sampling_spec
-        from raylhf.contracts.formatting import encode_prompt
         from raylhf.contracts.protocols import GenerationRequest
-        from raylhf.learners.models import load_tokenizer
+        from raylhf.orchestration.preflight import load_format
         from raylhf.reward_service.scorer import RewardScorer
         from raylhf.tasks import load_task
 
         self.cfg, self.threads, self.prompts = cfg, threads, prompts
-        self.tokenizer = load_tokenizer(paths.model("sft"))
+        self.fmt = load_format(cfg, paths.model("sft"))
+        self.tokenizer = self.fmt.tokenizer
         self.labeler = load_task(cfg.task).labeler(cfg.eval.labeler_seed)
-        self.sampling = dataclasses.replace(sampling_spec(cfg.generation, seed=cfg.seed + 1), n=1,
-                                            temperature=cfg.eval.temperature)
-        self.requests = [GenerationRequest(p.prompt_id, tuple(encode_prompt(self.tokenizer, p.prompt))) for p in prompts]
+        self.sampling = self.fmt.sampling(dataclasses.replace(sampling_spec(cfg.generation, seed=cfg.seed + 1), n=1,
+                                                              temperature=cfg.eval.temperature))
+        self.requests = [GenerationRequest(p.prompt_id, tuple(self.fmt.prompt_ids(p))) for p in prompts]
         self.scorer = RewardScorer(cfg.reward.model_copy(update={"ref_logprobs": False}),
                                    rm_path=str(paths.model("rm")), ref_path=None)
         self.reference = None
@@ -64,12 +64,11 @@ class Judge:
 
     def _sample(self, checkpoint):
         from raylhf.actors.hf_engine import HFEngine
-        from raylhf.contracts.formatting import decode_response
 
         engine = HFEngine(checkpoint, seed=self.cfg.seed + 1, num_threads=self.threads)
         results = engine.generate(self.requests, self.sampling)
         rollouts = [r[0] for r in results]
-        return rollouts, [decode_response(self.tokenizer, r.response_ids) for r in rollouts]
+        return rollouts, [self.fmt.decode_response(r.response_ids) for r in rollouts]
 
     def __call__(self, checkpoint) -> dict[str, float]:
         rollouts, texts = self._sample(checkpoint)
@@ -102,21 +101,21 @@ def run_trl(cfg, paths, judge: Judge, seconds: float, generations: int, threads:
     from trl import GRPOConfig, GRPOTrainer
 
     from raylhf.contracts.dataio import read_records
-    from raylhf.contracts.formatting import encode_prompt
     from raylhf.contracts.records import Prompt, Rollout
-    from raylhf.learners.models import load_tokenizer
     from raylhf.learners.training import use_bf16
 
     torch.set_num_threads(threads)
-    tokenizer = load_tokenizer(paths.model("sft"))
+    fmt = judge.fmt
+    tokenizer = fmt.tokenizer
     tokenizer.padding_side = "left"
     prompts, _ = read_records(paths.prompts("train"), Prompt)
     # TRL tokenises the prompt text with the tokenizer's defaults; the dataset holds the text that gives
-    # raylhf's `[BOS] prompt` ids that way (the prompt itself if the tokenizer adds BOS, else BOS's text in
-    # front), checked on every prompt.
-    bos_added = tokenizer(prompts[0].prompt)["input_ids"][:1] == [tokenizer.bos_token_id]
-    texts = [p.prompt if bos_added else tokenizer.bos_token + p.prompt for p in prompts]
-    ids_of = {t: encode_prompt(tokenizer, p.prompt) for t, p in zip(texts, prompts)}
+    # raylhf's prompt ids that way (the rendered prompt, BOS left to the tokenizer when it adds one), checked on
+    # every prompt.
+    texts = [fmt.prompt_text(p) for p in prompts]
+    if fmt.template is not None and fmt.bos:  # the template wrote BOS already: TRL's tokenizer call must not add one
+        texts = [t.removeprefix(tokenizer.bos_token) for t in texts]
+    ids_of = {t: fmt.prompt_ids(p) for t, p in zip(texts, prompts)}
     mismatched = [t for t, ids in zip(texts, tokenizer(texts)["input_ids"]) if ids != ids_of[t]]
     if mismatched:
         raise SystemExit(f"{len(mismatched)} prompts tokenise differently for TRL, e.g. {mismatched[0]!r}")

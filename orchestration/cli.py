@@ -275,8 +275,10 @@ def _stdout_reader_gone() -> bool:
 
 
 def _dispatch(args) -> int:
+    columns = [f"data.columns.{key}={getattr(args, 'column_' + key)}" for key in COLUMN_FLAGS
+               if getattr(args, "column_" + key, None)]
     if args.command == "config":
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, [*args.overrides, *columns])
         if args.explain:
             print("\n".join(explain()))
         else:
@@ -286,8 +288,6 @@ def _dispatch(args) -> int:
     # --address before validation: on a cluster the local CPU count does not bound the actors.
     address = [f"ray.address={args.address}"] if getattr(args, "address", None) else []
     rounds = [f"iterate.rounds={args.rounds}"] if getattr(args, "rounds", None) is not None else []
-    columns = [f"data.columns.{key}={getattr(args, 'column_' + key)}" for key in COLUMN_FLAGS
-               if getattr(args, "column_" + key, None)]
     cfg = load_config(args.config, [*args.overrides, *address, *rounds, *columns])
     from raylhf.orchestration import preflight  # pulls pyarrow: not loaded for --help or `raylhf config`
 

@@ -19,8 +19,8 @@ import transformers
 from raylhf.actors.checkpoint import eos_token_ids
 from raylhf.actors.hf_engine import HFEngine
 from raylhf.configs.loader import load_config
-from raylhf.contracts.formatting import PromptFormat
 from raylhf.contracts.dataio import DataError
+from raylhf.contracts.formatting import PromptFormat
 from raylhf.contracts.hf_checkpoint import CheckpointError
 from raylhf.learners.models import load_causal_lm, load_tokenizer
 from raylhf.learners.reward_model import load_reward_model, reward_model_from_policy
