@@ -6,7 +6,10 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from raylhf.contracts.hf_checkpoint import require_checkpoint
+from raylhf.contracts.snapshot import named_checkpoint_tensors
 
 
 def read_hf_config(checkpoint: str | os.PathLike) -> dict:
@@ -26,22 +29,23 @@ def eos_token_ids(checkpoint: str | os.PathLike) -> tuple[int, ...]:
     return tuple(int(e) for e in eos) if isinstance(eos, (list, tuple)) else (int(eos),)
 
 
-def checkpoint_signature(checkpoint: str | os.PathLike, dtype: str) -> list[tuple[str, tuple[int, ...], str]]:
+def checkpoint_signature(checkpoint: str | os.PathLike, dtype: str,
+                         trust_remote_code: bool = False) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, shape, dtype) of every tensor a snapshot for a model started from `checkpoint` must carry.
 
-    Names and shapes come from the safetensors headers (nothing is loaded); `dtype` is the engine's
-    compute dtype, which the snapshot must already have. A tied `lm_head.weight` is left out (the
-    engine loads the embedding once) as are rotary caches some older checkpoints store.
+    Exactly what the learner publishes (`named_checkpoint_tensors` of the transformers model) for this
+    architecture: the model is built from the checkpoint's config on the meta device (no memory, no
+    weights read), so a tied LM head is carried once under the embedding's name, non-persistent buffers
+    (rotary caches, GPT-2's attention masks) are left out, and names are transformers' own even where the
+    files use an older layout (GPT-2 checkpoints saved without the `transformer.` prefix). Floating-point
+    tensors must come in `dtype`, the engine's compute dtype; others in their own.
     """
-    from safetensors import safe_open
+    # deferred: transformers takes seconds to import (already paid where an engine runs)
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    files = sorted(require_checkpoint(checkpoint, weights=True).glob("*.safetensors"))
-    tied = bool(read_hf_config(checkpoint).get("tie_word_embeddings", False))
-    signature = []
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                if (tied and name == "lm_head.weight") or name.endswith("rotary_emb.inv_freq"):
-                    continue
-                signature.append((name, tuple(f.get_slice(name).get_shape()), dtype))
-    return signature
+    path = str(require_checkpoint(checkpoint, weights=True))
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return [(name, tuple(t.shape), dtype if t.is_floating_point() else str(t.dtype).removeprefix("torch."))
+            for name, t in named_checkpoint_tensors(model)]

@@ -27,7 +27,10 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 class HFEngine:
-    """A transformers causal LM generating token-id prompts in left-padded batches."""
+    """A transformers causal LM generating token-id prompts in left-padded batches.
+
+    `max_model_len` is the longest prompt + response it accepts (None: the model config's context).
+    """
 
     def __init__(
         self,
@@ -36,6 +39,7 @@ class HFEngine:
         dtype: str = "float32",
         device: str = "cpu",
         seed: int = 0,
+        max_model_len: int | None = None,
         max_batch_size: int = 256,
         num_threads: int | None = None,
         trust_remote_code: bool = False,
@@ -56,6 +60,11 @@ class HFEngine:
         self.model.eval()
         config = self.model.config
         self.context_len: int = config.max_position_embeddings
+        if max_model_len is not None:  # as vLLM: a limit within the model's context, never past it
+            if max_model_len > self.context_len:
+                raise ValueError(f"max_model_len {max_model_len} exceeds the {self.context_len} positions of "
+                                 f"{self.checkpoint}")
+            self.context_len = max_model_len
         self.vocab_size: int = config.vocab_size
         self.eos_ids: tuple[int, ...] = eos_token_ids(self.checkpoint)
         self.pad_id: int = config.pad_token_id if config.pad_token_id is not None else (self.eos_ids or (0,))[0]

@@ -57,6 +57,9 @@ class VLLMEngine:
     serialises them). `version` is the version of the weights in the engine; every rollout carries the
     version its call began with, and with `weight_updates="in_flight"` also the version in force when it
     finished (`Rollout.last_version`).
+
+    `max_model_len` is the longest prompt + response the engine accepts; None takes the model config's
+    context, capped at what one sequence can hold of `kv_cache_bytes`. `context_len` is what it became.
     """
 
     def __init__(
@@ -91,7 +94,9 @@ class VLLMEngine:
             dtype=dtype,
             enforce_eager=enforce_eager,
             kv_cache_memory_bytes=kv_cache_bytes,
-            max_model_len=max_model_len,
+            # Unset, vLLM would take the config's context and refuse to start when one sequence of it does not
+            # fit in the KV cache (a 32k-context model in 256 MB); -1 caps it at what fits (vLLM's auto-fit).
+            max_model_len=-1 if max_model_len is None else max_model_len,
             seed=seed,
             trust_remote_code=trust_remote_code,
             skip_tokenizer_init=True,  # prompts and responses are token ids
@@ -111,7 +116,7 @@ class VLLMEngine:
         self.context_len: int = model_config.max_model_len
         self.vocab_size: int = model_config.get_vocab_size()
         self.eos_ids: tuple[int, ...] = eos_token_ids(self.checkpoint)
-        self.signature = checkpoint_signature(self.checkpoint, dtype)
+        self.signature = checkpoint_signature(self.checkpoint, dtype, trust_remote_code)
         self._version = version
         self.record_spans = weight_updates == "in_flight"  # fill Rollout.last_version
         # Hand-off between a weights thread and the generate thread: `_generating` says whether a call

@@ -13,8 +13,10 @@ q/k/v and gate/up into one matrix. The parameters no longer show what the engine
 (`quant_method.apply`, the call the forward pass makes): row i of `I @ W^T` is column i of W, and
 with exact zeros elsewhere the result is bit-exact in fp32/bf16/fp16. Fused matrices are split
 back into their HF tensors by the layer's `output_sizes`. Embedding tables and norm weights are
-used as stored, so they are read directly. The cost is O(in_features² · out_features) per layer:
-a test and diagnostics tool for small models, not part of a weight update.
+used as stored, so they are read directly. Layers whose HF layout differs from vLLM's (GPT-2's
+Conv1D, stored transposed) are turned back by the model's own loading hook. The cost is
+O(in_features² · out_features) per layer: a test and diagnostics tool for small models, not part of a
+weight update.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class WeightSyncExtension:
                 else:
                     for pname, p in module.named_parameters(recurse=False):
                         out[f"{module_name}.{pname}" if module_name else pname] = p.detach().clone()
-        return out
+        return _checkpoint_layout(model, out)
 
     def weight_checksums(self) -> dict[str, str]:
         """`tensor_checksum` of every tensor of `read_back`, computed in the worker."""
@@ -106,6 +108,20 @@ def _probe_linear(layer: torch.nn.Module, in_features: int) -> torch.Tensor:
         eye[:, start : start + rows] = torch.eye(rows, dtype=dtype, device=device)
         columns.append(layer.quant_method.apply(layer, eye, None))  # [rows, out] = W[:, start:start+rows]^T
     return torch.cat(columns, 0).t().contiguous().cpu()
+
+
+def _checkpoint_layout(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights read back in the layout of the HF checkpoint rather than vLLM's.
+
+    HF's GPT-2 family stores its Conv1D weights [in, out]; vLLM's GPT-2 transposes them to [out, in] while
+    loading, in its model's `_transpose_conv1d` hook, which picks them out by name. A transpose is its own
+    inverse, so the same hook, applied once, turns the engine's weights back into the checkpoint's.
+    """
+    hook = next((m._transpose_conv1d for m in model.modules() if callable(getattr(m, "_transpose_conv1d", None))),
+                None)
+    if hook is None:
+        return tensors
+    return {name: t.contiguous() for name, t in hook(tensors.items())}
 
 
 def _refresh_tied_layers(model: torch.nn.Module) -> None:

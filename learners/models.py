@@ -155,6 +155,38 @@ def load_causal_lm(path: str | os.PathLike, device: str | torch.device = "auto",
     return model.to(pick_device(device))
 
 
+def save_pretrained_as(model: PreTrainedModel, out: str | os.PathLike, dtype: torch.dtype) -> None:
+    """`model.save_pretrained(out)` with the floating-point weights in `dtype` and config.json saying so; the
+    model itself keeps its weights (float32 masters) and its config. Trainers train in float32 and save in the
+    dtype their input checkpoint had (`checkpoint_dtype`)."""
+    from raylhf.contracts.snapshot import named_checkpoint_tensors  # deferred: torch, for the command line
+
+    if model.dtype == dtype:
+        model.save_pretrained(out)
+        return
+    config_dtype = model.config.dtype
+    # Tied tensors once, as save_pretrained writes them itself (given a state dict it would write every name).
+    state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in named_checkpoint_tensors(model)}
+    model.save_pretrained(out, state_dict=state)
+    try:  # save_pretrained wrote the model's own dtype into config.json (and into the config)
+        model.config.dtype = dtype
+        model.config.save_pretrained(out)
+    finally:
+        model.config.dtype = config_dtype
+
+
+def checkpoint_dtype(path: str | os.PathLike, trust_remote_code: bool = False) -> torch.dtype:
+    """The weight dtype a checkpoint's config declares (float32 when it says none)."""
+    import torch  # deferred: this module stays light for the command line
+    from transformers import AutoConfig  # deferred: this module stays light for the command line
+
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
 def context_length(path: str | os.PathLike, trust_remote_code: bool = False, *, key: str | None = None) -> int | None:
     """Longest sequence (prompt + response tokens) the model in checkpoint `path` takes: its config's
     `max_position_embeddings`, or None when the config does not say."""

@@ -9,7 +9,9 @@ the pretraining term for the policy, clipped value loss for the value model). Wh
 which order these run and over which minibatches, is `raylhf.learners.ppo.PPOLearner`'s.
 
 Both models stay in eval mode: dropout would make π_θ differ from π_old at identical weights, so the PPO
-ratio would not start at 1.
+ratio would not start at 1. Both train in float32 whatever their checkpoints' dtype; `PolicyValue.save` writes
+them back in the dtype each was loaded in (`save_pretrained_as`), and `master_weights` holds the float32 values
+that rounding would lose, for an exact resume.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor
 
+from raylhf.contracts.snapshot import named_checkpoint_tensors
 from raylhf.contracts.timing import PhaseTimer
 from raylhf.learners.losses import entropy_from_logits, ppo_policy_loss, token_logprobs, value_loss
-from raylhf.learners.models import load_causal_lm
+from raylhf.learners.models import load_causal_lm, save_pretrained_as
 from raylhf.learners.pretrain import causal_lm_loss
 from raylhf.learners.reward_model import load_reward_model, per_token_values
 from raylhf.learners.rollout_batch import RolloutBatch, gather_positions
@@ -95,8 +98,11 @@ class PolicyValue:
         self.bf16 = bf16
         self.timer = timer
         self.policy = load_causal_lm(policy_path, device=device, trust_remote_code=trust_remote_code)
-        self.policy.float().eval()
         self.value_model = load_reward_model(value_path, device=device, trust_remote_code=trust_remote_code)
+        # Loaded in their checkpoints' dtypes, which `save` writes them back in (a bf16 input gives a bf16 output).
+        self.policy_dtype: torch.dtype = self.policy.dtype
+        self.value_dtype: torch.dtype = self.value_model.dtype
+        self.policy.float().eval()
         self.value_model.float().eval()
         attention = cfg.attention
         if attention == "auto":
@@ -112,6 +118,37 @@ class PolicyValue:
         self.policy_optimizer = torch.optim.AdamW(self.policy_params, lr=cfg.lr, eps=1e-5, weight_decay=0.0, **fused)
         self.value_optimizer = torch.optim.AdamW(self.value_params, lr=cfg.value_lr, eps=1e-5, weight_decay=0.0,
                                                  **fused)
+
+    # ----------------------------------------------------------------------------------------------
+    # weights out
+
+    def _models(self) -> tuple[tuple[str, torch.nn.Module, torch.dtype], ...]:
+        return ("policy", self.policy, self.policy_dtype), ("value", self.value_model, self.value_dtype)
+
+    def save(self, policy_dir: str | os.PathLike, value_dir: str | os.PathLike) -> None:
+        """Both models as HF checkpoints, each in the dtype its checkpoint had."""
+        save_pretrained_as(self.policy, policy_dir, self.policy_dtype)
+        save_pretrained_as(self.value_model, value_dir, self.value_dtype)
+
+    def master_weights(self) -> dict[str, Tensor]:
+        """The float32 tensors of each model that `save` rounds to a narrower dtype, as `policy.<name>` /
+        `value.<name>` (empty when both are saved in float32, and the checkpoints are exact)."""
+        return {f"{prefix}.{name}": t.detach().cpu().contiguous()
+                for prefix, model, dtype in self._models() if dtype != torch.float32
+                for name, t in named_checkpoint_tensors(model)}
+
+    @torch.no_grad()
+    def load_master_weights(self, tensors: dict[str, Tensor]) -> None:
+        """Put back what `master_weights` returned (the models were loaded from the rounded checkpoints)."""
+        for prefix, model, dtype in self._models():
+            if dtype == torch.float32:
+                continue
+            named = list(named_checkpoint_tensors(model))
+            missing = [name for name, _ in named if f"{prefix}.{name}" not in tensors]
+            if missing:
+                raise ValueError(f"float32 master weights of the {prefix} lack {missing[:3]}")
+            for name, t in named:
+                t.copy_(tensors[f"{prefix}.{name}"])
 
     # ----------------------------------------------------------------------------------------------
     # forward passes

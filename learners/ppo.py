@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from raylhf.contracts.records import Rollout
@@ -75,6 +76,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "learner_state.pt"  # optimiser and KL-controller state (torch.load(weights_only=True))
 META_FILE = "learner_state.json"  # version, step count, RNG state, settings
+# float32 weights of a model whose HF checkpoint is saved narrower (bf16/fp16 input), so a resume is exact
+MASTER_FILE = "master_weights.safetensors"
 _SNAPSHOT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Phases of `train_step`, each timed into a `time_<phase>_s` metric (wall seconds, summed over minibatches):
 # collate, the π_old / V_old forward passes (`evaluate`), rewards + GAE + importance weights (`advantages`), and
@@ -385,15 +388,19 @@ class PPOLearner:
     # checkpoints
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write `path/policy` (HF model + tokenizer), `path/value` (HF model), and the learner state:
-        optimisers and KL controller in `learner_state.pt` (tensors and plain values only, loadable
-        with ``weights_only=True``), version, step count and RNG state in `learner_state.json`."""
+        """Write `path/policy` (HF model + tokenizer), `path/value` (HF model), each in the dtype of the checkpoint
+        it started from (training is float32), and the learner state: optimisers and KL controller in
+        `learner_state.pt` (tensors and plain values only, loadable with ``weights_only=True``), version, step
+        count and RNG state in `learner_state.json`, and for a model saved narrower than float32 its float32
+        weights in `master_weights.safetensors`."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(out / "policy")
+        self.models.save(out / "policy", out / "value")
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out / "policy")
-        self.value_model.save_pretrained(out / "value")
+        master = self.models.master_weights()
+        if master:
+            save_file(master, str(out / MASTER_FILE))
         torch.save(
             {
                 "policy_optimizer": self.models.policy_optimizer.state_dict(),
@@ -424,6 +431,8 @@ class PPOLearner:
             )
         state = torch.load(src / STATE_FILE, map_location=self.device, weights_only=True)
         self._load_models(src / "policy", src / "value")
+        if (src / MASTER_FILE).exists():
+            self.models.load_master_weights(load_file(str(src / MASTER_FILE), device=str(self.device)))
         self.models.policy_optimizer.load_state_dict(state["policy_optimizer"])
         self.models.value_optimizer.load_state_dict(state["value_optimizer"])
         self.kl_controller.load_state_dict(state["kl_controller"])

@@ -1,17 +1,18 @@
 """The reward model (InstructGPT step 2): the SFT model with a scalar head, trained on K-wise rankings.
 
-The RM stage writes a standard `LlamaForTokenClassification` (any `*ForTokenClassification`) with one
-label: its head gives a scalar at every position, so the same checkpoint serves as the reward model (read at
-the last response token) and as the initial PPO value function (read at every response token), and,
-unlike the `*ForSequenceClassification` heads, it has a bias, which normalisation sets so that
-demonstrations score mean 0 (the paper normalises its RM before RL). A one-label
-`*ForSequenceClassification` checkpoint loads and scores too.
+The RM stage writes a standard `*ForTokenClassification` (`LlamaForTokenClassification`,
+`GPT2ForTokenClassification`, ...) with one label: its head gives a scalar at every position, so the same
+checkpoint serves as the reward model (read at the last response token) and as the initial PPO value function
+(read at every response token), and, unlike the `*ForSequenceClassification` heads, it has a bias, which
+normalisation sets so that demonstrations score mean 0 (the paper normalises its RM before RL). A one-label
+`*ForSequenceClassification` checkpoint loads and scores too. Families name the head differently (`score` in
+Llama and Qwen2, `classifier` in GPT-2's token classifier): `reward_head` finds it.
 
 This is the one reward-model path: the RM trainer, the RM evaluations and the reward service's scorer
 (`raylhf.reward_service.scorer.RewardScorer`) all load with `load_reward_model` and read rewards with
 `sequence_rewards` (`score_sequences` for many sequences at once, micro-batched by padded tokens).
 
-Models: `reward_model_from_policy`, `load_reward_model`. Reading rewards: `per_token_values`,
+Models: `reward_model_from_policy`, `load_reward_model`, `reward_head`. Reading rewards: `per_token_values`,
 `sequence_rewards`, `score_sequences`. Training on rankings (InstructGPT Eq. 1): `group_batch`,
 `ranking_batch_loss`, `evaluate_rankings`, `train_reward_model`; `normalise_rewards` shifts the bias.
 """
@@ -47,9 +48,10 @@ MAX_TOKENS_PER_MICROBATCH = 4096
 
 
 def reward_model_from_policy(policy_path: str | os.PathLike, device: str | torch.device = "auto",
-                             trust_remote_code: bool = False, *, key: str | None = None) -> PreTrainedModel:
+                             trust_remote_code: bool = False, *, key: str | None = None,
+                             dtype: torch.dtype | None = None) -> PreTrainedModel:
     """Load a causal LM checkpoint's transformer under a fresh scalar head (its LM head is dropped).
-    `key` names where the path came from in errors."""
+    `key` names where the path came from in errors; `dtype` overrides the checkpoint's weight dtype."""
     # deferred: transformers takes seconds to import, and importing this module must not cost them
     from transformers import AutoConfig, AutoModelForTokenClassification
 
@@ -59,19 +61,33 @@ def reward_model_from_policy(policy_path: str | os.PathLike, device: str | torch
     config.classifier_dropout = 0.0  # dropout on a scalar reward only adds noise to the pairwise margins
     model = AutoModelForTokenClassification.from_pretrained(
         str(policy_path), config=config, use_safetensors=True, trust_remote_code=trust_remote_code,
-        local_files_only=True,
+        local_files_only=True, **({} if dtype is None else {"dtype": dtype}),
     )
     # Start from a constant reward: the head learns from comparisons alone, not from random features.
-    torch.nn.init.zeros_(model.score.weight)
-    torch.nn.init.zeros_(model.score.bias)
+    head = reward_head(model)
+    torch.nn.init.zeros_(head.weight)
+    if head.bias is not None:
+        torch.nn.init.zeros_(head.bias)
     return model.to(pick_device(device))
+
+
+def reward_head(model: torch.nn.Module) -> torch.nn.Linear:
+    """The linear layer that maps the last hidden state to the reward: the one linear layer among the model's
+    own modules (not its transformer's), with one output. `score` in Llama, Qwen2 and every
+    `*ForSequenceClassification`, `classifier` in `GPT2ForTokenClassification`. ValueError if there is none."""
+    heads = [(name, m) for name, m in model.named_children() if isinstance(m, torch.nn.Linear)]
+    if len(heads) != 1 or heads[0][1].out_features != 1:
+        found = ", ".join(f"{name} ({m.out_features} outputs)" for name, m in heads) or "none"
+        raise ValueError(f"{type(model).__name__}: expected one linear head with one output beside the transformer, "
+                         f"found {found}")
+    return heads[0][1]
 
 
 def load_reward_model(path: str | os.PathLike, device: str | torch.device = "auto", trust_remote_code: bool = False,
                       *, key: str | None = None, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """The reward model in checkpoint `path`, in eval mode: a one-label `*ForTokenClassification` (what the RM
-    stage writes) or `*ForSequenceClassification`, whose reward is its linear `score` head on the last
-    hidden state. `key` names where the path came from in errors (`CheckpointError`); `dtype` overrides
+    stage writes) or `*ForSequenceClassification`, whose reward is its linear head (`reward_head`) on the
+    last hidden state. `key` names where the path came from in errors (`CheckpointError`); `dtype` overrides
     the checkpoint's weight dtype."""
     # deferred: transformers takes seconds to import, and importing this module must not cost them
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
@@ -92,23 +108,26 @@ def load_reward_model(path: str | os.PathLike, device: str | torch.device = "aut
     overrides = {} if dtype is None else {"dtype": dtype}
     model = auto_class.from_pretrained(str(path), config=config, use_safetensors=True,
                                        trust_remote_code=trust_remote_code, local_files_only=True, **overrides)
-    if not isinstance(getattr(model, "score", None), torch.nn.Linear):
-        raise CheckpointError(f"{where}: {type(model).__name__} has no linear `score` head")
+    try:
+        reward_head(model)
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from None
     return model.to(pick_device(device)).eval()
 
 
 def per_token_values(model: PreTrainedModel, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, T] float32 scalar head output at every position (the value function's view of the RM).
 
-    Computed as a `*ForTokenClassification`'s own forward computes its logits (transformer, dropout, head;
-    dropout is the identity outside training), and for a `*ForSequenceClassification` the same way, instead of
-    its own forward, which keeps only the position it finds by searching for the pad id."""
+    Computed as a `*ForTokenClassification`'s own forward computes its logits (transformer, the head's dropout,
+    head; dropout is the identity outside training), and for a `*ForSequenceClassification` the same way
+    (it has no dropout before its head), instead of its own forward, which keeps only the position it finds by
+    searching for the pad id (and refuses batches when the config has no pad id, as GPT-2's)."""
     body = getattr(model, model.base_model_prefix)
     hidden = body(input_ids=ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
-    dropout = getattr(model, "dropout", None)
-    if isinstance(dropout, torch.nn.Dropout):
-        hidden = dropout(hidden)
-    return model.score(hidden).squeeze(-1).float()
+    for module in model.children():  # the head's own dropout, whatever the family calls it
+        if isinstance(module, torch.nn.Dropout):
+            hidden = module(hidden)
+    return reward_head(model)(hidden).squeeze(-1).float()
 
 
 def sequence_rewards(model: PreTrainedModel, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -226,7 +245,11 @@ def train_reward_model(
 @torch.no_grad()
 def normalise_rewards(model: PreTrainedModel, reference_seqs: Sequence[Sequence[int]], pad_id: int,
                       device: torch.device) -> float:
-    """Shift the head's bias so the reference sequences (demonstrations) score mean 0; returns the shift."""
+    """Shift the head's bias so the reference sequences (demonstrations) score mean 0; returns the shift.
+    ValueError for a head without a bias (a `*ForSequenceClassification` reward model)."""
+    head = reward_head(model)
+    if head.bias is None:
+        raise ValueError(f"{type(model).__name__}: its reward head has no bias to normalise the rewards with")
     mean = float(score_sequences(model, reference_seqs, pad_id, device).mean())
-    model.score.bias -= mean
+    head.bias -= mean
     return mean

@@ -133,7 +133,10 @@ def read_comparisons(cfg: RunConfig, path: str | os.PathLike, fmt: PromptFormat,
 def read_prompts(cfg: RunConfig, path: str | os.PathLike, fmt: PromptFormat | None = None,
                  context: int | None = None, checkpoint: str | os.PathLike = "",
                  skipped: Skipped | None = None) -> list[Prompt]:
-    """Prompts with unique ids; with a format, only those that leave room for a response in the context."""
+    """Prompts with unique ids; with a format, only those that leave room for a response in the context (the
+    generators' `generation.max_model_len` when that is shorter)."""
+    limits = [n for n in (context, cfg.generation.max_model_len) if n is not None]
+    context = min(limits) if limits else None
     check = prompt_fits(fmt, context, cfg.generation.max_new_tokens, checkpoint) if fmt else None
     return read_data(cfg, path, Prompt, check, skipped)
 

@@ -18,6 +18,11 @@ class GenerationConfig(Placement):
     """Generator actors."""
     kv_cache_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
     """KV-cache memory per vLLM engine, in bytes (on CPU vLLM would otherwise reserve a share of RAM)."""
+    max_model_len: int | None = Field(None, ge=1)
+    """Longest prompt + response (tokens) a generation engine accepts; a longer request fails alone. None: the
+    model config's context (`max_position_embeddings`), for vLLM capped at what one sequence can hold of
+    `kv_cache_bytes` (vLLM's auto-fit), so a 32k-context model starts in a small KV cache instead of refusing to.
+    A value above the model's context is an error at engine start."""
     enforce_eager: bool = True
     """Skip vLLM's torch.compile/graph capture: ~3 s start instead of ~40 s, slower decoding."""
     temperature: float = Field(1.0, ge=0.0)
