@@ -121,3 +121,58 @@ def test_prompts_given_as_messages_reach_records(tmp_path):
                                                                {"role": "user", "content": "hi"}]}])
     (p,), _ = read_records(path, Prompt, columns={"prompt_id": "id"})
     assert (p.prompt_id, p.prompt, len(p.messages)) == ("7", "hi", 2)
+
+
+USER = {"role": "user", "content": "add 1 and 2"}
+BAD_INPUTS = [  # (which file, its row, the one-line message after `<file>:line 1: `)
+    ("demos", {"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": " 3"}]},
+     "field 'messages[0]': unknown role 'wizard'"),
+    ("demos", {"messages": [USER]}, "field 'messages': "),
+    ("pairs", {"prompt": "add 1 and 2", "chosen": " 3", "rejected": " 3"}, "field 'rejected': same as 'chosen'"),
+    ("pairs", {"prompt": "add 1 and 2", "responses": [" 3", " 4"], "ranking": [0, 0]}, "field 'ranking': "),
+    ("pairs", {"prompt": "add 1 and 2", "responses": [f" {i}" for i in range(10)], "ranking": list(range(10))},
+     "field 'responses': "),
+    # ~900 characters (within data.max_prompt_chars), ~770 tokens: more than the model's context of 256
+    ("demos", {"prompt": " ".join(["zebra quokka"] * 70), "response": " 3"}, "field 'response': prompt + response are"),
+    ("prompts", {"text": "add 1 and 2"}, "field 'prompt': "),
+    ("prompts", {"prompt": 12}, "field 'prompt': "),
+]
+
+
+@pytest.mark.parametrize("which, row, message", BAD_INPUTS,
+                         ids=["unknown role", "no final assistant turn", "chosen == rejected", "ranking not a permutation",
+                              "K > 9", "too long", "missing field", "wrong type"])
+def test_each_bad_input_is_one_line_and_exit_3(tmp_path, tiny_checkpoint, capsys, which, row, message):
+    bad = _jsonl(tmp_path / f"bad_{which}.jsonl", [row])
+    assert cli.main(["run", *_taskless(tmp_path, tiny_checkpoint, **{which: bad})]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"data error: {bad}:line 1: {message}"), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_chosen_rejected_train_the_same_batches_as_k2_rankings(tmp_path, tiny_checkpoint):
+    from raylhf.contracts.dataio import read_records
+    from raylhf.contracts.formatting import PromptFormat
+    from raylhf.contracts.records import Comparison
+    from raylhf.learners.models import load_tokenizer
+    from raylhf.orchestration.stages import comparison_groups
+
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [{"prompt_id": f"c{i}", "prompt": f"add {i} and 2", "chosen": f" {i + 2}",
+                                               "rejected": " no"} for i in range(3)])
+    native = _jsonl(tmp_path / "native.jsonl", [{"prompt_id": f"c{i}", "prompt": f"add {i} and 2",
+                                                 "responses": [f" {i + 2}", " no"], "ranking": [0, 1]} for i in range(3)])
+    fmt = PromptFormat(load_tokenizer(tiny_checkpoint))
+    a, b = (comparison_groups(fmt, read_records(p, Comparison)[0]) for p in (pairs, native))
+    assert a == b and len(a) == 3
+
+
+def test_skipped_rows_are_counted_in_the_stage_summary(tmp_path, tiny_checkpoint):
+    from raylhf.orchestration.stages import stage_sft
+
+    cfg = load_config("tiny", ["data.on_bad_rows=skip", "sft.epochs=1", "torch_threads=1", "device=cpu"])
+    demos = _jsonl(tmp_path / "demos.jsonl", [{"prompt": f"add {i} and 2", "response": f" {i + 2}"} for i in range(6)]
+                   + [{"messages": [USER]}, {"prompt": "add 1 and 2", "completion": 3}])
+    summary = stage_sft(cfg, RunPaths(tmp_path / "run"), tiny_checkpoint, demos, tmp_path / "sft")
+    assert summary["train_examples"] + summary["val_examples"] == 6
+    reasons = summary["skipped_rows"][str(demos)]
+    assert sum(reasons.values()) == 2 and len(reasons) == 2, reasons
