@@ -363,8 +363,12 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
     elif args.command == "run":
         from raylhf.orchestration.pipeline import run_pipeline  # every stage's modules: only for a whole run
 
+        from raylhf.orchestration.judge import check_judge
+
         preflight.check_iterate_prompts(cfg)
         preflight.check_run_inputs(cfg, paths)
+        task = load_task(cfg.task)
+        check_judge(cfg, paths, task, has_comparisons=paths.provided("comparisons") is not None or task is not None)
         _start(cfg, paths)
         t0 = time.time()
         run_pipeline(cfg, paths, report=_report)

@@ -28,12 +28,13 @@ from raylhf.learners.sft import response_logprobs
 from raylhf.orchestration.evaluation import (
     agreement_table,
     instruction_following,
+    kl_estimate,
     mean_utility,
     pairwise_agreement,
     ranked_pairs,
     split_by_group,
-    win_rate,
 )
+from raylhf.orchestration.judge import judge_win_rates, load_judge
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.preflight import load_format, read_data
 from raylhf.orchestration.sample_and_rank import rank_into_comparisons, sample_sources, sample_splits
@@ -172,44 +173,67 @@ def pair_accuracies(task: Task, scored: ScoredPairs) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- eval
 def stage_eval(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_path: Path | None = None
                ) -> dict[str, Any]:
-    """Sample every policy on the held-out splits and judge: win rates (labeler, ties half), per-family
-    instruction following, mean true utility, mean RM score, LM loss on held-out pretraining text."""
+    """Sample every policy on the held-out splits and judge: win rates by the judge (`eval.judge`, ties half;
+    `judge` in the summary says which), mean response length in words and tokens, mean RM score, KL to the SFT
+    policy on the policy's own samples, LM loss on held-out pretraining text; with a task also per-family
+    instruction following and mean true utility."""
     t0 = time.time()
     device, bf16 = setup_torch(cfg)
     task = load_task(cfg.task)
-    labeler = task.labeler(cfg.eval.labeler_seed) if task is not None else None  # no task: no ground truth
+    judge, judge_name = load_judge(cfg, paths, task)
     spec = dataclasses.replace(sampling_spec(cfg.generation, seed=cfg.seed + 11), n=1, temperature=cfg.eval.temperature)
     rm = load_reward_model(rm_path, cfg.device, cfg.trust_remote_code, key="--rm") if rm_path else None
     corpus = read_data(cfg, paths.corpus("heldout"), Document) if paths.corpus("heldout").exists() else []
-    summary: dict[str, Any] = {"policies": {}, "win_rates": {}}
+    summary: dict[str, Any] = {"policies": {}, "win_rates": {}, "judge": judge_name}
     # Your data has a held-out split; a task's also has a generalization split.
     splits = [s for s in ("heldout", "generalization") if s == "heldout" or paths.prompts(s).exists()]
     by_split = {split: read_data(cfg, paths.prompts(split), Prompt)[: cfg.eval.n_prompts] for split in splits}
     summary["n_prompts"] = {split: len(prompts) for split, prompts in by_split.items()}  # for standard errors
     responses = sample_splits(cfg, policies, by_split, spec)
+    fmts = {name: load_format(cfg, path) for name, path in policies.items()}
     for split, prompts in by_split.items():
-        for name, path in policies.items():
-            texts = responses[name][split]
+        for name in policies:
+            texts, fmt = responses[name][split], fmts[name]
             entry = summary["policies"].setdefault(name, {})
-            entry[split] = {"mean_words": float(np.mean([len(t.split()) for t in texts]))}
+            entry[split] = {"mean_words": float(np.mean([len(t.split()) for t in texts])),
+                            "mean_tokens": float(np.mean([len(fmt.response_ids(t, end=False)) for t in texts]))}
             if task is not None:
                 entry[split].update(utility=mean_utility(task, prompts, texts),
                                     follows=instruction_following(task, prompts, texts))
             if rm is not None:
-                fmt = load_format(cfg, path)
                 seqs = [fmt.prompt_ids(p) + fmt.response_ids(t) for p, t in zip(prompts, texts)]
                 entry[split]["rm_score"] = float(score_sequences(rm, seqs, fmt.tokenizer.pad_token_id, device).mean())
-        names = list(policies) if labeler is not None else []
-        for i, a in enumerate(names):
-            for b in names[:i]:
-                summary["win_rates"].setdefault(split, {})[f"{a}_vs_{b}"] = win_rate(
-                    labeler, prompts, responses[a][split], responses[b][split])
-    for name, path in policies.items() if corpus else ():
-        tokenizer = load_format(cfg, path).tokenizer
-        model = load_causal_lm(path, cfg.device, cfg.trust_remote_code)
-        ids = tokenizer([d.text for d in corpus], add_special_tokens=False)["input_ids"]
-        stream = pack_documents(ids, tokenizer.bos_token_id, tokenizer.eos_token_id)
-        summary["policies"][name]["pretrain_heldout_loss"] = evaluate_lm(model, stream, cfg.pretrain.seq_len,
-                                                                         device, bf16)
+        if judge is not None and len(policies) > 1:
+            summary["win_rates"][split] = judge_win_rates(judge, prompts, {n: responses[n][split] for n in policies})
+    _likelihoods(cfg, policies, fmts, by_split, responses, corpus, summary["policies"], device, bf16)
     summary["seconds"] = time.time() - t0
     return summary
+
+
+def _likelihoods(cfg: RunConfig, policies: dict[str, Path], fmts: dict[str, PromptFormat],
+                 by_split: dict[str, list[Prompt]], responses: dict[str, dict[str, list[str]]],
+                 corpus: list[Document], out: dict[str, Any], device: torch.device, bf16: bool) -> None:
+    """Into `out[policy]`: per split the KL to SFT on the policy's own samples (`kl_to_sft`, when SFT is among
+    the policies), and the LM loss on held-out pretraining text (`pretrain_heldout_loss`, when there is some).
+    Each policy is loaded once."""
+    sft = load_causal_lm(policies["sft"], cfg.device, cfg.trust_remote_code) if "sft" in policies else None
+    for name, path in policies.items():
+        if sft is None and not corpus:
+            return
+        fmt = fmts[name]
+        model = sft if name == "sft" else load_causal_lm(path, cfg.device, cfg.trust_remote_code)
+        for split, prompts in by_split.items() if sft is not None else ():
+            if name == "sft":
+                out[name][split]["kl_to_sft"] = 0.0  # the same model on the same tokens
+                continue
+            # The samples as text, tokenised again as the RM scores them: a response cut at max_new_tokens
+            # gains the end-of-turn token it was not sampled with, under both models alike.
+            examples = [(fmt.prompt_ids(p), fmt.response_ids(t)) for p, t in zip(prompts, responses[name][split])]
+            pad = fmt.tokenizer.pad_token_id
+            out[name][split]["kl_to_sft"] = kl_estimate(response_logprobs(model, examples, pad, device),
+                                                        response_logprobs(sft, examples, pad, device))
+        if corpus:
+            tokenizer = fmt.tokenizer
+            ids = tokenizer([d.text for d in corpus], add_special_tokens=False)["input_ids"]
+            stream = pack_documents(ids, tokenizer.bos_token_id, tokenizer.eos_token_id)
+            out[name]["pretrain_heldout_loss"] = evaluate_lm(model, stream, cfg.pretrain.seq_len, device, bf16)

@@ -74,6 +74,15 @@ def win_rate(labeler: Labeler, prompts: Sequence[Prompt], a: Sequence[str], b: S
     return float(np.mean(prefs)) if prefs else float("nan")
 
 
+def kl_estimate(logprobs: Sequence[float], ref_logprobs: Sequence[float]) -> float:
+    """KL(π || π_ref) per sequence, estimated on samples y ~ π: the mean over prompts of
+    log π(y|x) − log π_ref(y|x), each the sum over the response's tokens (`logprobs[i]`, `ref_logprobs[i]` of
+    sample i). It is the quantity PPO-ptx's KL penalty holds down (InstructGPT Eq. 2's β term, per sequence).
+    nan without samples."""
+    lp, ref = np.asarray(logprobs, dtype=np.float64), np.asarray(ref_logprobs, dtype=np.float64)
+    return float(np.mean(lp - ref)) if len(lp) else float("nan")
+
+
 def instruction_following(task: Task, prompts: Sequence[Prompt], responses: Sequence[str]) -> dict[str, float]:
     """Per-family fraction of responses that do what the prompt asks, plus `all`."""
     by_family: dict[str, list[bool]] = {}

@@ -9,8 +9,9 @@ from typing import Callable
 
 from raylhf.configs.schema import RunConfig
 from raylhf.contracts.protocols import Labeler
+from raylhf.contracts.records import Comparison
 from raylhf.learners.models import is_checkpoint
-from raylhf.orchestration import collect_stage, eval_stages, rounds, stages
+from raylhf.orchestration import collect_stage, eval_stages, judge, rounds, stages
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
 from raylhf.orchestration.ppo_stage import finish_ppo, run_ppo
@@ -54,10 +55,20 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
                  labeler: Labeler | None = None) -> dict[str, dict]:
     """Round 0 (data -> base model -> SFT -> comparisons on the SFT policy -> reward model -> PPO-ptx ->
     evaluation), then `iterate.rounds` iteration rounds, then `report.md`. `labeler` ranks every round's
-    comparisons, round 0's included (default: the task's simulated labeler of `collect.labeler_seed`)."""
+    comparisons, round 0's included (default: the task's simulated labeler of `collect.labeler_seed`).
+
+    A run without a task starts from your model and files: no data, pretraining, collect or rm_eval stage.
+    When the evaluation's judge is the held-out reward model (`eval.judge`: `rm`, or `auto` without a task),
+    stage `judge_rm` trains it on `eval.judge_share` of the comparisons before the reward model, which then
+    trains on the rest (`raylhf.orchestration.judge`)."""
     task = load_task(cfg.task)
     if labeler is None and task is not None:
         labeler = task.labeler(cfg.collect.labeler_seed)
+    # Comparisons are yours, or a labeler collects them; a run with neither uses your reward model as it is.
+    has_comparisons = paths.provided("comparisons") is not None or labeler is not None
+    judge_kind = judge.check_judge(cfg, paths, task, has_comparisons)  # before any stage: a bad judge costs no run
+    # The run's reward models never see the held-out judge's prompts.
+    keep = judge.rm_keeps(cfg, task) if judge_kind == "rm" else None
     stage = Stages(paths, report)
 
     if task is not None:
@@ -67,14 +78,18 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     stage("sft", is_checkpoint(paths.model("sft")),
           lambda: stages.stage_sft(cfg, paths, paths.model("base"), paths.demonstrations, paths.model("sft")))
     seed = paths.seed_comparisons if cfg.collect.include_seed_comparisons and task is not None else None
-    stage("collect", paths.comparisons.exists(),
-          lambda: collect_stage.stage_collect(cfg, collect_stage.first_round_plan(
-              cfg, {p: stages.resolve_policy(paths, p) for p in cfg.collect.policies}, paths.prompts("train"),
-              paths.comparisons, seed), labeler),
-          provided=paths.provided("comparisons"))
+    if has_comparisons:
+        stage("collect", paths.comparisons.exists(),
+              lambda: collect_stage.stage_collect(cfg, collect_stage.first_round_plan(
+                  cfg, {p: stages.resolve_policy(paths, p) for p in cfg.collect.policies}, paths.prompts("train"),
+                  paths.comparisons, seed), labeler),
+              provided=paths.provided("comparisons"))
+    if judge_kind == "rm":
+        stage(judge.JUDGE_RM, is_checkpoint(paths.model(judge.JUDGE_RM)), lambda: judge.stage_judge_rm(cfg, paths))
     stage("rm", is_checkpoint(paths.model("rm")),
           lambda: stages.stage_rm(cfg, paths, paths.model("sft"), paths.comparisons, paths.model("rm"),
-                                  paths.demonstrations), provided=paths.provided("model_rm"))
+                                  paths.demonstrations, keep=keep, keep_key="eval.judge_share"),
+          provided=paths.provided("model_rm"))
     if task is not None:  # judged against the task's labeler and utility
         stage("rm_eval", stages.load_summary(paths, "rm_eval") is not None,
               lambda: eval_stages.stage_rm_eval(cfg, paths, paths.model("sft"), paths.model("rm")))
@@ -82,17 +97,19 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
           lambda: ppo_resuming(cfg, paths, paths.model("sft"), paths.model("rm")))
     stage("eval", stage.evaluated(),
           lambda: eval_stages.stage_eval(cfg, paths, eval_stages.eval_policies(paths, None), paths.model("rm")))
-    iterations = {r: run_round(cfg, paths, r, labeler, report) for r in range(1, cfg.iterate.rounds + 1)}
+    iterations = {r: run_round(cfg, paths, r, labeler, report, keep) for r in range(1, cfg.iterate.rounds + 1)}
     write_report(paths, stage.summaries, iterations)
     return stage.summaries
 
 
 def run_round(cfg: RunConfig, paths: RunPaths, r: int, labeler: Labeler,
-              report: Callable[[str, dict], None]) -> dict[str, dict]:
+              report: Callable[[str, dict], None], keep: Callable[[Comparison], bool] | None = None
+              ) -> dict[str, dict]:
     """Iteration round `r` >= 1 (InstructGPT step 4), in `<run>/rounds/<r>/`: rank samples of the current policy
-    on fresh prompts -> retrain the reward model on every comparison so far -> evaluate it -> continue PPO-ptx
-    from the current policy against it, the KL penalty still to SFT -> evaluate the policy against SFT and the
-    previous round's. Each stage the round finished before an interruption is skipped."""
+    on fresh prompts -> retrain the reward model on every comparison so far (those `keep` accepts: not the
+    held-out judge's) -> evaluate it -> continue PPO-ptx from the current policy against it, the KL penalty still
+    to SFT -> evaluate the policy against SFT and the previous round's. Each stage the round finished before an
+    interruption is skipped."""
     here, sft = paths.round(r), paths.model("sft")
     current = (rounds.policy_name(r - 1), rounds.policy_path(paths, r - 1))
     new_policy = (rounds.policy_name(r), here.model("ppo"))
@@ -102,7 +119,8 @@ def run_round(cfg: RunConfig, paths: RunPaths, r: int, labeler: Labeler,
           lambda: collect_stage.stage_collect(cfg, collect_stage.iteration_round_plan(cfg, paths, r), labeler))
     stage("rm", is_checkpoint(here.model("rm")),
           lambda: stages.stage_rm(cfg, here, sft, rounds.comparison_files(paths, r), here.model("rm"),
-                                  paths.demonstrations, init=rounds.rm_init_path(cfg, paths, r)))
+                                  paths.demonstrations, init=rounds.rm_init_path(cfg, paths, r), keep=keep,
+                                  keep_key="eval.judge_share"))
     stage("rm_eval", stages.load_summary(here, "rm_eval") is not None,
           lambda: eval_stages.stage_rm_eval(cfg, here, sft, here.model("rm"), current=current,
                                             previous_rm=paths.round(r - 1).model("rm")))

@@ -187,6 +187,9 @@ def check_collect_inputs(cfg: RunConfig, policies: dict[str, Path], prompts_path
 
 def check_rm_eval_inputs(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path) -> None:
     """SFT and reward-model checkpoints; held-out and generalization prompts that fit the SFT context."""
+    if cfg.task.name == "none":
+        raise ConfigError("task.name: rm-eval ranks held-out samples with the task's labeler and there is no task; "
+                          "the reward model's accuracy on held-out comparisons is in the rm stage's summary")
     fmt, context = format_and_context(cfg, sft_path, "--sft")
     require_checkpoint(rm_path, "--rm", weights=True)
     for split in ("heldout", "generalization"):
@@ -201,9 +204,11 @@ def check_eval_inputs(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path]
         require_checkpoint(rm_path, rm_key, weights=True)
     for name, path in policies.items():
         fmt, context = format_and_context(cfg, path, f"policy '{name}'")
-        for split in ("heldout", "generalization"):
-            read_prompts(cfg, paths.prompts(split), fmt, context, path)
-    read_data(cfg, paths.corpus("heldout"), Document)
+        for split in ("heldout", "generalization"):  # your data has no generalization split
+            if split == "heldout" or paths.prompts(split).exists():
+                read_prompts(cfg, paths.prompts(split), fmt, context, path)
+    if cfg.task.name != "none" or paths.provided("corpus_heldout") is not None:  # LM loss only when there is text
+        read_data(cfg, paths.corpus("heldout"), Document)
 
 
 def check_ppo_inputs(cfg: RunConfig, paths: RunPaths, policy_path: str | os.PathLike,

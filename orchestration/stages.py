@@ -25,9 +25,11 @@ from raylhf.contracts.protocols import Task
 from raylhf.contracts.records import Comparison, Demonstration, Document, Prompt
 from raylhf.learners.models import (
     build_causal_lm,
+    checkpoint_dtype,
     count_parameters,
     load_causal_lm,
     pick_device,
+    save_pretrained_as,
     train_tokenizer,
 )
 from raylhf.learners.pretrain import pack_documents, pretrain
@@ -143,16 +145,17 @@ def demonstration_examples(fmt: PromptFormat, demos: Sequence[Demonstration]) ->
     return [(fmt.prompt_ids(d), fmt.response_ids(d.response)) for d in demos]
 
 
-def save_policy(model: PreTrainedModel, fmt: PromptFormat, out: Path) -> None:
-    """Save a policy so it serves as trained: its tokenizer with the chat template prompts were rendered with,
-    and a generation config that stops where its responses ended (end-of-turn and EOS)."""
+def save_policy(model: PreTrainedModel, fmt: PromptFormat, out: Path, dtype: torch.dtype = torch.float32) -> None:
+    """Save a policy so it serves as trained: in `dtype` (its input's), with its tokenizer and the chat template
+    prompts were rendered with, and a generation config that stops where its responses ended (end-of-turn and
+    EOS)."""
     stops = [*fmt.stop_ids]
     eos = model.generation_config.eos_token_id
     for e in (eos if isinstance(eos, list) else [eos]):
         if e is not None and e not in stops:
             stops.append(e)
     model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
-    model.save_pretrained(out)
+    save_pretrained_as(model, out, dtype)
     save_tokenizer(fmt, out)
 
 
@@ -171,7 +174,9 @@ def stage_sft(cfg: RunConfig, paths: RunPaths, model_path: Path, data_path: Path
     skipped: Skipped = {}
     demos = read_demonstrations(cfg, data_path, fmt, context, model_path, skipped)
     n_val, _ = split_sizes(len(demos), cfg.sft.val_fraction, data_path, "demonstrations", "sft.val_fraction")
-    model = load_causal_lm(model_path, cfg.device, cfg.trust_remote_code, key="--model")
+    # Trained in float32 (bf16 is autocast only), saved in the dtype it came in.
+    dtype = checkpoint_dtype(model_path, cfg.trust_remote_code)
+    model = load_causal_lm(model_path, cfg.device, cfg.trust_remote_code, key="--model", dtype=torch.float32)
     examples = demonstration_examples(fmt, demos)
     rng = np.random.default_rng(cfg.seed)
     idx = rng.permutation(len(examples))
@@ -180,7 +185,7 @@ def stage_sft(cfg: RunConfig, paths: RunPaths, model_path: Path, data_path: Path
         cfg.sft, model, train, val, pad_id=fmt.tokenizer.pad_token_id, device=device, bf16=bf16, seed=cfg.seed,
         log=MetricsLog(paths.metrics, "sft"),
     )
-    save_policy(model, fmt, out)
+    save_policy(model, fmt, out, dtype)
     return {**metrics, "train_examples": len(train), "val_examples": len(val), "skipped_rows": skipped,
             "seconds": time.time() - t0}
 
@@ -195,10 +200,16 @@ def comparison_groups(fmt: PromptFormat, comparisons: Sequence[Comparison]) -> l
 
 
 def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path | Sequence[Path], out: Path,
-             demos_path: Path | None = None, init: Path | None = None) -> dict[str, Any]:
+             demos_path: Path | None = None, init: Path | None = None,
+             keep: Callable[[Comparison], bool] | None = None, keep_key: str = "",
+             log_as: str = "rm") -> dict[str, Any]:
     """Train the reward model on ranked comparisons (one file, or the files of every round so far) and
     normalise it on demonstrations. It starts as a fresh scalar head on the SFT checkpoint, or from the
-    reward model `init` (a warm start)."""
+    reward model `init` (a warm start).
+
+    With `keep`, only the comparisons it accepts are trained and validated on (the held-out judge's share of
+    the prompts is split off this way, `raylhf.orchestration.judge`); `keep_key` is the config key that
+    decides the split, named when too few are left. Metrics rows are logged as stage `log_as`."""
     t0 = time.time()
     device, bf16 = setup_torch(cfg)
     fmt, context = format_and_context(cfg, sft_path, "--model")
@@ -206,29 +217,36 @@ def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path | 
     files = [data_path] if isinstance(data_path, (str, Path)) else list(data_path)
     skipped: Skipped = {}
     comparisons = [c for f in files for c in read_comparisons(cfg, f, fmt, context, sft_path, skipped)]
-    n_val, _ = split_sizes(len(comparisons), cfg.rm.val_fraction, files[-1], "comparisons", "rm.val_fraction")
+    read = len(comparisons)
+    if keep is not None:
+        comparisons = [c for c in comparisons if keep(c)]
+    what = f"comparisons (after the split by {keep_key})" if keep is not None and keep_key else "comparisons"
+    n_val, _ = split_sizes(len(comparisons), cfg.rm.val_fraction, files[-1], what, "rm.val_fraction")
     demos = None
     if demos_path is not None and demos_path.exists():
         demos = read_demonstrations(cfg, demos_path, fmt, context, sft_path, skipped)
+    dtype = checkpoint_dtype(init or sft_path, cfg.trust_remote_code)  # trained in float32, saved in this
     if init is None:
-        model = reward_model_from_policy(sft_path, cfg.device, cfg.trust_remote_code, key="--model")
+        model = reward_model_from_policy(sft_path, cfg.device, cfg.trust_remote_code, key="--model",
+                                         dtype=torch.float32)
     else:
-        model = load_reward_model(init, cfg.device, cfg.trust_remote_code, key="iterate.rm_init")
+        model = load_reward_model(init, cfg.device, cfg.trust_remote_code, key="iterate.rm_init", dtype=torch.float32)
     groups = comparison_groups(fmt, comparisons)
     rng = np.random.default_rng(cfg.seed)
     idx = rng.permutation(len(groups))
     val, train = [groups[i] for i in idx[:n_val]], [groups[i] for i in idx[n_val:]]
     metrics = train_reward_model(
         cfg.rm, model, train, val, pad_id=tokenizer.pad_token_id, device=device, bf16=bf16, seed=cfg.seed,
-        log=MetricsLog(paths.metrics, "rm"),
+        log=MetricsLog(paths.metrics, log_as),
     )
     shift = None
     if demos is not None:
         seqs = [p + r for p, r in demonstration_examples(fmt, demos)]
         shift = normalise_rewards(model, seqs, tokenizer.pad_token_id, device)
-    model.save_pretrained(out)
+    save_pretrained_as(model, out, dtype)
     save_tokenizer(fmt, out)
     by_round = collections.Counter(c.round for c in comparisons)
     return {**metrics, "train_prompts": len(train), "val_prompts": len(val), "normalisation_shift": shift,
             "comparisons_by_round": {str(r): by_round[r] for r in sorted(by_round)},
+            **({"comparisons_left_out": read - len(comparisons)} if keep is not None else {}),
             "init": str(init or sft_path), "skipped_rows": skipped, "seconds": time.time() - t0}

@@ -4,11 +4,15 @@ the rounds of iterated RLHF (`iterate`)."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from raylhf.configs.sections.base import Section
+
+# `package.module:factory` (a dotted attribute after the colon is allowed), as `eval.judge` names a ranker.
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 class PretrainConfig(Section):
@@ -90,6 +94,15 @@ class EvalConfig(Section):
     labeler, or the held-out reward model when the task has none."""
     judge_share: float = Field(0.2, gt=0.0, lt=1.0)
     """Share of the comparisons (by prompt) that train the held-out judge reward model under `judge: rm`."""
+
+    @field_validator("judge")
+    @classmethod
+    def _judge(cls, v: str) -> str:
+        # The form is checked here; whether the module imports is checked before a run starts (it may need the
+        # run's environment).
+        if v not in ("auto", "labeler", "rm") and not _IMPORT_PATH.fullmatch(v):
+            raise ValueError(f"{v!r} is none of auto, labeler, rm or an import path 'package.module:factory'")
+        return v
 
 
 class IterateConfig(Section):
