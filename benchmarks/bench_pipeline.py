@@ -18,6 +18,9 @@ and the learner's own per-phase profile (`time_<phase>_s` metrics of `PPOLearner
 step) in each mode: on shared cores the learner's step is slower in async, where it competes with the
 generator and the scorer, than in sync, where it runs alone.
 
+Every mode runs in a scratch copy of the run's data, SFT and reward model (`scratch.scratch_run`): the run
+itself is only read.
+
     .venv/bin/python benchmarks/bench_pipeline.py --run runs/demo --steps 40
     .venv/bin/python benchmarks/bench_pipeline.py --run runs/demo --steps 40 ppo.ptx_coef=0
     .venv/bin/python benchmarks/bench_pipeline.py --run runs/demo --steps 40 --modes async async_in_flight \
@@ -28,10 +31,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `scratch` also when this file is loaded by path
+
+from scratch import run_overrides, scratch_run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Overrides of each measured mode on top of the command line's.
@@ -73,20 +81,22 @@ def main() -> None:
     from raylhf.orchestration.paths import RunPaths
     from raylhf.orchestration.ppo_stage import run_ppo
 
-    paths = RunPaths(args.run)
+    source = RunPaths(args.run)
     for stage in ("sft", "rm"):
-        if not (paths.model(stage) / "config.json").exists():
-            raise SystemExit(f"{paths.model(stage)} missing: run `make run` (or `raylhf run`) first")
+        if not (source.model(stage) / "config.json").exists():
+            raise SystemExit(f"{source.model(stage)} missing: run `make run` (or `raylhf run`) first")
     results, profiles = {}, {}
-    for mode in args.modes:
-        cfg = load_config(args.config, [*args.overrides, *MODES[mode], f"ppo.total_steps={args.steps}",
-                                        "ppo.eval_every=0", f"output_dir={args.run.parent}", f"name={args.run.name}"])
-        t0 = time.time()
-        summary = run_ppo(cfg, paths, paths.model("sft"), paths.model("rm"), Path("/tmp") / f"bench_ppo_{mode}",
-                          with_eval=False, fresh=True)
-        summary["total_s"] = time.time() - t0
-        results[mode] = summary
-        profiles[mode] = learner_profile(paths.metrics, t0)
+    with scratch_run(args.run, ["data", "models/sft", "models/rm"]) as run:
+        paths = RunPaths(run)
+        for mode in args.modes:
+            cfg = load_config(args.config, [*args.overrides, *MODES[mode], f"ppo.total_steps={args.steps}",
+                                            "ppo.eval_every=0", *run_overrides(run)])
+            t0 = time.time()
+            summary = run_ppo(cfg, paths, paths.model("sft"), paths.model("rm"), run / f"ppo-{mode}",
+                              with_eval=False, fresh=True)
+            summary["total_s"] = time.time() - t0
+            results[mode] = summary
+            profiles[mode] = learner_profile(paths.metrics, t0)
 
     for s in results.values():
         s["spanning_fraction"] = s.get("rollouts_in_flight_updated", 0) / max(s["rollouts"], 1)

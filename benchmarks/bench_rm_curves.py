@@ -30,6 +30,8 @@ equal-length pairs and per kind of contrast, next to the ceiling (the noiseless 
 log-prob, plus the equal-length accuracy per instruction family. `±` is a standard error clustered by
 group (pairs of one group share responses).
 
+The run is only read: everything is measured in a scratch copy of the parts it reads (`scratch.scratch_run`).
+
     .venv/bin/python benchmarks/bench_rm_curves.py --run runs/demo
     .venv/bin/python benchmarks/bench_rm_curves.py --run runs/demo --points sft-1x   # time one point
 """
@@ -41,14 +43,20 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer is used before Ray forks workers
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `scratch` also when this file is loaded by path
+
+from scratch import run_overrides, scratch_run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# What the curves read of a finished run: copied into the scratch run they are measured in.
+READS = ["data", "models/base", "models/sft", "models/rm", "models/ppo", "summaries", "rounds/1/comparisons.jsonl",
+         "rounds/1/models/rm"]
 SOURCES = ("sft", "current")  # round 0's SFT samples, round 1's samples of the current policy
 SPLITS = ("heldout", "generalization")
 
@@ -309,7 +317,12 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides (rm.*, eval.rm_eval_prompts, ...)")
     parser.add_argument("--out", type=Path, default=RESULTS / "rm_curves.json")
     args = parser.parse_args()
+    with scratch_run(args.run, READS) as run:
+        measure(args, run)
 
+
+def measure(args, run: Path) -> None:
+    """Every point of `args`, on the scratch run `run` (a copy of `args.run`'s `READS`)."""
     from raylhf.configs.loader import load_config
     from raylhf.learners.models import context_length, is_checkpoint, load_causal_lm
     from raylhf.orchestration.preflight import load_format
@@ -320,11 +333,11 @@ def main() -> None:
     from raylhf.tasks import load_task
 
     t_start = time.time()
-    paths = RunPaths(args.run)
+    paths = RunPaths(run)
     for stage in ("sft", "rm"):
         if not is_checkpoint(paths.model(stage)):
-            raise SystemExit(f"{paths.model(stage)} missing: run `make run` (or `raylhf run`) first")
-    cfg = load_config(args.config, [*args.overrides, f"output_dir={args.run.parent}", f"name={args.run.name}"])
+            raise SystemExit(f"{RunPaths(args.run).model(stage)} missing: run `make run` (or `raylhf run`) first")
+    cfg = load_config(args.config, [*args.overrides, *run_overrides(run)])
     device, _ = setup_torch(cfg)
     task = load_task(cfg.task)
     fmt = load_format(cfg, paths.model("sft"))
@@ -367,23 +380,22 @@ def main() -> None:
 
     for name in results["references"]:
         score(name, references[name])
-    with tempfile.TemporaryDirectory(prefix="bench-rm-curves-") as tmp:
-        work = Path(tmp)
-        inits = {"base": paths.model("base")}
-        for preset in ("tiny", "small"):
-            if any(p.init == f"random-{preset}" for p in points):
-                inits[f"random-{preset}"] = random_init(preset, tokenizer, context, work / f"random-{preset}", cfg.seed)
-        for p in points:
-            if p.init == "random-small" and args.pretrain_steps and "pretrain_cost" not in results:
-                results["pretrain_cost"] = pretrain_cost(cfg, paths, task, work, args.pretrain_steps)
-            r = train_point(cfg, paths, p, rankings, work, inits)
-            r["score_s"] = score(p.name, work / "rms" / p.name)
-            results["points"][p.name] = r
-            print(f"  {p.name:<22} {r['rows']:>5} prompts K={p.k} init={p.init:<13} train {r['train_s']:6.1f} s  "
-                  f"score {r['score_s']:5.1f} s  val acc {r['val_accuracy']:.3f}", flush=True)
-            report(results, task, scored, curves, t_start, args.out)  # a cut-short run keeps what it measured
-        if args.pretrain_steps and "pretrain_cost" not in results:
+    work = run.parent / "work"  # removed with the scratch run
+    inits = {"base": paths.model("base")}
+    for preset in ("tiny", "small"):
+        if any(p.init == f"random-{preset}" for p in points):
+            inits[f"random-{preset}"] = random_init(preset, tokenizer, context, work / f"random-{preset}", cfg.seed)
+    for p in points:
+        if p.init == "random-small" and args.pretrain_steps and "pretrain_cost" not in results:
             results["pretrain_cost"] = pretrain_cost(cfg, paths, task, work, args.pretrain_steps)
+        r = train_point(cfg, paths, p, rankings, work, inits)
+        r["score_s"] = score(p.name, work / "rms" / p.name)
+        results["points"][p.name] = r
+        print(f"  {p.name:<22} {r['rows']:>5} prompts K={p.k} init={p.init:<13} train {r['train_s']:6.1f} s  "
+              f"score {r['score_s']:5.1f} s  val acc {r['val_accuracy']:.3f}", flush=True)
+        report(results, task, scored, curves, t_start, args.out)  # a cut-short run keeps what it measured
+    if args.pretrain_steps and "pretrain_cost" not in results:
+        results["pretrain_cost"] = pretrain_cost(cfg, paths, task, work, args.pretrain_steps)
     print("\n" + "\n".join(report(results, task, scored, curves, t_start, args.out)))
 
 

@@ -7,7 +7,8 @@ cell on a finished run's trained `tiny` SFT policy and reward model. Random poli
 EOS, so their responses run to `generation.max_new_tokens`; the trained policy's are short.
 
 Each cell is a fresh `run_ppo` (`ppo.mode=async`, the default PPO-ptx config) in its own scratch run
-directory. Figures are steady state: the first `--warmup` learner steps are skipped, and samples/s and each
+directory, beside a scratch copy of the finished run's data and models (`scratch.scratch_run`): the run itself is
+only read. Figures are steady state: the first `--warmup` learner steps are skipped, and samples/s and each
 actor kind's busy fraction are taken between the warm-up's last step and the final one, from the per-step
 rows of `metrics.jsonl` (cumulative `wall_s` and `*_busy_s`):
 
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_pipeline import RESULTS, learner_profile  # noqa: E402
 from bench_scoring import _Vocab, build_models  # noqa: E402
+from scratch import scratch_run  # noqa: E402
 
 KINDS = ("generator", "scorer", "learner")
 
@@ -78,7 +80,8 @@ def steady_state(rows: list[dict], warmup: int, batch_size: int, actors: dict[st
     return out
 
 
-def run_cell(name: str, preset: str, sft: Path, rm: Path, generators: int, scorers: int, args, scratch: Path) -> dict:
+def run_cell(name: str, preset: str, sft: Path, rm: Path, generators: int, scorers: int, args, scratch: Path,
+             data: Path) -> dict:
     from raylhf.configs.loader import load_config
     from raylhf.orchestration.paths import RunPaths
     from raylhf.orchestration.ppo_stage import run_ppo
@@ -86,7 +89,7 @@ def run_cell(name: str, preset: str, sft: Path, rm: Path, generators: int, score
     root = scratch / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    (root / "data").symlink_to((args.run / "data").resolve())  # prompts and the ptx corpus
+    (root / "data").symlink_to(data.resolve())  # prompts and the ptx corpus, of the scratch copy: only read
     cfg = load_config(preset, [
         "ppo.mode=async", f"ppo.total_steps={args.warmup + args.steps}", "ppo.eval_every=0",
         f"generation.num_generators={generators}", f"reward.num_actors={scorers}",
@@ -125,7 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("runs/demo"),
                         help="finished run: its data, tokenizer and trained tiny SFT / RM (the reference cell)")
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
+    parser.add_argument("--presets", nargs="*", default=["tiny", "small"], choices=["tiny", "small"],
+                        help="model presets of the random cells (none: only the trained reference cell)")
     parser.add_argument("--generators", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--scorers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=15, help="measured learner steps per cell, after the warm-up")
@@ -134,33 +138,34 @@ def main() -> None:
     parser.add_argument("--scorer-cpus", type=float, default=0.25, help="reward.num_cpus of every cell")
     parser.add_argument("--learner-cpus", type=float, default=1.0, help="ppo.num_cpus of every cell")
     parser.add_argument("--no-trained", action="store_true", help="skip the cell on the run's trained checkpoints")
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/bench_scaling"))
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="directory for the scratch runs (default: the system's temporary directory)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scaling.json")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every cell")
     args = parser.parse_args()
 
     from raylhf.orchestration.paths import RunPaths
 
-    source = RunPaths(args.run)
-    needed = [source.prompts("train"), source.corpus("train"), source.model("base") / "tokenizer.json"]
-    if not args.no_trained:
-        needed += [source.model("sft") / "config.json", source.model("rm") / "config.json"]
-    for path in needed:
-        if not path.exists():
-            raise SystemExit(f"{path} missing: run `make run` (or `raylhf run`) first")
-    args.scratch.mkdir(parents=True, exist_ok=True)
-    checkpoints = {p: random_checkpoints(p, source.model("base"), args.scratch / f"models-{p}") for p in args.presets}
+    with scratch_run(args.run, ["data", "models/base", "models/sft", "models/rm"], parent=args.scratch) as run:
+        source, scratch = RunPaths(run), run.parent
+        needed = [source.prompts("train"), source.corpus("train"), source.model("base") / "tokenizer.json"]
+        if not args.no_trained:
+            needed += [source.model("sft") / "config.json", source.model("rm") / "config.json"]
+        for path in needed:
+            if not path.exists():
+                raise SystemExit(f"{args.run / path.relative_to(run)} missing: run `make run` (or `raylhf run`) first")
+        checkpoints = {p: random_checkpoints(p, source.model("base"), scratch / f"models-{p}") for p in args.presets}
 
-    plan = [] if args.no_trained else [("tiny-trained-1g1s", "tiny", "trained", source.model("sft"),
-                                        source.model("rm"), 1, 1)]
-    plan += [(f"{preset}-random-{g}g{s}s", preset, "random", *checkpoints[preset], g, s)
-             for preset in args.presets for g in args.generators for s in args.scorers]
-    cells = []
-    for name, preset, kind, sft, rm, g, s in plan:
-        cell = {**run_cell(name, preset, sft, rm, g, s, args, args.scratch), "checkpoints": kind}
-        cells.append(cell)
-        print(f"{name}: {cell['samples_per_s']:.1f} samples/s, busy "
-              + ", ".join(f"{k} {cell[f'{k}_busy']:.2f}" for k in KINDS), flush=True)
+        plan = [] if args.no_trained else [("tiny-trained-1g1s", "tiny", "trained", source.model("sft"),
+                                            source.model("rm"), 1, 1)]
+        plan += [(f"{preset}-random-{g}g{s}s", preset, "random", *checkpoints[preset], g, s)
+                 for preset in args.presets for g in args.generators for s in args.scorers]
+        cells = []
+        for name, preset, kind, sft, rm, g, s in plan:
+            cell = {**run_cell(name, preset, sft, rm, g, s, args, scratch, source.data), "checkpoints": kind}
+            cells.append(cell)
+            print(f"{name}: {cell['samples_per_s']:.1f} samples/s, busy "
+                  + ", ".join(f"{k} {cell[f'{k}_busy']:.2f}" for k in KINDS), flush=True)
 
     print()
     print_table(cells)

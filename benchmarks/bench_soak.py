@@ -9,7 +9,8 @@ bytes at the start, middle and end of the run.
     .venv/bin/python benchmarks/bench_soak.py --run runs/demo --steps 1000 --every 30
         # -> benchmarks/results/soak.json
 
-The run writes to a copy of the run directory (`<run>-soak`), never into the run itself.
+The soak runs in a scratch copy of the run's data, SFT and reward model (`scratch.scratch_run`, removed at
+the end; `--keep` keeps it and prints where), never in the run itself.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `scratch` also when this file is loaded by path
+
+from scratch import run_overrides, scratch_run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ACTOR_CLASSES = {"generator": "GeneratorActor", "scorer": "ScorerActor", "learner": "PPOLearnerActor"}
@@ -126,6 +131,7 @@ def main() -> None:
     parser.add_argument("--config", default="tiny")
     parser.add_argument("overrides", nargs="*", help="extra config overrides")
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch run (its metrics and checkpoints)")
     args = parser.parse_args()
 
     from raylhf.configs.loader import load_config
@@ -136,31 +142,31 @@ def main() -> None:
     for stage in ("sft", "rm"):
         if not (source.model(stage) / "config.json").exists():
             raise SystemExit(f"{source.model(stage)} missing: run `make run` (or `raylhf run`) first")
-    soak = args.run.with_name(args.run.name + "-soak")
-    shutil.rmtree(soak, ignore_errors=True)
-    shutil.copytree(args.run / "data", soak / "data")
-    # Short steps, so a thousand of them fit in minutes; the pipeline's shape is the default's.
-    cfg = load_config(args.config, [
-        f"output_dir={soak.parent}", f"name={soak.name}", f"ppo.total_steps={args.steps}", "ppo.eval_every=0",
-        "ppo.batch_size=16", "ppo.minibatch_size=16", "ppo.prompts_per_request=8", "ppo.buffer_size=32",
-        "ppo.ptx_coef=0", "supervision.call_timeout_s=60", "supervision.scorer.call_timeout_s=60", *args.overrides])
-    paths = RunPaths(soak)
-    probe = MemoryProbe(paths.metrics, args.steps)
-    injector = Injector(args.every, args.seed, probe.started)
-    print(f"soak: {args.steps} learner steps, a fault every ~{args.every:g} s", flush=True)
-    t0 = time.monotonic()
-    injector.start()
-    probe.start()
-    try:
-        summary = run_ppo(cfg, paths, source.model("sft"), source.model("rm"), soak / "models" / "ppo",
-                          with_eval=False)
-    finally:
-        injector.stop.set()
-        probe.stop.set()
-    wall = time.monotonic() - t0
-    probe.samples["end"] = {"step": summary["steps"], **probe.sample()}
+    with scratch_run(args.run, ["data", "models/sft", "models/rm"], keep=args.keep) as soak:
+        # Short steps, so a thousand of them fit in minutes; the pipeline's shape is the default's.
+        cfg = load_config(args.config, [
+            *run_overrides(soak), f"ppo.total_steps={args.steps}", "ppo.eval_every=0",
+            "ppo.batch_size=16", "ppo.minibatch_size=16", "ppo.prompts_per_request=8", "ppo.buffer_size=32",
+            "ppo.ptx_coef=0", "supervision.call_timeout_s=60", "supervision.scorer.call_timeout_s=60", *args.overrides])
+        paths = RunPaths(soak)
+        probe = MemoryProbe(paths.metrics, args.steps)
+        injector = Injector(args.every, args.seed, probe.started)
+        print(f"soak: {args.steps} learner steps, a fault every ~{args.every:g} s", flush=True)
+        t0 = time.monotonic()
+        injector.start()
+        probe.start()
+        try:
+            summary = run_ppo(cfg, paths, paths.model("sft"), paths.model("rm"), soak / "models" / "ppo",
+                              with_eval=False)
+        finally:
+            injector.stop.set()
+            probe.stop.set()
+        wall = time.monotonic() - t0
+        probe.samples["end"] = {"step": summary["steps"], **probe.sample()}
+        rows = [json.loads(line) for line in paths.metrics.read_text().splitlines()]
+        if args.keep:
+            print(f"scratch run kept in {soak}")
 
-    rows = [json.loads(line) for line in paths.metrics.read_text().splitlines()]
     steps = sorted(r["step"] for r in rows if r.get("stage") == "ppo" and "reward" in r)
     step_times = [r["step_time_s"] for r in rows if r.get("stage") == "ppo" and "step_time_s" in r]
     healed = summary["faults"]

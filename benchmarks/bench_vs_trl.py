@@ -20,7 +20,9 @@ the mean RM score and the simulated labeler's win rate over SFT samples on held-
 the same way for every policy (`Judge`: in-process HF sampling at `eval.temperature`, one response per
 prompt, the labeler `eval.labeler_seed`), over the training time (curve) and at the end.
 
-Needs TRL (`pip install -e '.[bench]'`) and a run's SFT and RM checkpoints (`make run`: runs/demo).
+Needs TRL (`pip install -e '.[bench]'`; not for `--systems async sync`) and a run's SFT and RM checkpoints
+(`make run`: runs/demo), which it reads from a scratch copy (`scratch.scratch_run`): the run itself is never
+written.
 
     .venv/bin/python benchmarks/bench_vs_trl.py --run runs/demo --steps 60
 """
@@ -30,14 +32,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `scratch` also when this file is loaded by path
+
+from scratch import run_overrides, scratch_run  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
+# The three runs, by their `--systems` name and the name they are reported under.
+SYSTEMS = {"async": "raylhf async", "sync": "raylhf sync", "trl": "TRL GRPO"}
 
 
 class Judge:
@@ -188,6 +196,9 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=300)
     parser.add_argument("--trl-attention", default="sdpa", choices=("sdpa", "eager"),
                         help="attention kernel of TRL's policy (transformers' default: sdpa)")
+    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS),
+                        help="which runs, in this order (TRL trains for as long as raylhf async did; without "
+                             "async, for --steps optimiser steps)")
     parser.add_argument("--config", default="tiny")
     parser.add_argument("overrides", nargs="*", help="config overrides (raylhf runs; TRL takes lr, β, lengths)")
     parser.add_argument("--out", type=Path, default=RESULTS / "vs_trl.json")
@@ -198,21 +209,24 @@ def main() -> None:
     from raylhf.contracts.records import Prompt
     from raylhf.orchestration.paths import RunPaths
 
-    paths = RunPaths(args.run)
-    cfg = load_config(args.config, [*args.overrides, f"output_dir={args.run.parent}", f"name={args.run.name}"])
-    heldout, _ = read_records(paths.prompts("heldout"), Prompt)
-    torch.set_num_threads(args.threads)
-    judge = Judge(cfg, paths, heldout[: args.eval_prompts], args.threads)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="bench-vs-trl-") as tmp:
-        work = Path(tmp)
-        results["raylhf async"] = run_raylhf(cfg, paths, "async", args.steps, args.eval_every, args.eval_prompts,
-                                             work / "raylhf-async")
-        results["raylhf sync"] = run_raylhf(cfg, paths, "sync", args.sync_steps, args.eval_every, args.eval_prompts,
-                                            work / "raylhf-sync")
-        budget = results["raylhf async"]["wall_s"]
-        results["TRL GRPO"] = run_trl(cfg, paths, judge, budget, args.generations, args.threads, args.eval_every,
-                                      work, max_steps=10 * args.steps, attention=args.trl_attention)
+    with scratch_run(args.run, ["data", "models/sft", "models/rm"]) as run:
+        paths = RunPaths(run)
+        cfg = load_config(args.config, [*args.overrides, *run_overrides(run)])
+        heldout, _ = read_records(paths.prompts("heldout"), Prompt)
+        torch.set_num_threads(args.threads)
+        judge = Judge(cfg, paths, heldout[: args.eval_prompts], args.threads)
+        for system in args.systems:
+            if system == "trl":
+                budget = results["raylhf async"]["wall_s"] if "raylhf async" in results else None
+                results[SYSTEMS[system]] = run_trl(cfg, paths, judge, budget or float("inf"), args.generations,
+                                                   args.threads, args.eval_every, run,
+                                                   max_steps=10 * args.steps if budget else args.steps,
+                                                   attention=args.trl_attention)
+            else:
+                results[SYSTEMS[system]] = run_raylhf(cfg, paths, system, args.steps if system == "async" else
+                                                      args.sync_steps, args.eval_every, args.eval_prompts,
+                                                      run / f"raylhf-{system}")
         torch.set_num_threads(args.threads)
         for name, r in results.items():
             r["final"] = judge(r["checkpoint"])
@@ -220,7 +234,9 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:<14}{r['samples_per_s']:>11.1f}{r['s_per_step']:>9.3f}{r['steps']:>7}{r['wall_s']:>9.1f}"
               f"{r['final']['win_rate_vs_sft']:>12.3f}{r['final']['rm_score']:>10.3f}")
-    print(f"raylhf async / TRL GRPO samples/s: {results['raylhf async']['samples_per_s'] / results['TRL GRPO']['samples_per_s']:.2f}x")
+    if {"raylhf async", "TRL GRPO"} <= results.keys():
+        print(f"raylhf async / TRL GRPO samples/s: "
+              f"{results['raylhf async']['samples_per_s'] / results['TRL GRPO']['samples_per_s']:.2f}x")
     print("\nwin rate over SFT against training wall-clock (s, win rate):")
     for name, r in results.items():
         print(f"  {name:<14}" + "  ".join(f"({t:.0f}, {w:.3f})" for t, w in r["curve"]))

@@ -28,7 +28,7 @@ import yaml
 from raylhf.configs.loader import DEFAULT_PRESET, ConfigError, explain, load_config, preset_names, save_config
 from raylhf.contracts.hf_checkpoint import CheckpointError
 from raylhf.contracts.remote import ActorFailure
-from raylhf.orchestration.paths import RunPaths
+from raylhf.orchestration.paths import RunPaths, records_for
 from raylhf.orchestration.storage import RunStorage
 
 EPILOG = """\
@@ -41,6 +41,8 @@ output:
   A run keeps everything under <output_dir>/<name>/ (default runs/demo/): data/, models/<stage>/
   (Hugging Face format), config.yaml (the resolved config), metrics.jsonl, summaries/, report.md;
   iteration round r in rounds/<r>/ (comparisons.jsonl, models/{rm,ppo}, summaries/, metrics.jsonl).
+  A command whose --out (or the --rm/--policy that rm-eval and eval score) is not the run's own model
+  keeps its summary, metrics and checkpoints in <output>.records/ beside it, not in the run.
 """
 
 
@@ -205,6 +207,15 @@ def _start(cfg, paths: RunPaths) -> None:
     save_config(cfg, paths.config)
 
 
+def _records(paths: RunPaths, targets: list[tuple[Path, Path | None]]) -> RunPaths:
+    """Where the command's summary, metrics and checkpoints go (`records_for`), said when not in the run."""
+    records = records_for(paths, targets)
+    if records is not paths:
+        logging.getLogger(__name__).info("not the run's own output: this command's summary, metrics and "
+                                         "checkpoints go to %s, not %s", records.root, paths.root)
+    return records
+
+
 def _report(stage: str, summary: dict) -> None:
     print(f"[{stage}] " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
 
@@ -306,9 +317,11 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
     from raylhf.tasks import load_task
 
     if args.command == "data":
-        _start(cfg, paths)
-        summary = stages.stage_data(cfg, load_task(cfg.task), args.out or paths.data)
-        _report("data", stages.save_summary(paths, "data", summary))
+        out = args.out or paths.data
+        records = _records(paths, [(out, paths.data)])
+        _start(cfg, records)
+        summary = stages.stage_data(cfg, load_task(cfg.task), out)
+        _report("data", stages.save_summary(records, "data", summary))
     elif args.command == "pretrain":
         preflight.check_pretrain_inputs(cfg, paths)
         _start(cfg, paths)
@@ -316,50 +329,60 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
     elif args.command == "sft":
         model, data, out = args.model or paths.model("base"), args.data or paths.demonstrations, args.out or paths.model("sft")
         preflight.check_sft_inputs(cfg, model, data)
-        _start(cfg, paths)
-        _report("sft", stages.save_summary(paths, "sft", stages.stage_sft(cfg, paths, model, data, out)))
+        records = _records(paths, [(out, paths.model("sft"))])
+        _start(cfg, records)
+        _report("sft", stages.save_summary(records, "sft", stages.stage_sft(cfg, records, model, data, out)))
     elif args.command == "rm":
         model, data, out = args.model or paths.model("sft"), args.data or paths.comparisons, args.out or paths.model("rm")
         # Normalisation needs demonstrations: a given file must exist, the run's own is used when present.
         demos = args.demonstrations or (paths.demonstrations if paths.demonstrations.exists() else None)
         preflight.check_rm_inputs(cfg, model, data, demos)
-        _start(cfg, paths)
-        _report("rm", stages.save_summary(paths, "rm", stages.stage_rm(cfg, paths, model, data, out, demos)))
+        records = _records(paths, [(out, paths.model("rm"))])
+        _start(cfg, records)
+        _report("rm", stages.save_summary(records, "rm", stages.stage_rm(cfg, records, model, data, out, demos)))
     elif args.command == "collect":
         key = "--policy" if args.policy else "collect.policies"
         policies = {p: stages.resolve_policy(paths, p, key) for p in (args.policy or cfg.collect.policies)}
         prompts = args.prompts or paths.prompts("train")
         seed_comparisons = paths.seed_comparisons if cfg.collect.include_seed_comparisons else None
         preflight.check_collect_inputs(cfg, policies, prompts, seed_comparisons)
-        _start(cfg, paths)
-        plan = collect_stage.first_round_plan(cfg, policies, prompts, args.out or paths.comparisons, seed_comparisons)
+        out = args.out or paths.comparisons
+        records = _records(paths, [(out, paths.comparisons)])
+        _start(cfg, records)
+        plan = collect_stage.first_round_plan(cfg, policies, prompts, out, seed_comparisons)
         summary = collect_stage.stage_collect(cfg, plan, load_task(cfg.task).labeler(cfg.collect.labeler_seed))
-        _report("collect", stages.save_summary(paths, "collect", summary))
+        _report("collect", stages.save_summary(records, "collect", summary))
     elif args.command == "ppo":
-        policy, rm = args.policy or paths.model("sft"), args.rm or paths.model("rm")
+        policy, rm, out = args.policy or paths.model("sft"), args.rm or paths.model("rm"), args.out or paths.model("ppo")
         # PPO's stage and checkpoint modules: only this command needs them.
         from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
         from raylhf.orchestration.ppo_stage import check_checkpoint_choice, run_ppo
 
+        # The checkpoint follows the output too: `--out elsewhere/ppo --resume` continues elsewhere/ppo.records'.
+        records = _records(paths, [(out, paths.model("ppo"))])
         # run_ppo repeats both checks, but only after _start below has written the run's config; a bad input
         # must leave the run directory untouched, so they run here first as well.
         preflight.check_ppo_inputs(cfg, paths, policy, rm)
-        check_checkpoint_choice(PPOCheckpoint(paths.root), cfg.ppo.total_steps, args.resume, args.fresh)
-        _start(cfg, paths)
-        summary = run_ppo(cfg, paths, policy, rm, args.out or paths.model("ppo"), resume=args.resume,
-                          fresh=args.fresh)
-        _report("ppo", stages.save_summary(paths, "ppo", summary))
+        check_checkpoint_choice(PPOCheckpoint(records.root), cfg.ppo.total_steps, args.resume, args.fresh)
+        _start(cfg, records)
+        summary = run_ppo(cfg, records, policy, rm, out, resume=args.resume, fresh=args.fresh)
+        _report("ppo", stages.save_summary(records, "ppo", summary))
     elif args.command == "rm-eval":
         sft, rm = args.sft or paths.model("sft"), args.rm or paths.model("rm")
         preflight.check_rm_eval_inputs(cfg, paths, sft, rm)
-        _start(cfg, paths)
-        _report("rm_eval", stages.save_summary(paths, "rm_eval", eval_stages.stage_rm_eval(cfg, paths, sft, rm)))
+        records = _records(paths, [(rm, paths.model("rm")), (sft, paths.model("sft"))])
+        _start(cfg, records)
+        _report("rm_eval", stages.save_summary(records, "rm_eval", eval_stages.stage_rm_eval(cfg, records, sft, rm)))
     elif args.command == "eval":
         policies = eval_stages.eval_policies(paths, args.policy)
         rm = args.rm or (paths.model("rm") if (paths.model("rm") / "config.json").exists() else None)
         preflight.check_eval_inputs(cfg, paths, policies, rm)
-        _start(cfg, paths)
-        _report("eval", stages.save_summary(paths, "eval", eval_stages.stage_eval(cfg, paths, policies, rm)))
+        # The run's evaluation scores the run's own models under their stage names; any other is another's.
+        own = {name: paths.model(name) if name in ("base", "sft", "ppo") else None for name in policies}
+        records = _records(paths, [*((path, own[name]) for name, path in policies.items()),
+                                   *([(rm, paths.model("rm"))] if rm is not None else [])])
+        _start(cfg, records)
+        _report("eval", stages.save_summary(records, "eval", eval_stages.stage_eval(cfg, records, policies, rm)))
     elif args.command == "run":
         from raylhf.orchestration.pipeline import run_pipeline  # every stage's modules: only for a whole run
 

@@ -25,6 +25,7 @@ from raylhf.contracts.records import Comparison, Prompt
 from raylhf.orchestration import rounds
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.preflight import read_data
+from raylhf.orchestration.provenance import provenance
 from raylhf.orchestration.sample_and_rank import collect_comparisons
 
 
@@ -82,6 +83,11 @@ def stage_collect(cfg: RunConfig, plan: CollectPlan, labeler: Labeler) -> dict[s
         comparisons += rounds.tagged(read_data(cfg, plan.seed_comparisons, Comparison), plan.round,
                                      rounds.SEED_SOURCE)
     write_records(plan.out, comparisons, Comparison)
+    # The plan carries no run paths: its files are recorded absolute (nothing checks a collect summary's models,
+    # which are its inputs; what it describes is `output`).
     return {"prompts": len(plan.prompts), "collected": collected, "source": source,
             "total": plan.earlier + len(comparisons),
-            "mean_k": float(np.mean([len(c.responses) for c in comparisons])), "seconds": time.time() - t0}
+            "mean_k": float(np.mean([len(c.responses) for c in comparisons])), "seconds": time.time() - t0,
+            "output": str(plan.out.expanduser().resolve()),
+            **provenance(None, inputs={**{f"policy_{name}": path for name, path in plan.policies.items()},
+                                       "seed_comparisons": plan.seed_comparisons})}

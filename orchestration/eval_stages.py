@@ -37,6 +37,7 @@ from raylhf.orchestration.evaluation import (
 from raylhf.orchestration.judge import judge_win_rates, load_judge
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.preflight import load_format, read_data
+from raylhf.orchestration.provenance import provenance
 from raylhf.orchestration.sample_and_rank import rank_into_comparisons, sample_sources, sample_splits
 from raylhf.orchestration.stages import comparison_groups, resolve_policy, setup_torch
 from raylhf.tasks import load_task
@@ -92,6 +93,10 @@ def stage_rm_eval(cfg: RunConfig, paths: RunPaths, sft_path: Path, rm_path: Path
             pooled, offset = pooled_all[offset : offset + len(prompts)], offset + len(prompts)
             out[split] = _rm_accuracies(task, labeler, fmt, sft, scorers, prompts, pooled, k, device)
     summary["seconds"] = time.time() - t0
+    evaluated = {"sft": sft_path, "rm": rm_path, **({current[0]: current[1]} if current is not None else {}),
+                 **({"previous_rm": previous_rm} if current is not None else {})}
+    summary.update(provenance(paths, evaluated=evaluated,
+                              inputs={split: paths.prompts(split) for split in by_split}))
     return summary
 
 
@@ -207,6 +212,10 @@ def stage_eval(cfg: RunConfig, paths: RunPaths, policies: dict[str, Path], rm_pa
             summary["win_rates"][split] = judge_win_rates(judge, prompts, {n: responses[n][split] for n in policies})
     _likelihoods(cfg, policies, fmts, by_split, responses, corpus, summary["policies"], device, bf16)
     summary["seconds"] = time.time() - t0
+    # The reward model scored every policy's responses (`rm_score`): its weights are part of what the figures are.
+    summary.update(provenance(paths, evaluated={**policies, "rm": rm_path},
+                              inputs={**{split: paths.prompts(split) for split in by_split},
+                                      "corpus": paths.corpus("heldout") if corpus else None}))
     return summary
 
 

@@ -3,13 +3,17 @@
 A dataset or model named in the config (`data.*`, `model.path`, `reward.rm_path`) is read from where it is
 and never written: `RunPaths.inputs` maps the run's file (`prompts_train`, `demonstrations`, `model_base`,
 ...) to yours, and `provided(...)` tells a stage that its output is such an input, so it is not produced.
+
+A command whose output is not the run's own (`raylhf rm --out elsewhere/rm`) keeps its records beside that
+output, in `<output>.records/` (`records_for`, `SidePaths`), never in the run's summaries, metrics or
+checkpoints: those describe the run's own models only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from raylhf.configs.schema import RunConfig
@@ -86,6 +90,12 @@ class RunPaths:
         """Round `r` of iterated RLHF: round 0 is the run itself, a later one a `RoundPaths`."""
         return self if r == 0 else RoundPaths(self.root / "rounds" / str(r), self.sync, self.inputs)
 
+    @property
+    def run_root(self) -> Path:
+        """The directory a summary's paths are recorded relative to (`raylhf.orchestration.provenance`): the
+        run's, also for a round, so that a run copied elsewhere still finds its own models."""
+        return self.root
+
 
 @dataclass(frozen=True)
 class RoundPaths(RunPaths):
@@ -111,6 +121,51 @@ class RoundPaths(RunPaths):
 
     def round(self, r: int) -> RunPaths:
         return self.run.round(r)
+
+    @property
+    def run_root(self) -> Path:
+        return self.run.root
+
+
+RECORDS_SUFFIX = ".records"
+
+
+@dataclass(frozen=True)
+class SidePaths(RunPaths):
+    """The records of a command whose output is not the run's own, `<output>.records/`: its `summaries/`,
+    `metrics.jsonl`, `config.yaml`, `checkpoints/` (PPO) and `rejects.jsonl`. Everything it reads (the data,
+    the run's models, your inputs) is `run`'s, so the command runs as it would in the run."""
+
+    run: RunPaths | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def data(self) -> Path:
+        return self.run.data
+
+    def model(self, stage: str) -> Path:
+        return self.run.model(stage)
+
+    def round(self, r: int) -> RunPaths:
+        return self if r == 0 else self.run.round(r)
+
+
+def records_for(paths: RunPaths, targets: Sequence[tuple[Path, Path | None]]) -> RunPaths:
+    """Where a command keeps its summary, metrics and checkpoints. `targets` are what it writes or describes,
+    each with the run's own counterpart (None: the run has none): `(--out, <run>/models/rm)` for `raylhf rm`,
+    every scored model for `rm-eval` and `eval`. When each target is the run's own, the run's `paths`: the
+    command redoes a stage of the run and replaces its records. Otherwise the first other target `T` gets
+    `T.records/` beside it (a `SidePaths`), so the run's summaries and metrics never describe a model that
+    is not the run's."""
+    for target, own in targets:
+        if own is None or not _same_path(target, own):
+            target = Path(target)
+            return SidePaths(target.parent / (target.name + RECORDS_SUFFIX), inputs=paths.inputs, run=paths)
+    return paths
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    # Resolved: `runs/demo/models/rm` and the same directory through a symlink or `..` are one output.
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def inputs_of(cfg: RunConfig) -> dict[str, Path]:

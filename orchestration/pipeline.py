@@ -15,6 +15,7 @@ from raylhf.orchestration import collect_stage, eval_stages, judge, rounds, stag
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
 from raylhf.orchestration.ppo_stage import finish_ppo, run_ppo
+from raylhf.orchestration.provenance import check_summary
 from raylhf.orchestration.report import write_report
 from raylhf.tasks import load_task
 
@@ -38,6 +39,8 @@ class Stages:
             return
         summary = stages.load_summary(self.paths, name)
         if done and summary is not None:
+            # Built on and reported only while it describes the model in place (not one replaced by hand).
+            check_summary(self.paths, name, summary)
             log.info("%sstage %s: output exists, skipped", self.label, name)
             self.summaries[name] = summary
             return

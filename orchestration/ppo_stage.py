@@ -36,6 +36,7 @@ from raylhf.orchestration.metrics_exporter import serve_ppo_metrics
 from raylhf.orchestration.paths import RunPaths
 from raylhf.orchestration.ppo_checkpoint import PPOCheckpoint
 from raylhf.orchestration.preflight import Skipped, check_ppo_inputs, load_format, policy_prompts
+from raylhf.orchestration.provenance import provenance
 from raylhf.orchestration.ray_runtime import init_ray
 from raylhf.orchestration.run_stats import StepObservers
 from raylhf.tasks import load_task
@@ -212,6 +213,8 @@ def run_ppo(cfg: RunConfig, paths: RunPaths, policy_path: Path, rm_path: Path, o
     summary.update(setup_s=setup_s, seconds=time.time() - t0, generators_match_learner=weights_match, placement=placement,
                    cpus=cpus, skipped_rows=skipped,
                    final_reward=last.get("reward"), final_kl=last.get("kl"))
+    summary.update(provenance(paths, checkpoint=out, inputs={
+        "policy": policy_path, "rm": rm_path, "ref": ref_path, "value": value_path, "prompts": paths.prompts("train")}))
     return summary
 
 
@@ -224,7 +227,7 @@ def finish_ppo(paths: RunPaths, out: Path) -> dict[str, Any]:
     shutil.copytree(checkpoint.policy_dir, out)
     state = checkpoint.driver_state()
     return {"steps": int(state["steps"]), "finished_from_checkpoint": str(checkpoint.latest()),
-            **{f"samples_{k}": v for k, v in state.get("ledger", {}).items()}}
+            **{f"samples_{k}": v for k, v in state.get("ledger", {}).items()}, **provenance(paths, checkpoint=out)}
 
 
 def check_checkpoint_choice(checkpoint: PPOCheckpoint, total_steps: int, resume: bool, fresh: bool) -> None:

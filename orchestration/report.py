@@ -11,6 +11,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from raylhf.orchestration.paths import RunPaths
+from raylhf.orchestration.provenance import check_summaries
 
 
 def _read_metrics(path: Path, stage: str) -> list[dict[str, Any]]:
@@ -98,7 +99,11 @@ def write_report(paths: RunPaths, summaries: dict[str, dict[str, Any]],
                  rounds: dict[int, dict[str, dict[str, Any]]] | None = None) -> Path:
     """`report.md` of round 0's `summaries` and, with iteration `rounds` ({round: its summaries}), a table
     and plots per round. What a summary lacks is left out: a run without a task has no true utility,
-    instruction following or labeler rows."""
+    instruction following or labeler rows. A summary that no longer describes the model in place is refused
+    (`provenance.SummaryMismatch`) before anything is written."""
+    check_summaries(paths, summaries)
+    for r, round_summaries in (rounds or {}).items():
+        check_summaries(paths.round(r), round_summaries)
     lines = [f"# raylhf run `{paths.root.name}`", ""]
     if rounds:
         lines += round_section(paths, {0: summaries, **rounds})

@@ -50,6 +50,7 @@ from raylhf.orchestration.preflight import (
     read_demonstrations,
     split_sizes,
 )
+from raylhf.orchestration.provenance import provenance
 from raylhf.orchestration.rounds import SEED_SOURCE, tagged
 
 if TYPE_CHECKING:  # pragma: no cover  (annotations only: transformers takes a second to import)
@@ -137,7 +138,8 @@ def stage_pretrain(cfg: RunConfig, paths: RunPaths, task: Task) -> dict[str, Any
     )
     model.save_pretrained(out)
     return {"parameters": count_parameters(model), "heldout_loss": metrics["heldout_loss"],
-            "bf16": bf16, "seconds": time.time() - t0}
+            "bf16": bf16, "seconds": time.time() - t0,
+            **provenance(paths, checkpoint=out, inputs={split: paths.corpus(split) for split in ("train", "heldout")})}
 
 
 # ---------------------------------------------------------------------------------------------- sft
@@ -187,7 +189,7 @@ def stage_sft(cfg: RunConfig, paths: RunPaths, model_path: Path, data_path: Path
     )
     save_policy(model, fmt, out, dtype)
     return {**metrics, "train_examples": len(train), "val_examples": len(val), "skipped_rows": skipped,
-            "seconds": time.time() - t0}
+            "seconds": time.time() - t0, **provenance(paths, checkpoint=out, inputs={"model": model_path, "data": data_path})}
 
 
 # ---------------------------------------------------------------------------------------------- rm
@@ -249,4 +251,6 @@ def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path | 
     return {**metrics, "train_prompts": len(train), "val_prompts": len(val), "normalisation_shift": shift,
             "comparisons_by_round": {str(r): by_round[r] for r in sorted(by_round)},
             **({"comparisons_left_out": read - len(comparisons)} if keep is not None else {}),
-            "init": str(init or sft_path), "skipped_rows": skipped, "seconds": time.time() - t0}
+            "init": str(init or sft_path), "skipped_rows": skipped, "seconds": time.time() - t0,
+            **provenance(paths, checkpoint=out, inputs={"model": sft_path, "data": files, "demonstrations": demos_path,
+                                                        "init": init})}
