@@ -370,7 +370,8 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
     elif args.command == "rm-eval":
         sft, rm = args.sft or paths.model("sft"), args.rm or paths.model("rm")
         preflight.check_rm_eval_inputs(cfg, paths, sft, rm)
-        records = _records(paths, [(rm, paths.model("rm")), (sft, paths.model("sft"))])
+        # The evaluation describes the reward model; the SFT policy is only where its pairs are sampled from.
+        records = _records(paths, [(rm, paths.model("rm"))])
         _start(cfg, records)
         _report("rm_eval", stages.save_summary(records, "rm_eval", eval_stages.stage_rm_eval(cfg, records, sft, rm)))
     elif args.command == "eval":
