@@ -77,7 +77,7 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     if task is not None:
         stage("data", (paths.data / "demonstrations.jsonl").exists(), lambda: stages.stage_data(cfg, task, paths.data))
     stage("pretrain", is_checkpoint(paths.model("base")), lambda: stages.stage_pretrain(cfg, paths, task),
-          provided=paths.provided("model_base"))
+          provided=paths.provided("model_base") or placed_base_model(paths))
     stage("sft", is_checkpoint(paths.model("sft")),
           lambda: stages.stage_sft(cfg, paths, paths.model("base"), paths.demonstrations, paths.model("sft")))
     seed = paths.seed_comparisons if cfg.collect.include_seed_comparisons and task is not None else None
@@ -103,6 +103,13 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
     iterations = {r: run_round(cfg, paths, r, labeler, report, keep) for r in range(1, cfg.iterate.rounds + 1)}
     write_report(paths, stage.summaries, iterations)
     return stage.summaries
+
+
+def placed_base_model(paths: RunPaths) -> Path | None:
+    """A base model you put in `<run>/models/base` yourself (a checkpoint the pretrain stage did not write: it
+    has no summary): used as it is, never pretrained over."""
+    base = paths.model("base")
+    return base if is_checkpoint(base) and stages.load_summary(paths, "pretrain") is None else None
 
 
 def run_round(cfg: RunConfig, paths: RunPaths, r: int, labeler: Labeler,

@@ -176,3 +176,25 @@ def test_skipped_rows_are_counted_in_the_stage_summary(tmp_path, tiny_checkpoint
     assert summary["train_examples"] + summary["val_examples"] == 6
     reasons = summary["skipped_rows"][str(demos)]
     assert sum(reasons.values()) == 2 and len(reasons) == 2, reasons
+
+
+def test_a_base_model_you_put_in_the_run_is_never_pretrained_over(tmp_path, tiny_checkpoint):
+    import shutil
+
+    from raylhf.orchestration.pipeline import Stages, placed_base_model
+
+    paths = RunPaths(tmp_path / "run")
+    shutil.copytree(tiny_checkpoint, paths.model("base"))
+    before = {p.name: p.read_bytes() for p in paths.model("base").iterdir()}
+    stage = Stages(paths, report=lambda *_: None)
+
+    def pretrain():
+        raise AssertionError("pretrained over your model")
+
+    stage("pretrain", True, pretrain, provided=placed_base_model(paths))
+    assert stage.summaries["pretrain"] == {"provided": str(paths.model("base"))}
+    assert {p.name: p.read_bytes() for p in paths.model("base").iterdir()} == before
+    # A base model the stage wrote itself (it has a summary) is the stage's own: skipped as a finished stage.
+    (paths.root / "summaries").mkdir()
+    (paths.root / "summaries" / "pretrain.json").write_text("{}")
+    assert placed_base_model(paths) is None
