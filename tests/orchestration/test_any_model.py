@@ -99,6 +99,7 @@ def test_your_model_and_files_through_the_pipeline(arch, tmp_path):
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "raylhf", "run", "--config",
                           str(tmp_path / "my.yaml")], cwd=tmp_path, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    assert "raylhf.orchestration.pipeline" in out.stderr  # the import log is there, so its absence below means something
     assert "raylhf.tasks.demo" not in out.stderr
     assert _hashes(data, model) == before
 
