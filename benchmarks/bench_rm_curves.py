@@ -101,8 +101,13 @@ def first_k(comparisons: Sequence, n_prompts: int, k: int) -> list:
     out = []
     for c in comparisons[:n_prompts]:
         keep = min(k, len(c.responses))
+        positions = [p for p, i in enumerate(c.ranking) if i < keep]
+        # Two kept neighbours are tied when everything ranked between them was tied too (ties chain).
+        tied = None if c.tied is None else [all(c.tied[a:b]) for a, b in zip(positions, positions[1:])]
+        if tied is not None and all(tied):
+            continue  # the kept responses are all tied: no pair to train on
         out.append(dataclasses.replace(c, responses=list(c.responses[:keep]),
-                                       ranking=[i for i in c.ranking if i < keep]))
+                                       ranking=[c.ranking[p] for p in positions], tied=tied))
     return out
 
 

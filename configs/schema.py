@@ -5,7 +5,7 @@ config is loaded: unknown keys, wrong types and out-of-range values are rejected
 path. Each component takes its own section whole (plus the few run-level values it needs); defaults
 and validation live here only. The sections are defined per family in `raylhf.configs.sections` and
 importable from here: TaskConfig, DataConfig, ModelConfig, PretrainConfig, SFTConfig, RMConfig,
-CollectConfig, EvalConfig, IterateConfig, GenerationConfig, PPOConfig, RewardConfig, RewardSourceConfig,
+CollectConfig, LabelConfig, EvalConfig, IterateConfig, GenerationConfig, PPOConfig, RewardConfig, RewardSourceConfig,
 SupervisionConfig, SupervisionOverride, ScorerSupervisionOverride, RayConfig, MetricsConfig (and the bases
 Section, Placement).
 """
@@ -25,12 +25,12 @@ from raylhf.configs.sections.ppo import PPOConfig
 from raylhf.configs.sections.reward import RewardConfig, RewardSourceConfig
 from raylhf.configs.sections.runtime import MetricsConfig, RayConfig
 from raylhf.configs.sections.stages import (
-    CollectConfig, EvalConfig, IterateConfig, PretrainConfig, RMConfig, SFTConfig,
+    CollectConfig, EvalConfig, IterateConfig, LabelConfig, PretrainConfig, RMConfig, SFTConfig,
 )
 from raylhf.configs.sections.supervision import ScorerSupervisionOverride, SupervisionConfig, SupervisionOverride
 
 __all__ = [
-    "CollectConfig", "DataConfig", "EvalConfig", "GenerationConfig", "IterateConfig", "MetricsConfig",
+    "CollectConfig", "DataConfig", "EvalConfig", "GenerationConfig", "IterateConfig", "LabelConfig", "MetricsConfig",
     "ModelConfig", "PPOConfig", "Placement", "PretrainConfig", "RMConfig", "RayConfig", "RewardConfig",
     "RewardSourceConfig", "RunConfig", "SFTConfig", "ScorerSupervisionOverride", "Section", "SupervisionConfig",
     "SupervisionOverride", "TaskConfig",
@@ -64,6 +64,7 @@ class RunConfig(Section):
     sft: SFTConfig = SFTConfig()
     rm: RMConfig = RMConfig()
     collect: CollectConfig = CollectConfig()
+    label: LabelConfig = LabelConfig()
     generation: GenerationConfig = GenerationConfig()
     eval: EvalConfig = EvalConfig()
     ppo: PPOConfig = PPOConfig()

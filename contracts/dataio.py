@@ -79,6 +79,8 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
         raise RowError(name, "must not be null")
     if base == "str":
         ok = isinstance(value, str)
+    elif base == "bool":
+        ok = isinstance(value, bool)
     elif base == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif base == "float":

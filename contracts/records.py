@@ -67,7 +67,8 @@ class Comparison:
 
     `ranking` lists response indices from best to worst, a permutation of 0..K-1
     (the same convention as the `order` argument of `ranking_loss`). `round` and `source` say where the
-    row came from in an iterated run; files written without them load with the defaults.
+    row came from in an iterated run; `labeler` and `tied` who ranked it and which neighbours they found equally
+    good. Files written without them load with the defaults.
     """
 
     prompt_id: str
@@ -79,6 +80,10 @@ class Comparison:
     # the conversation before the response as {role, content} turns (roles system, user, assistant), ending
     # with a user turn, whose content is `prompt`; None: `prompt` is the whole prompt text
     messages: list[dict[str, str]] | None = None
+    labeler: str = ""  # id of the human labeler who ranked it; "": the task's simulated labeler
+    # [K-1] tied[i]: ranking[i] and ranking[i+1] are equally good (ties chain: a run of True is one tie group);
+    # tied pairs are never trained on. None: no ties
+    tied: list[bool] | None = None
 
     SCHEMA: ClassVar[pa.Schema] = pa.schema(
         [
@@ -89,8 +94,13 @@ class Comparison:
             pa.field("round", pa.int32(), nullable=False),
             pa.field("source", pa.string(), nullable=False),
             pa.field("messages", MESSAGES_TYPE, nullable=True),
+            pa.field("labeler", pa.string(), nullable=True),  # null: the default
+            pa.field("tied", pa.list_(pa.bool_()), nullable=True),
         ]
     )
+    # Left out of a row while they hold their defaults, so the simulated labeler's rows are written byte for
+    # byte as before these fields existed (and older readers of our files see nothing new).
+    OMITTED_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("labeler", "tied")
 
 
 @dataclass
@@ -169,7 +179,14 @@ RECORD_TYPES: dict[str, type] = {
 
 
 def to_row(record: Any) -> dict[str, Any]:
-    return dataclasses.asdict(record)
+    """The record as a plain dict, without the `OMITTED_AT_DEFAULT` fields that hold their default (Parquet
+    stores those as null; both load as the default)."""
+    row = dataclasses.asdict(record)
+    defaults = {f.name: f.default for f in dataclasses.fields(record)}
+    for name in getattr(record, "OMITTED_AT_DEFAULT", ()):
+        if row[name] == defaults[name]:
+            del row[name]
+    return row
 
 
 def record_fields(record_type: type) -> list[dataclasses.Field]:

@@ -9,7 +9,8 @@ Datasets come in the shapes of the tools they were made for (TRL, verl, Hugging 
 - demonstrations: `prompt` (text or turns) with `response` or `completion` (text, or a list holding one
   assistant turn); or `messages` whose last turn is the assistant's (the response; the turns before it are
   the prompt).
-- comparisons: `responses` + `ranking` (K = 2..9, best first); or `chosen` + `rejected`, read as K = 2 with
+- comparisons: `responses` + `ranking` (K = 2..9, best first), optionally `tied` (K-1 bools, `tied[i]`: the
+  responses at ranking positions i and i+1 are equally good; not all of them) and `labeler` (who ranked it); or `chosen` + `rejected`, read as K = 2 with
   `responses = [chosen, rejected]`, `ranking = [0, 1]`. Their prompt is `prompt` when it is of the same kind
   as the completions (both text, or both turns), or text completions with a conversation prompt; otherwise it
   is the part chosen and rejected share, cut by TRL's `extract_prompt` rule. In that shape a `messages`
@@ -331,7 +332,27 @@ def _ranked(r: _Row) -> dict[str, Any]:
     for key in ("round", "source"):  # where an iterated run collected the row; type-checked with the record
         if key in r.data:
             out[key] = r.data[key]
+    if r.has("labeler"):  # who ranked it; Parquet holds null for the default
+        out["labeler"] = r.data["labeler"]
+    if r.has("tied"):
+        out["tied"] = _ties(r.data["tied"], k, r.name("tied"))
     return out
+
+
+def _ties(tied: Any, k: int, name: str) -> list[bool]:
+    """`tied[i]`: ranking[i] and ranking[i+1] are equally good. A row whose every pair is tied says nothing a
+    reward model can learn, so it is a bad row (skipped and counted under `data.on_bad_rows: skip`)."""
+    if not isinstance(tied, list):
+        raise RowError(name, f"expected a list of bool, got {_type_name(tied)}", "wrong type")
+    for i, item in enumerate(tied):
+        if not isinstance(item, bool):
+            raise RowError(f"{name}[{i}]", f"expected bool, got {_type_name(item)}", "wrong type")
+    if len(tied) != k - 1:
+        raise RowError(name, f"{len(tied)} values for K={k} responses, must be K-1 (one per neighbouring pair)",
+                       "not K-1 values")
+    if all(tied):
+        raise RowError(name, "every response is tied: no pair to train on", "every response tied")
+    return tied
 
 
 def normalise_row(record_type: type, row: dict[str, Any], columns: ColumnMap | None = None,

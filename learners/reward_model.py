@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -38,9 +38,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from raylhf.configs.schema import RMConfig
 
-# A prompt's K responses as full token sequences (prompt + response + EOS), and the ranking of them
-# (indices best -> worst).
-RankedGroup = tuple[Sequence[Sequence[int]], Sequence[int]]
+
+class RankedGroup(NamedTuple):
+    """A prompt's K responses as full token sequences and a labeler's ranking of them (a plain
+    `(seqs, ranking)` pair is one without ties)."""
+
+    seqs: Sequence[Sequence[int]]  # [K] prompt + response + EOS token ids
+    ranking: Sequence[int]  # [K] response indices, best -> worst
+    tied: Sequence[bool] | None = None  # [K-1] tied[i]: ranking[i] and ranking[i+1] equally good; None: no ties
+
 
 # Padded tokens (rows x longest sequence) per forward pass of `score_sequences`: the reward section's
 # default (`reward.max_tokens_per_microbatch`), for callers that have no such setting (RM evaluation).
@@ -156,38 +162,44 @@ def score_sequences(model: PreTrainedModel, seqs: Sequence[Sequence[int]], pad_i
     return out
 
 
-def group_batch(groups: Sequence[RankedGroup],
-                pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def group_batch(groups: Sequence[RankedGroup], pad_id: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Flatten P groups into one forward batch: `ids`, `attention_mask` [N, T], `slots` [P, K] mapping
-    (prompt, response) -> row (-1 if absent) and `order` [P, K], each prompt's ranking (-1 padded)."""
-    seqs = [s for g in groups for s in g[0]]
-    k_max = max(len(g[0]) for g in groups)
+    (prompt, response) -> row (-1 if absent), `order` [P, K], each prompt's ranking (-1 padded), and `tied`
+    [P, K-1] (False padded; None when no group has a tie, the loss's untied path)."""
+    groups = [RankedGroup(*g) for g in groups]
+    seqs = [s for g in groups for s in g.seqs]
+    k_max = max(len(g.seqs) for g in groups)
     slots = torch.full((len(groups), k_max), -1, dtype=torch.long)
     order = torch.full((len(groups), k_max), -1, dtype=torch.long)
+    tied = torch.zeros((len(groups), k_max - 1), dtype=torch.bool)
     row = 0
-    for p, (responses, ranking) in enumerate(groups):
-        k = len(responses)
+    for p, g in enumerate(groups):
+        k = len(g.seqs)
         slots[p, :k] = torch.arange(row, row + k)
-        order[p, :k] = torch.as_tensor(list(ranking), dtype=torch.long)
+        order[p, :k] = torch.as_tensor(list(g.ranking), dtype=torch.long)
+        if g.tied is not None:
+            tied[p, : k - 1] = torch.as_tensor(list(g.tied), dtype=torch.bool)
         row += k
     ids, mask = pad_right(seqs, pad_id)
-    return ids, mask, slots, order
+    return ids, mask, slots, order, tied if bool(tied.any()) else None
 
 
 def ranking_batch_loss(model: PreTrainedModel, groups: Sequence[RankedGroup], pad_id: int,
                        device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-    """InstructGPT Eq. 1 over a batch of prompts: all C(K,2) pairs of a prompt from one forward pass."""
-    ids, mask, slots, order = group_batch(groups, pad_id)
+    """InstructGPT Eq. 1 over a batch of prompts: all C(K,2) pairs of a prompt (its untied ones) from one
+    forward pass."""
+    ids, mask, slots, order, tied = group_batch(groups, pad_id)
     rewards = sequence_rewards(model, ids.to(device), mask.to(device))
     # Absent slots read row 0; ranking_loss never looks at them (their `order` entries are -1).
     scores = rewards[slots.clamp(min=0).to(device)]
-    return ranking_loss(scores, order.to(device))
+    return ranking_loss(scores, order.to(device), None if tied is None else tied.to(device))
 
 
 @torch.no_grad()
 def evaluate_rankings(model: PreTrainedModel, groups: Sequence[RankedGroup], pad_id: int, device: torch.device,
                       bf16: bool, batch_prompts: int = 32) -> dict[str, float]:
-    """Pairwise accuracy and loss over held-out ranked groups (pairs pooled over prompts)."""
+    """Pairwise accuracy and loss over held-out ranked groups (untied pairs pooled over prompts)."""
     model.eval()
     correct = pairs = loss_sum = 0.0
     for i in range(0, len(groups), batch_prompts):

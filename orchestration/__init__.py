@@ -15,8 +15,10 @@ The PPO stage:
   every rollout went; `preflight`: inputs checked before anything starts.
 
 The pipeline's other stages:
-- `stages`: data, pretrain, SFT and RM stages; `collect_stage`: the one collect stage of every round;
-  `eval_stages`: RM evaluation and policy evaluation; `rounds`: iterated RLHF bookkeeping.
+- `stages`: data, pretrain, SFT and RM stages; `collect_stage`: the one collect stage of every round (sample
+  step, then rank step); `human_rankings`: its rank step when people rank (`collect.labeler: human`, the
+  batch served by `raylhf.labeling`); `eval_stages`: RM evaluation and policy evaluation; `rounds`: iterated
+  RLHF bookkeeping.
 - `fleet.GeneratorFleet`: generators behind one blocking call; `sample_and_rank`: sampling policies through a
   fleet and ranking the samples into comparisons; `evaluation`: pairwise metrics and win rates.
 

@@ -6,7 +6,9 @@ its inputs before it writes anything: bad config (a checkpoint path that is not 
 checkpoint included) exits with status 2 and names the key or flag, bad data exits with status 3 and names
 the file and line, a run that fails past what it can heal (an actor lost more than
 `supervision.max_consecutive_restarts` times in a row, rewards past `reward.max_reject_rate`) exits with status 4
-and names the actor or key; each time the error is one line on stderr. Output cut short by its reader
+and names the actor or key, and a round waiting for human rankings (`collect.labeler=human`, without `--wait`)
+exits with status 5 and names the `raylhf label` command that serves them; each time the message is one line on
+stderr. Output cut short by its reader
 (`raylhf config --explain | head`) ends quietly with status 141, as if stopped by SIGPIPE.
 """
 
@@ -60,6 +62,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     # default=[]: without one argparse counts the overrides as required when the command's other
     # positional (`data demo`) is missing, and names both in the error.
     parser.add_argument("overrides", nargs="*", default=[], metavar="key.path=value", help="config overrides")
+
+
+def _wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", action="store_true",
+                        help="with collect.labeler=human: wait for the rankings (checking every label.poll_s s) "
+                             "instead of exiting with status 5 until they are in")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +128,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
                                                       "default: collect.policies)")
     p.add_argument("--prompts", type=Path, help="prompts JSONL/Parquet (default: <run>/data/prompts_train.jsonl)")
     p.add_argument("--out", type=Path, help="output comparisons (default: <run>/data/comparisons.jsonl)")
+    _wait(p)
     _common(p)
 
     p = sub.add_parser("ppo", help="PPO-ptx against the reward model (step 3), async actor/learner",
@@ -162,6 +171,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
                        description="data -> base model -> SFT -> comparisons -> reward model -> PPO-ptx -> evaluation, "
                                    "then iterate.rounds iteration rounds (see `raylhf iterate --help`) and report.md, "
                                    "each stage skipped when its output already exists (delete it to redo a stage).")
+    _wait(p)
     _common(p)
 
     p = sub.add_parser("iterate", help="iterated RLHF: rank the current policy, retrain the RM, continue PPO (step 4)",
@@ -179,6 +189,21 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
                                    "resumes at the stage it was in, a finished stage is skipped; report.md gains a "
                                    "table and plots per round. `raylhf run` runs the rounds too.")
     p.add_argument("--rounds", type=int, help="rounds after the first (overrides iterate.rounds)")
+    _wait(p)
+    _common(p)
+
+    p = sub.add_parser("label", help="rank the pending batch yourself in a browser, or print the labelers' --stats",
+                       description="Serve the run's pending batch (collect.labeler=human; the latest round that has "
+                                   "one) to labelers in a browser: rank each prompt's K responses, score them 1-7, "
+                                   "tick metadata, skip or flag. Every answer goes to the labels log before it is "
+                                   "acknowledged. Binds label.host (127.0.0.1); labelers and their tokens come from "
+                                   "label.labelers.")
+    p.add_argument("--round", type=int, help="iteration round whose batch to serve (default: the latest with one)")
+    p.add_argument("--out", type=Path, help="serve the batch of `raylhf collect --out F`'s F instead")
+    p.add_argument("--stats", action="store_true", help="print the labelers' statistics and agreement, then exit")
+    p.add_argument("--json", action="store_true", help="with --stats: as JSON")
+    p.add_argument("--host", help="address to bind (overrides label.host; other than loopback needs label.labelers)")
+    p.add_argument("--port", type=int, help="port (overrides label.port; 0: a free one)")
     _common(p)
     return parser, dict(sub.choices)
 
@@ -255,21 +280,28 @@ def _main(argv: list[str] | None) -> int:
             # An actor that could not be healed (see supervision.max_consecutive_restarts), or a reward service past
             # its reject rate: the cause in one line; the full trace is in the log above.
             logging.getLogger(__name__).debug("run failed", exc_info=True)
-        print(f"{kind}: {_one_line(e)}", file=sys.stderr)
+        # Rankings still to come: the `raylhf label` command that serves them, with this command's config.
+        text = e.message(args.config, args.overrides) if status == 5 else _one_line(e)
+        print(f"{kind}: {text}", file=sys.stderr)
         return status
 
 
 def _failure(error: Exception) -> tuple[int, str] | None:
-    """Exit status and stderr prefix of an error the user can act on: 2 config, 3 data, 4 a failed run."""
-    # Imported only once something failed: contracts.dataio pulls pyarrow, and reward_service.errors pulls
+    """Exit status and stderr prefix of an error the user can act on: 2 config, 3 data, 4 a failed run, 5 human
+    rankings still to come (`collect.labeler: human`)."""
+    if isinstance(error, (ConfigError, CheckpointError)):  # before the imports: `raylhf label` stays light
+        return 2, "config error"
+    # Imported only once something else failed: contracts.dataio pulls pyarrow, and reward_service.errors pulls
     # torch through its package's __init__; `raylhf config` needs neither.
     from raylhf.contracts.dataio import DataError
+    from raylhf.labeling.store import LabelingError
+    from raylhf.orchestration.human_rankings import RankingsPending
     from raylhf.reward_service.errors import ScoringError
 
-    if isinstance(error, (ConfigError, CheckpointError)):
-        return 2, "config error"
-    if isinstance(error, DataError):
+    if isinstance(error, (DataError, LabelingError)):
         return 3, "data error"
+    if isinstance(error, RankingsPending):
+        return 5, "waiting for human rankings"
     if isinstance(error, (ActorFailure, ScoringError)):
         return 4, "run failed"
     return None
@@ -300,6 +332,10 @@ def _dispatch(args) -> int:
     address = [f"ray.address={args.address}"] if getattr(args, "address", None) else []
     rounds = [f"iterate.rounds={args.rounds}"] if getattr(args, "rounds", None) is not None else []
     cfg = load_config(args.config, [*args.overrides, *address, *rounds, *columns])
+    if args.command == "label":  # the labeling server needs no stage module (torch, vLLM): it starts in a second
+        from raylhf.labeling.command import label_command
+
+        return label_command(args, cfg)
     from raylhf.orchestration import preflight  # pulls pyarrow: not loaded for --help or `raylhf config`
 
     preflight.check_output_dir(cfg)
@@ -345,12 +381,19 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
         policies = {p: stages.resolve_policy(paths, p, key) for p in (args.policy or cfg.collect.policies)}
         prompts = args.prompts or paths.prompts("train")
         seed_comparisons = paths.seed_comparisons if cfg.collect.include_seed_comparisons else None
+        task = load_task(cfg.task)
+        if task is None and cfg.collect.labeler == "simulated":
+            raise ConfigError("collect.labeler: simulated is the task's labeler and task.name is none; rank the "
+                              "samples yourself with collect.labeler=human")
         preflight.check_collect_inputs(cfg, policies, prompts, seed_comparisons)
         out = args.out or paths.comparisons
         records = _records(paths, [(out, paths.comparisons)])
         _start(cfg, records)
-        plan = collect_stage.first_round_plan(cfg, policies, prompts, out, seed_comparisons)
-        summary = collect_stage.stage_collect(cfg, plan, load_task(cfg.task).labeler(cfg.collect.labeler_seed))
+        # `raylhf label` finds the run's own batch; another output's by its path.
+        label_flags = ("--out", str(out.expanduser().resolve())) if records is not paths else ()
+        plan = collect_stage.first_round_plan(cfg, policies, prompts, out, seed_comparisons, label_flags)
+        labeler = task.labeler(cfg.collect.labeler_seed) if task is not None else None
+        summary = collect_stage.stage_collect(cfg, plan, labeler, args.wait)
         _report("collect", stages.save_summary(records, "collect", summary))
     elif args.command == "ppo":
         policy, rm, out = args.policy or paths.model("sft"), args.rm or paths.model("rm"), args.out or paths.model("ppo")
@@ -395,7 +438,7 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
         check_judge(cfg, paths, task, has_comparisons=paths.provided("comparisons") is not None or task is not None)
         _start(cfg, paths)
         t0 = time.time()
-        run_pipeline(cfg, paths, report=_report)
+        run_pipeline(cfg, paths, report=_report, wait=args.wait)
         print(f"pipeline finished in {time.time() - t0:.0f} s; outputs in {storage}")
     elif args.command == "iterate":
         # The learners' checkpoint check and every stage's modules: only for a whole run.
@@ -407,7 +450,7 @@ def _run_command(args, cfg, paths: RunPaths, storage: RunStorage) -> int:
         preflight.check_iterate_prompts(cfg)
         _start(cfg, paths)
         t0 = time.time()
-        run_pipeline(cfg, paths, report=_report)
+        run_pipeline(cfg, paths, report=_report, wait=args.wait)
         print(f"{cfg.iterate.rounds} rounds finished in {time.time() - t0:.0f} s; outputs in {storage}")
     return 0
 

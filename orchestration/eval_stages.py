@@ -121,9 +121,13 @@ class ScoredPairs:
     def rankings(self) -> list[list[int]]:
         return [list(c.ranking) for c in self.comparisons]
 
+    @property
+    def ties(self) -> list[list[bool] | None]:
+        return [c.tied for c in self.comparisons]
+
     def ranked(self) -> list[tuple[int, int, int]]:
-        """`(group, winner, loser)` of every ranked pair."""
-        return ranked_pairs(self.rankings)
+        """`(group, winner, loser)` of every ranked pair (a labeler's tied pairs are none)."""
+        return ranked_pairs(self.rankings, self.ties)
 
     def equal_length(self, ranked: list[tuple[int, int, int]]) -> list[int]:
         """Indices into `ranked` of the pairs whose two responses have the same token length."""
@@ -159,9 +163,9 @@ def pair_accuracies(task: Task, scored: ScoredPairs) -> dict[str, Any]:
     comparisons, rankings, lengths = scored.comparisons, scored.rankings, scored.lengths
     s: dict[str, Any] = {"comparisons": len(comparisons)}
     for name, grouped in scored.scores.items():
-        s[f"{name}_accuracy"] = pairwise_agreement(grouped, rankings)
+        s[f"{name}_accuracy"] = pairwise_agreement(grouped, rankings, ties=scored.ties)
         # Pairs of equal token length: what a score knows beyond "shorter is better".
-        s[f"{name}_accuracy_equal_length"] = pairwise_agreement(grouped, rankings, lengths)
+        s[f"{name}_accuracy_equal_length"] = pairwise_agreement(grouped, rankings, lengths, scored.ties)
     if "rm" in scored.scores:
         s["rm_vs_ceiling"] = s["rm_accuracy"] / s["ceiling_accuracy"]
     if isinstance(task, ContrastingTask):

@@ -11,19 +11,28 @@ from raylhf.contracts.protocols import Labeler, Task
 from raylhf.contracts.records import Prompt
 
 
-def pairwise_agreement(scores: Sequence[Sequence[float]], rankings: Sequence[Sequence[int]],
-                       lengths: Sequence[Sequence[int]] | None = None) -> float:
-    """Fraction of ranked pairs (w above l) with score[w] > score[l]; a tie counts half.
+def untied_pairs(order: Sequence[int], tied: Sequence[bool] | None = None) -> list[tuple[int, int]]:
+    """`(w, l)` of every pair the ranking `order` (indices best -> worst) puts one above the other: C(K,2)
+    without ties; with `tied` (`tied[i]`: positions i and i+1 equally good, ties chaining), the pairs inside a
+    tie group say neither is better and are left out."""
+    return [(order[i], order[j]) for i, j in combinations(range(len(order)), 2)
+            if tied is None or not all(tied[i:j])]
 
-    `scores[g]` are the scores of group g's responses; `rankings[g]` lists its indices best -> worst.
+
+def pairwise_agreement(scores: Sequence[Sequence[float]], rankings: Sequence[Sequence[int]],
+                       lengths: Sequence[Sequence[int]] | None = None,
+                       ties: Sequence[Sequence[bool] | None] | None = None) -> float:
+    """Fraction of ranked pairs (w above l) with score[w] > score[l]; a tie of the scores counts half.
+
+    `scores[g]` are the scores of group g's responses; `rankings[g]` lists its indices best -> worst, and
+    `ties[g]` (optional) its labeler's ties, whose pairs do not count (`untied_pairs`).
     With `lengths` (`lengths[g][i]`: length of group g's response i), only pairs of two responses of
     equal length count: length then cannot explain the agreement, so a score that has learned only
     "shorter is better" is at chance there (nan when no such pair exists).
     """
     agree = total = 0.0
     for g, (s, order) in enumerate(zip(scores, rankings)):
-        for i, j in combinations(range(len(order)), 2):
-            w, l = order[i], order[j]
+        for w, l in untied_pairs(order, ties[g] if ties is not None else None):
             if lengths is not None and lengths[g][w] != lengths[g][l]:
                 continue
             agree += 1.0 if s[w] > s[l] else 0.5 if s[w] == s[l] else 0.0
@@ -39,9 +48,11 @@ def split_by_group(flat: Sequence[float], sizes: Sequence[int]) -> list[list[flo
     return out
 
 
-def ranked_pairs(rankings: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
-    """`(group, winner, loser)` of every pair the rankings order (C(K,2) per group of K)."""
-    return [(g, order[i], order[j]) for g, order in enumerate(rankings) for i, j in combinations(range(len(order)), 2)]
+def ranked_pairs(rankings: Sequence[Sequence[int]], ties: Sequence[Sequence[bool] | None] | None = None
+                 ) -> list[tuple[int, int, int]]:
+    """`(group, winner, loser)` of every pair the rankings order (C(K,2) per group of K, less its tied pairs)."""
+    return [(g, w, l) for g, order in enumerate(rankings)
+            for w, l in untied_pairs(order, ties[g] if ties is not None else None)]
 
 
 def agreement_by(scores: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int, int]],

@@ -55,10 +55,12 @@ class Stages:
 
 
 def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], None],
-                 labeler: Labeler | None = None) -> dict[str, dict]:
+                 labeler: Labeler | None = None, wait: bool = False) -> dict[str, dict]:
     """Round 0 (data -> base model -> SFT -> comparisons on the SFT policy -> reward model -> PPO-ptx ->
     evaluation), then `iterate.rounds` iteration rounds, then `report.md`. `labeler` ranks every round's
-    comparisons, round 0's included (default: the task's simulated labeler of `collect.labeler_seed`).
+    comparisons, round 0's included (default: the task's simulated labeler of `collect.labeler_seed`); under
+    `collect.labeler: human` people do, and a round whose rankings are not in yet stops the run with
+    `RankingsPending` (or, with `wait`, waits for them): run it again once they are.
 
     A run without a task starts from your model and files: no data, pretraining, collect or rm_eval stage.
     When the evaluation's judge is the held-out reward model (`eval.judge`: `rm`, or `auto` without a task),
@@ -85,7 +87,7 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
         stage("collect", paths.comparisons.exists(),
               lambda: collect_stage.stage_collect(cfg, collect_stage.first_round_plan(
                   cfg, {p: stages.resolve_policy(paths, p) for p in cfg.collect.policies}, paths.prompts("train"),
-                  paths.comparisons, seed), labeler),
+                  paths.comparisons, seed), labeler, wait),
               provided=paths.provided("comparisons"))
     if judge_kind == "rm":
         stage(judge.JUDGE_RM, is_checkpoint(paths.model(judge.JUDGE_RM)), lambda: judge.stage_judge_rm(cfg, paths))
@@ -100,7 +102,7 @@ def run_pipeline(cfg: RunConfig, paths: RunPaths, report: Callable[[str, dict], 
           lambda: ppo_resuming(cfg, paths, paths.model("sft"), paths.model("rm")))
     stage("eval", stage.evaluated(),
           lambda: eval_stages.stage_eval(cfg, paths, eval_stages.eval_policies(paths, None), paths.model("rm")))
-    iterations = {r: run_round(cfg, paths, r, labeler, report, keep) for r in range(1, cfg.iterate.rounds + 1)}
+    iterations = {r: run_round(cfg, paths, r, labeler, report, keep, wait) for r in range(1, cfg.iterate.rounds + 1)}
     write_report(paths, stage.summaries, iterations)
     return stage.summaries
 
@@ -113,8 +115,8 @@ def placed_base_model(paths: RunPaths) -> Path | None:
 
 
 def run_round(cfg: RunConfig, paths: RunPaths, r: int, labeler: Labeler,
-              report: Callable[[str, dict], None], keep: Callable[[Comparison], bool] | None = None
-              ) -> dict[str, dict]:
+              report: Callable[[str, dict], None], keep: Callable[[Comparison], bool] | None = None,
+              wait: bool = False) -> dict[str, dict]:
     """Iteration round `r` >= 1 (InstructGPT step 4), in `<run>/rounds/<r>/`: rank samples of the current policy
     on fresh prompts -> retrain the reward model on every comparison so far (those `keep` accepts: not the
     held-out judge's) -> evaluate it -> continue PPO-ptx from the current policy against it, the KL penalty still
@@ -126,7 +128,7 @@ def run_round(cfg: RunConfig, paths: RunPaths, r: int, labeler: Labeler,
     stage = Stages(here, report, label=f"round {r} ")
 
     stage("collect", here.comparisons.exists(),
-          lambda: collect_stage.stage_collect(cfg, collect_stage.iteration_round_plan(cfg, paths, r), labeler))
+          lambda: collect_stage.stage_collect(cfg, collect_stage.iteration_round_plan(cfg, paths, r), labeler, wait))
     stage("rm", is_checkpoint(here.model("rm")),
           lambda: stages.stage_rm(cfg, here, sft, rounds.comparison_files(paths, r), here.model("rm"),
                                   paths.demonstrations, init=rounds.rm_init_path(cfg, paths, r), keep=keep,

@@ -1,9 +1,12 @@
 """Sampling policies through generator fleets and ranking the samples into comparisons.
 
 `sample_rollouts` and `sample_texts` sample through one engine: a `GeneratorFleet`, or anything else with the
-`raylhf.contracts.protocols.GenerationEngine.generate` signature. `sample_sources` and `sample_splits` sample
-several policies with one fleet, their weights swapped in turn. `collect_comparisons` spreads K samples per
-prompt over policies x temperatures and has a labeler rank them (`rank_into_comparisons`).
+`raylhf.contracts.protocols.GenerationEngine.generate` signature. `sample_each_source` samples several policies x
+temperatures with one fleet, the policies' weights swapped in turn; `sample_sources` pools its samples per policy
+and `sample_splits` samples one response per prompt of several splits. The collect stage's two steps:
+`sample_candidates` spreads K samples per prompt over policies x temperatures and keeps up to K distinct ones with
+the source of each (`Candidates`); `rank_candidates` has a labeler rank them (`rank_into_comparisons` both at once,
+for samples already drawn).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -25,6 +28,7 @@ from raylhf.orchestration.preflight import load_format
 from raylhf.orchestration.ray_runtime import init_ray
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def sample_rollouts(engine: GeneratorFleet | GenerationEngine, fmt: PromptFormat,
@@ -57,21 +61,26 @@ def sample_texts(engine: GeneratorFleet | GenerationEngine, fmt: PromptFormat,
             for rs in sample_rollouts(engine, fmt, prompts, sampling, desc=desc)]
 
 
-def sample_sources(cfg: RunConfig, policies: dict[str, Path], prompts: Sequence[Prompt], n_per_source: int,
-                   temperatures: Sequence[float], seed: int) -> dict[str, list[list[str]]]:
-    """Per policy, its responses to each prompt over every temperature, via generator actors (one set for
-    all the policies, their weights swapped in turn)."""
+def sample_each_source(cfg: RunConfig, policies: dict[str, Path], prompts: Sequence[Prompt], n_per_source: int,
+                       temperatures: Sequence[float], seed: int) -> Iterator[tuple[str, float, list[list[str]]]]:
+    """`(policy, temperature, n_per_source responses per prompt)` for every policy x temperature, in that order,
+    via generator actors (one set for all the policies, their weights swapped in turn)."""
     init_ray(cfg.ray)
-    out: dict[str, list[list[str]]] = {}
     for name, path, fleet in policy_fleets(cfg.generation, policies, seed=seed,
                                            trust_remote_code=cfg.trust_remote_code, name_prefix="collect"):
         fmt = load_format(cfg, path)
-        out[name] = [[] for _ in prompts]
         for t in temperatures:
             spec = dataclasses.replace(sampling_spec(cfg.generation, seed=seed), n=n_per_source, temperature=t)
-            texts = sample_texts(fleet, fmt, prompts, spec, desc=f"{name} T={t}")
-            for acc, rs in zip(out[name], texts):
-                acc.extend(rs)
+            yield name, t, sample_texts(fleet, fmt, prompts, spec, desc=f"{name} T={t}")
+
+
+def sample_sources(cfg: RunConfig, policies: dict[str, Path], prompts: Sequence[Prompt], n_per_source: int,
+                   temperatures: Sequence[float], seed: int) -> dict[str, list[list[str]]]:
+    """Per policy, its responses to each prompt over every temperature (`sample_each_source`)."""
+    out: dict[str, list[list[str]]] = {name: [[] for _ in prompts] for name in policies}
+    for name, _, texts in sample_each_source(cfg, policies, prompts, n_per_source, temperatures, seed):
+        for acc, rs in zip(out[name], texts):
+            acc.extend(rs)
     return out
 
 
@@ -91,35 +100,64 @@ def sample_splits(cfg: RunConfig, policies: dict[str, Path], by_split: dict[str,
     return out
 
 
-def interleave_sources(responses: list[str], n_sources: int) -> list[str]:
+def interleave_sources(responses: list[T], n_sources: int) -> list[T]:
     """Reorder [src0 r0, src0 r1, src1 r0, ...] so the first K mix every source."""
     per = len(responses) // max(n_sources, 1)
     return [responses[s * per + i] for i in range(per) for s in range(n_sources)] if per else responses
 
 
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+    """The distinct responses to one prompt that a labeler ranks, and where each was sampled."""
+
+    prompt: Prompt
+    responses: list[str]  # [K] distinct, 2 <= K <= collect.k, in the order they were drawn (sources interleaved)
+    sources: list[str]  # [K] the policy and temperature that sampled each ("sft T=1.0"); "" when not known
+
+
+def distinct_candidates(prompts: Sequence[Prompt], responses: Sequence[Sequence[str]], k: int,
+                        sources: Sequence[Sequence[str]] | None = None) -> list[Candidates]:
+    """Up to `k` distinct responses per prompt, each with the source of its first sample. Prompts with < 2
+    distinct are left out."""
+    out = []
+    for i, (p, rs) in enumerate(zip(prompts, responses)):
+        first: dict[str, str] = {}
+        for r, source in zip(rs, sources[i] if sources is not None else [""] * len(rs)):
+            first.setdefault(r, source)
+        kept = list(first.items())[:k]
+        if len(kept) >= 2:
+            out.append(Candidates(p, [r for r, _ in kept], [source for _, source in kept]))
+    return out
+
+
+def rank_candidates(candidates: Sequence[Candidates], labeler: Labeler) -> list[Comparison]:
+    """Each prompt's candidates ranked by `labeler` (the task's simulated one)."""
+    return [Comparison(c.prompt.prompt_id, c.prompt.prompt, c.responses, labeler.rank(c.prompt.prompt, c.responses),
+                       messages=c.prompt.messages) for c in candidates]
+
+
 def rank_into_comparisons(prompts: Sequence[Prompt], responses: Sequence[Sequence[str]], labeler: Labeler,
                           k: int) -> list[Comparison]:
     """Up to `k` distinct responses per prompt, ranked by the labeler. Prompts with < 2 distinct are skipped."""
-    comparisons = []
-    for p, rs in zip(prompts, responses):
-        distinct = list(dict.fromkeys(rs))[:k]
-        if len(distinct) < 2:
-            continue
-        comparisons.append(Comparison(p.prompt_id, p.prompt, distinct, labeler.rank(p.prompt, distinct),
-                                      messages=p.messages))
-    return comparisons
+    return rank_candidates(distinct_candidates(prompts, responses, k), labeler)
 
 
-def collect_comparisons(cfg: RunConfig, policies: dict[str, Path], prompts: Sequence[Prompt], labeler: Labeler,
-                        temperatures: Sequence[float], seed: int, samples: int | None = None) -> list[Comparison]:
-    """Up to `collect.k` distinct responses per prompt, spread over policies x temperatures, ranked by `labeler`
-    (any `raylhf.contracts.protocols.Labeler`: the task's simulated one, or human rankings behind the same
-    calls). `samples` per prompt are drawn to find them (default: K and a spare one per source)."""
+def source_label(policy: str, temperature: float) -> str:
+    """How a response's source is shown beside it in a labeling batch: `sft T=1.0`."""
+    return f"{policy} T={temperature}"
+
+
+def sample_candidates(cfg: RunConfig, policies: dict[str, Path], prompts: Sequence[Prompt],
+                      temperatures: Sequence[float], seed: int, samples: int | None = None) -> list[Candidates]:
+    """The collect stage's sample step: up to `collect.k` distinct responses per prompt, spread over policies x
+    temperatures. `samples` per prompt are drawn to find them (default: K and a spare one per source)."""
     k = cfg.collect.k
     n_sources = len(policies) * len(temperatures)
     # Duplicates are dropped: a spare sample per source by default, more for a policy that repeats itself.
     n_per_source = -(-samples // n_sources) if samples else -(-k // n_sources) + 1
-    by_policy = sample_sources(cfg, policies, prompts, n_per_source, temperatures, seed)
-    pooled = [[r for rs in per_prompt for r in rs] for per_prompt in zip(*by_policy.values())]
+    pooled: list[list[tuple[str, str]]] = [[] for _ in prompts]  # (response, source), source after source
+    for name, t, texts in sample_each_source(cfg, policies, prompts, n_per_source, temperatures, seed):
+        for acc, rs in zip(pooled, texts):
+            acc.extend((r, source_label(name, t)) for r in rs)
     mixed = [interleave_sources(rs, n_sources) for rs in pooled]
-    return rank_into_comparisons(prompts, mixed, labeler, k)
+    return distinct_candidates(prompts, [[r for r, _ in rs] for rs in mixed], k, [[s for _, s in rs] for rs in mixed])

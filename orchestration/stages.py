@@ -34,6 +34,7 @@ from raylhf.learners.models import (
 )
 from raylhf.learners.pretrain import pack_documents, pretrain
 from raylhf.learners.reward_model import (
+    RankedGroup,
     load_reward_model,
     normalise_rewards,
     reward_model_from_policy,
@@ -193,11 +194,13 @@ def stage_sft(cfg: RunConfig, paths: RunPaths, model_path: Path, data_path: Path
 
 
 # ---------------------------------------------------------------------------------------------- rm
-def comparison_groups(fmt: PromptFormat, comparisons: Sequence[Comparison]) -> list[tuple[list[list[int]], list[int]]]:
+def comparison_groups(fmt: PromptFormat, comparisons: Sequence[Comparison]) -> list[RankedGroup]:
+    """Each comparison as the reward model trains on it: its K token sequences, ranking and ties."""
     groups = []
     for c in comparisons:
         prompt_ids = fmt.prompt_ids(c)
-        groups.append(([prompt_ids + fmt.response_ids(r) for r in c.responses], list(c.ranking)))
+        groups.append(RankedGroup([prompt_ids + fmt.response_ids(r) for r in c.responses], list(c.ranking),
+                                  None if c.tied is None else list(c.tied)))
     return groups
 
 
@@ -248,8 +251,12 @@ def stage_rm(cfg: RunConfig, paths: RunPaths, sft_path: Path, data_path: Path | 
     save_pretrained_as(model, out, dtype)
     save_tokenizer(fmt, out)
     by_round = collections.Counter(c.round for c in comparisons)
+    by_people = [c for c in comparisons if c.labeler]
     return {**metrics, "train_prompts": len(train), "val_prompts": len(val), "normalisation_shift": shift,
             "comparisons_by_round": {str(r): by_round[r] for r in sorted(by_round)},
+            # rankings by people (`collect.labeler: human`), and those with ties (their tied pairs not trained on)
+            **({"ranked_by_people": len(by_people), "with_ties": sum(any(c.tied or []) for c in by_people)}
+               if by_people else {}),
             **({"comparisons_left_out": read - len(comparisons)} if keep is not None else {}),
             "init": str(init or sft_path), "skipped_rows": skipped, "seconds": time.time() - t0,
             **provenance(paths, checkpoint=out, inputs={"model": sft_path, "data": files, "demonstrations": demos_path,

@@ -26,6 +26,7 @@ def test_light_modules_do_not_import_heavy_stack():
     code = (
         "import sys\n"
         "import raylhf.contracts.records, raylhf.contracts.dataio, raylhf.contracts.snapshot, raylhf.contracts.protocols, raylhf.configs.loader\n"
+        "import raylhf.labeling.store, raylhf.labeling.server, raylhf.labeling.stats, raylhf.labeling.command\n"
         "heavy = [m for m in ('vllm', 'ray', 'torch', 'transformers') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
@@ -49,15 +50,17 @@ def test_install_exposes_one_top_level_name(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top_level == {"raylhf"}, top_level
-    for component in ("actors", "configs", "contracts", "learners", "orchestration", "reward_service", "tasks"):
+    for component in ("actors", "configs", "contracts", "labeling", "learners", "orchestration", "reward_service",
+                      "tasks"):
         assert f"raylhf/{component}/__init__.py" in names, component
     assert "raylhf/configs/tiny.yaml" in names and "raylhf/tasks/demo/world.py" in names
+    assert {f"raylhf/labeling/static/label.{ext}" for ext in ("html", "js", "css")} <= set(names)
 
 
 def test_installed_names_resolve_outside_the_checkout(tmp_path):
     code = (
         "import importlib.util, raylhf.actors, raylhf.learners.losses, raylhf.orchestration.cli\n"
-        "names = ['actors', 'configs', 'contracts', 'tasks', 'learners', 'reward_service', 'orchestration']\n"
+        "names = ['actors', 'configs', 'contracts', 'tasks', 'learners', 'reward_service', 'orchestration', 'labeling']\n"
         "print(','.join(n for n in names if importlib.util.find_spec(n) is not None))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)

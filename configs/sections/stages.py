@@ -1,6 +1,6 @@
 """The training and judging stages of the pipeline around PPO: pretraining (`pretrain`), supervised
-fine-tuning (`sft`), the reward model (`rm`), collecting rankings (`collect`), evaluation (`eval`) and
-the rounds of iterated RLHF (`iterate`)."""
+fine-tuning (`sft`), the reward model (`rm`), collecting rankings (`collect`) and human ranking (`label`),
+evaluation (`eval`) and the rounds of iterated RLHF (`iterate`)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,12 @@ class CollectConfig(Section):
     """Add the task's rankings of labeler-written responses (data/demo_comparisons.jsonl) to the RM data."""
     labeler_seed: int = 0
     """Seed of the (simulated) labeler who ranks the collected responses."""
+    labeler: Literal["simulated", "human"] = "simulated"
+    """Who ranks the collected responses, in round 0 (`raylhf run`), every iteration round and `raylhf collect`:
+    `simulated`, the task's labeler (seed `labeler_seed`); `human`, people in `raylhf label` (see `label.*`):
+    the round's samples are written as a batch beside its comparisons file (`<stem>.labeling/`), and the
+    round goes on once enough of them are ranked (`label.min_rankings`); until then the command exits with
+    status 5 (or waits, with `--wait`). Win rates are judged by `eval.judge` either way."""
 
 
 class EvalConfig(Section):
@@ -147,3 +153,34 @@ class IterateConfig(Section):
         if any(t < 0 for t in v):
             raise ValueError(f"temperatures must be >= 0, got {v}")
         return v
+
+
+# InstructGPT's Table 3: what its labelers recorded about each response beside the ranking.
+TABLE3_METADATA = [
+    "fails_to_follow_instruction", "inappropriate_for_customer_assistant", "hallucination", "satisfies_constraint",
+    "sexual_content", "violent_content", "encourages_violence_abuse_self_harm", "denigrates_protected_class",
+    "harmful_advice", "expresses_opinion", "expresses_moral_judgement",
+]
+
+
+class LabelConfig(Section):
+    labelers: str | None = None
+    """File (YAML or JSON) mapping each labeler id to their access token; unset: one labeler `local`, whose
+    random token is printed in the URL `raylhf label` serves."""
+    overlap: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of the items that go to a second labeler as well (measures agreement; needs >= 2 labelers)."""
+    min_rankings: int | None = Field(None, ge=1)
+    """Items that need a ranking before the round goes on; None: every assigned item ranked, skipped or
+    flagged."""
+    host: str = "127.0.0.1"
+    """Address `raylhf label` binds (local only unless set)."""
+    port: int = Field(8470, ge=0, le=65535)
+    """Port `raylhf label` listens on (0: any free port)."""
+    metadata: list[str] = TABLE3_METADATA
+    """Yes/no fields a labeler marks per response (InstructGPT Table 3)."""
+    flags: list[str] = ["bad_prompt", "personal_data"]
+    """Reasons a labeler can flag an item for instead of ranking it."""
+    max_body_bytes: int = Field(65536, ge=1024)
+    """Largest request body the labeling server accepts."""
+    poll_s: float = Field(5.0, gt=0.0)
+    """Seconds between checks for new rankings under `--wait`."""

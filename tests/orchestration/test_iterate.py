@@ -1,6 +1,9 @@
 """Iterated RLHF end to end: two rounds after the shortened pipeline's first, through the CLI in this process
-(real Ray, real vLLM, real models), with a kill between two stages of the second."""
+(real Ray, real vLLM, real models), ranked by people over the labeling server's HTTP API, with a kill between two
+stages of the second."""
 
+import contextlib
+import io
 import json
 import logging
 import shutil
@@ -9,13 +12,17 @@ from pathlib import Path
 import pytest
 
 from cli_runs import SMALL  # noqa: E402  (tests/orchestration/conftest.py puts it on the path)
+from rank_over_http import rank_batch
 
+from raylhf.configs.loader import load_config
+from raylhf.labeling import store
 from raylhf.orchestration import cli, eval_stages
+from raylhf.tasks import load_task
 
 pytestmark = pytest.mark.slow
 
 ROUNDS = [*SMALL, "iterate.rounds=2", "iterate.n_prompts=40", "iterate.temperatures=[1.0]", "iterate.ppo_steps=4",
-          "ppo.eval_every=0", "eval.n_prompts=16", "eval.rm_eval_prompts=16"]
+          "ppo.eval_every=0", "eval.n_prompts=16", "eval.rm_eval_prompts=16", "collect.labeler=human"]
 
 
 class Killed(Exception):
@@ -32,11 +39,16 @@ def _summary(run: Path, r: int, stage: str) -> dict:
 
 @pytest.fixture(scope="module")
 def iterated(pipeline_run, tmp_path_factory):
-    """The pipeline's run copied, then `raylhf iterate` for two rounds, killed after round 2's reward model
-    and started again. Returns the run, the summaries' mtimes before the restart and the restart's log."""
+    """The pipeline's run copied, then `raylhf iterate` for two rounds with `collect.labeler=human`: each round's
+    collect first stops the command (exit 5) with its batch written, the batch is ranked over HTTP in the task
+    labeler's order (one tie, one skip) and the command runs again; killed after round 2's reward model and
+    started again. Returns the run, the summaries' mtimes before the restart, the restart's log, what was answered
+    per round and the first stop's state of round 1."""
     run = tmp_path_factory.mktemp("iterate") / "short"
     shutil.copytree(pipeline_run, run)
     args = ["iterate", f"output_dir={run.parent}", "name=short", *ROUNDS]
+    cfg = load_config(overrides=args[1:])
+    ranker = load_task(cfg.task).labeler(cfg.collect.labeler_seed)  # what the simulated rounds would rank by
     real_rm_eval = eval_stages.stage_rm_eval
 
     def dies_in_round_2(cfg, paths, *a, **kw):
@@ -46,6 +58,16 @@ def iterated(pipeline_run, tmp_path_factory):
 
     mp = pytest.MonkeyPatch()
     mp.setattr(eval_stages, "stage_rm_eval", dies_in_round_2)
+    answered, stopped = {}, {}
+    for r in (1, 2):  # round 1 stops at its collect; then round 1 finishes and round 2 stops at its collect
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            assert cli.main(args) == 5
+        folder = store.labeling_dir(run / "rounds" / str(r) / "comparisons.jsonl")
+        stopped[r] = {"stderr": [line for line in stderr.getvalue().splitlines() if line.startswith("waiting for")],
+                      "files": sorted(p.name for p in (run / "rounds" / str(r)).iterdir()),
+                      "batch": store.read_batch(folder)}
+        answered[r] = rank_batch(folder, cfg.label, ranker.rank)
     with pytest.raises(Killed):
         cli.main(args)
     mp.undo()
@@ -60,7 +82,7 @@ def iterated(pipeline_run, tmp_path_factory):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    return run, before, handler.lines
+    return run, before, handler.lines, answered, stopped
 
 
 class _Capture(logging.Handler):
@@ -73,7 +95,7 @@ class _Capture(logging.Handler):
 
 
 def test_each_round_ranks_the_previous_rounds_policy_on_fresh_prompts(iterated):
-    run, _, _ = iterated
+    run, *_ = iterated
     first = {c["prompt_id"] for c in _rows(run / "data" / "comparisons.jsonl") if c.get("source") != "seed"}
     seen = set(first)
     for r in (1, 2):
@@ -86,7 +108,7 @@ def test_each_round_ranks_the_previous_rounds_policy_on_fresh_prompts(iterated):
 
 
 def test_each_rounds_reward_model_trains_on_every_comparison_so_far(iterated):
-    run, _, _ = iterated
+    run, *_ = iterated
     counts = {"0": len(_rows(run / "data" / "comparisons.jsonl"))}
     for r in (1, 2):
         counts[str(r)] = len(_rows(run / "rounds" / str(r) / "comparisons.jsonl"))
@@ -97,7 +119,7 @@ def test_each_rounds_reward_model_trains_on_every_comparison_so_far(iterated):
 
 
 def test_each_round_continues_the_previous_policy_with_the_sft_reference(iterated):
-    run, _, _ = iterated
+    run, *_ = iterated
     for r, previous in ((1, run / "models" / "ppo"), (2, run / "rounds" / "1" / "models" / "ppo")):
         ppo = _summary(run, r, "ppo")
         assert Path(ppo["policy_init"]) == previous and ppo["steps"] == 4
@@ -113,7 +135,7 @@ def test_each_round_continues_the_previous_policy_with_the_sft_reference(iterate
 
 
 def test_rounds_are_evaluated_and_reported(iterated):
-    run, _, _ = iterated
+    run, *_ = iterated
     for r in (1, 2):
         ev = _summary(run, r, "eval")
         assert set(ev["policies"]) == {"sft", f"round{r - 1}", f"round{r}"}
@@ -131,10 +153,33 @@ def test_rounds_are_evaluated_and_reported(iterated):
 
 
 def test_a_killed_round_resumes_at_the_stage_it_was_in(iterated):
-    run, before, log = iterated
+    run, before, log, *_ = iterated
     unchanged = [p for p in before if p.stat().st_mtime_ns == before[p]]
     assert set(unchanged) == set(before), "a finished stage was redone"
     assert {"round 2 stage collect: output exists, skipped", "round 2 stage rm: output exists, skipped",
             "round 1 stage ppo: output exists, skipped", "stage eval: output exists, skipped"} <= set(log)
     for stage in ("rm_eval", "ppo", "eval"):
         assert (run / "rounds" / "2" / "summaries" / f"{stage}.json").exists()
+
+
+def test_people_rank_each_round_over_http_before_it_goes_on(iterated):
+    run, _, _, answered, stopped = iterated
+    for r in (1, 2):
+        batch = stopped[r]["batch"]
+        # The first run of the round wrote its batch and nothing else of the round, and said how to rank it.
+        assert stopped[r]["files"] == ["comparisons.labeling"]
+        assert stopped[r]["stderr"] == [f"waiting for human rankings: round {r} has 0 of {len(batch)} items ranked; "
+                                        f"rank them with: raylhf label output_dir={run.parent} name=short --round {r}"]
+        assert {s for b in batch for s in b.response_sources} == {f"round{r - 1} T=1.0"}
+        # The round's comparisons are exactly the rankings: the skipped item left out, the tie kept.
+        done = answered[r]
+        rows = _rows(run / "rounds" / str(r) / "comparisons.jsonl")
+        assert [c["prompt_id"] for c in rows] == done.ranked and done.skipped not in done.ranked
+        assert {c["labeler"] for c in rows} == {"local"}
+        assert [c["prompt_id"] for c in rows if any(c["tied"])] == [done.tied]
+        collect = _summary(run, r, "collect")
+        assert (collect["labeler"], collect["rankings"], collect["skipped"]) == ("human", len(rows), 1)
+    # Each round's reward model trained on every human row so far, ties included.
+    rm = [_summary(run, r, "rm") for r in (1, 2)]
+    assert [(s["ranked_by_people"], s["with_ties"]) for s in rm] == [
+        (len(answered[1].ranked), 1), (len(answered[1].ranked) + len(answered[2].ranked), 2)]

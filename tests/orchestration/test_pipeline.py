@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow  # the whole pipeline, end to end
 from cli_runs import SMALL, raylhf as _raylhf  # noqa: E402  (tests/orchestration/conftest.py puts it on the path)
 
 from raylhf.learners.ppo import TIMING_METRICS  # noqa: E402
+from raylhf.orchestration import cli  # noqa: E402
 
 
 def _metrics(run: Path, stage: str):
@@ -57,16 +58,26 @@ def test_async_ppo_properties(pipeline_run):
     assert last > first + 0.05, (first, last)  # the RM score rises (a window of 5 batches has SE ~0.02)
 
 
-def test_in_flight_weight_updates_and_pinned_actors_end_to_end(pipeline_run, tmp_path):
+# A reward function that returns NaN for about a quarter of the rollouts (imported by the scorer actors from the
+# repository root, the runs' working directory).
+NAN_EVERY_4 = ('reward.sources=[{kind: rm}, {kind: token_function, '
+               'path: "tests.reward_service.faulty_rewards:nan_every", kwargs: {every: 4}}]')
+QUARANTINE = [NAN_EVERY_4, "ppo.eval_every=0", "reward.reject_rate_min_rollouts=32"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_in_flight_updates_pinned_actors_and_quarantined_rollouts_end_to_end(pipeline_run, tmp_path):
     # The PPO stage runs with loads sent beside the generate calls, its accounting balanced and the generators on
     # the learner's newest weights at the end. Whether a load lands inside a call here depends on timing (calls of
     # a few tens of ms): tests/actors/test_in_flight_updates.py checks the mid-call update itself with a long call.
-    # The same run pins generator and scorer to one CPU, the learner to another (the first and last available).
+    # The same run pins generator and scorer to one CPU, the learner to another (the first and last available),
+    # and its reward is NaN for a quarter of the rollouts: under a 50 % limit it trains on the rest and writes
+    # each reject with its cause.
     first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
     args = _ppo_run(pipeline_run, tmp_path, "in_flight", "generation.weight_updates=in_flight", "ppo.total_steps=6",
-                    "ppo.eval_every=0", "ppo.buffer_size=256", "ppo.max_staleness=8",
+                    "ppo.buffer_size=256", "ppo.max_staleness=8", *QUARANTINE, "reward.max_reject_rate=0.5",
                     f"generation.cpus=[{first}]", f"reward.cpus=[{first}]", f"ppo.cpus=[{last}]")
-    out = _raylhf(args, cwd=tmp_path)
+    out = _raylhf(args, cwd=REPO)
     summary = json.loads(out.stdout.split("[ppo] ", 1)[1].splitlines()[0])
     assert summary["steps"] == 6 and summary["generators_match_learner"] is True
     assert summary["accounting_balanced"] is True
@@ -77,6 +88,9 @@ def test_in_flight_weight_updates_and_pinned_actors_end_to_end(pipeline_run, tmp
     assert 0 <= summary["rollouts_in_flight_updated"] <= summary["rollouts"]
     rows = [r for r in _metrics(tmp_path / "in_flight", "ppo") if "reward" in r]
     assert rows[-1]["rollouts_in_flight_updated"] == summary["rollouts_in_flight_updated"]
+    assert summary["samples_rejected"] > 0
+    rejects = [json.loads(line) for line in (tmp_path / "in_flight" / "rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) >= summary["samples_rejected"] and {r["cause"] for r in rejects} == {"nonfinite_function_reward"}
 
 
 def _ppo_run(pipeline_run, root, name, *overrides):
@@ -135,7 +149,7 @@ def _actor_pid(proc, class_name: str) -> int:
     raise AssertionError(f"no live {class_name} under the run's process")
 
 
-def test_killed_run_resumes_to_the_same_weights_and_metrics(pipeline_run, tmp_path):
+def test_killed_run_resumes_to_the_same_weights_and_metrics(pipeline_run, tmp_path, capsys):
     # N + M steps in one go == N steps, kill -9 of the whole run, resume, M steps: identical weights
     # (bitwise, on CPU) and identical metrics. Sync mode: async timing decides which version samples what.
     steps = ["ppo.mode=sync", "ppo.eval_every=0", "ppo.checkpoint_every=1", "ppo.total_steps=4"]
@@ -149,9 +163,10 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(pipeline_run, tmp_pa
     _wait_for(lambda: _last_row(run).get("step", 0) >= 2, proc, what="step 2")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, Ray and every actor, without a chance to clean up
     proc.wait(timeout=60)
-    refused = subprocess.run([sys.executable, "-m", "raylhf", *killed_args], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300, env=dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0"))
-    assert refused.returncode == 2 and "--resume" in refused.stderr and "--fresh" in refused.stderr
+    capsys.readouterr()
+    assert cli.main(killed_args) == 2  # refused before anything starts (in this process: no Ray, no actor)
+    refused = capsys.readouterr().err
+    assert "--resume" in refused and "--fresh" in refused
     _raylhf([*killed_args, "--resume"], cwd=tmp_path)
 
     a = load_file(tmp_path / "straight" / "models" / "ppo" / "model.safetensors")
@@ -164,36 +179,34 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(pipeline_run, tmp_pa
             if key not in TIMING and not key.startswith("samples_"):
                 assert resumed[step][key] == value, (step, key, value, resumed[step][key])
     # Nothing left to resume: asking again is a config error naming the key.
-    again = subprocess.run([sys.executable, "-m", "raylhf", *killed_args, "--resume"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300,
-                           env=dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0"))
-    assert again.returncode == 2 and "ppo.total_steps" in again.stderr
+    assert cli.main([*killed_args, "--resume"]) == 2
+    assert "ppo.total_steps" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fault", ["kill", "hang"])
-def test_async_run_heals_lost_actors_and_finishes(pipeline_run, tmp_path, fault):
-    # kill: kill -9 a generator's process, then a scorer's, then the learner's.
-    # hang: stop (SIGSTOP) a generator, then the learner, past `supervision.call_timeout_s`.
-    total = 14
-    args = _ppo_run(pipeline_run, tmp_path, fault, "ppo.eval_every=0", "ppo.checkpoint_every=2",
+def test_async_run_heals_lost_and_hung_actors_and_finishes(pipeline_run, tmp_path):
+    # One run, five faults in turn, each two steps after the last one healed: kill -9 a generator's process,
+    # stop (SIGSTOP) a generator past `supervision.call_timeout_s`, kill a scorer, kill the learner, stop the
+    # learner. Every one is replaced, and the run finishes every step exactly once.
+    total = 16
+    args = _ppo_run(pipeline_run, tmp_path, "faults", "ppo.eval_every=0", "ppo.checkpoint_every=2",
                     f"ppo.total_steps={total}", "supervision.call_timeout_s=10")
     proc = _start(args, tmp_path)
-    run = tmp_path / fault
+    run = tmp_path / "faults"
     stopped = []
+    plan = [("GeneratorActor", "generator_restarts", signal.SIGKILL),
+            ("GeneratorActor", "generator_restarts", signal.SIGSTOP),
+            ("ScorerActor", "scorer_restarts", signal.SIGKILL),
+            ("PPOLearnerActor", "learner_restarts", signal.SIGKILL),
+            ("PPOLearnerActor", "learner_restarts", signal.SIGSTOP)]
     try:
-        plan = ([("GeneratorActor", "generator_restarts"), ("ScorerActor", "scorer_restarts"),
-                 ("PPOLearnerActor", "learner_restarts")] if fault == "kill"
-                else [("GeneratorActor", "generator_restarts"), ("PPOLearnerActor", "learner_restarts")])
-        for actor_class, counter in plan:
-            step = _last_row(run).get("step", 0)
+        for actor_class, counter, sig in plan:
+            step, healed = _last_row(run).get("step", 0), _last_row(run).get(counter, 0)
             _wait_for(lambda: _last_row(run).get("step", 0) >= step + 2, proc, what=f"two steps before {actor_class}")
             pid = _actor_pid(proc, actor_class)
-            if fault == "kill":
-                os.kill(pid, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGSTOP)
+            os.kill(pid, sig)
+            if sig == signal.SIGSTOP:
                 stopped.append(pid)
-            _wait_for(lambda: _last_row(run).get(counter, 0) >= 1, proc, what=f"{actor_class} replaced")
+            _wait_for(lambda: _last_row(run).get(counter, 0) > healed, proc, what=f"{actor_class} replaced")
         out, _ = proc.communicate(timeout=900)
     finally:
         for pid in stopped:
@@ -206,32 +219,18 @@ def test_async_run_heals_lost_actors_and_finishes(pipeline_run, tmp_path, fault)
     assert summary["steps"] == total and summary["generators_match_learner"] is True
     assert summary["accounting_balanced"] is True, summary
     kinds = {(f["actor"].split("-")[0], f["kind"]) for f in summary["faults"]}
-    expected = ({("generator", "died"), ("learner", "died")} if fault == "kill"
-                else {("generator", "timeout"), ("learner", "timeout")})
-    assert expected <= kinds, summary["faults"]
-    if fault == "kill":
-        assert summary["scorer_restarts"] >= 1
+    assert {("generator", "died"), ("generator", "timeout"), ("learner", "died"), ("learner", "timeout")} <= kinds, \
+        summary["faults"]
+    assert summary["scorer_restarts"] >= 1 and summary["generator_restarts"] >= 2 and summary["learner_restarts"] >= 2
     assert sorted(_ppo_rows(run)) == list(range(1, total + 1))  # every step exactly once
 
 
-def test_unscorable_rollouts_are_quarantined_and_a_high_reject_rate_stops_the_run(pipeline_run, tmp_path):
-    # A reward function that returns NaN for about a quarter of the rollouts (imported by the scorer actors
-    # from the repository root). Under a 50 % limit the run trains on the rest and writes each reject with
-    # its cause; under a 5 % limit it stops with one line naming the key (exit status 4).
-    repo = Path(__file__).resolve().parents[2]
-    sources = ('reward.sources=[{kind: rm}, {kind: token_function, '
-               'path: "tests.reward_service.faulty_rewards:nan_every", kwargs: {every: 4}}]')
-    common = [sources, "ppo.eval_every=0", "ppo.total_steps=3", "reward.reject_rate_min_rollouts=32"]
-    out = _raylhf(_ppo_run(pipeline_run, tmp_path, "tolerant", *common, "reward.max_reject_rate=0.5"), cwd=repo)
-    summary = json.loads(out.stdout.split("[ppo] ", 1)[1].splitlines()[0])
-    assert summary["steps"] == 3 and summary["samples_rejected"] > 0 and summary["accounting_balanced"] is True
-    rejects = [json.loads(line) for line in (tmp_path / "tolerant" / "rejects.jsonl").read_text().splitlines()]
-    assert len(rejects) >= summary["samples_rejected"] and {r["cause"] for r in rejects} == {"nonfinite_function_reward"}
-
-    strict = subprocess.run([sys.executable, "-m", "raylhf",
-                             *_ppo_run(pipeline_run, tmp_path, "strict", *common, "reward.max_reject_rate=0.05")],
-                            cwd=repo, capture_output=True, text=True, timeout=900,
-                            env=dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0"))
-    assert strict.returncode == 4, strict.stderr[-3000:]
-    last = strict.stderr.strip().splitlines()[-1]
+def test_a_high_reject_rate_stops_the_run(pipeline_run, tmp_path, ray_session, capsys, monkeypatch):
+    # The NaN rewards above, under a 5 % limit: the run stops with one line naming the key (exit status 4). In this
+    # process, on the session's Ray, whose workers import the reward function from the working directory.
+    monkeypatch.chdir(REPO)
+    capsys.readouterr()
+    args = _ppo_run(pipeline_run, tmp_path, "strict", *QUARANTINE, "ppo.total_steps=3", "reward.max_reject_rate=0.05")
+    assert cli.main(args) == 4
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("run failed:") and "reward.max_reject_rate" in last, last

@@ -121,12 +121,14 @@ def _checkpoint(path: Path) -> Path:
 def test_round_0_and_later_rounds_collect_through_one_stage_with_the_given_labeler(tmp_path, monkeypatch):
     calls = []
 
-    def sample_sources(cfg, policies, prompts, n_per_source, temperatures, seed):  # stands in for the generators
+    def sample_each_source(cfg, policies, prompts, n_per_source, temperatures, seed):  # stands in for the generators
         calls.append((list(policies), [p.prompt_id for p in prompts], n_per_source, list(temperatures), seed))
-        return {name: [[f"{name} {p.prompt_id} " + "x" * i for i in range(n_per_source * len(temperatures))]
-                       for p in prompts] for name in policies}
+        for name in policies:
+            for j, t in enumerate(temperatures):
+                yield name, t, [[f"{name} {p.prompt_id} " + "x" * (j * n_per_source + i) for i in range(n_per_source)]
+                                for p in prompts]
 
-    monkeypatch.setattr(sample_and_rank, "sample_sources", sample_sources)
+    monkeypatch.setattr(sample_and_rank, "sample_each_source", sample_each_source)
     cfg = load_config("tiny", ["collect.n_prompts=4", "collect.k=3", "collect.temperatures=[1.0]",
                                "iterate.n_prompts=2", "iterate.temperatures=[0.7, 1.0]", "iterate.samples_per_prompt=4"])
     run = RunPaths(tmp_path)
