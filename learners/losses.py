@@ -5,8 +5,8 @@
 - PPO-ptx rewards and advantages: `kl_shaped_rewards` (InstructGPT Eq. 2 per token), `gae`;
 - PPO losses: `ppo_policy_loss`, `value_loss`; off-policy correction: `truncated_importance_weights`;
   value diagnostic: `explained_variance`;
-- language-model terms: `token_logprobs`, `entropy_from_logits`, `lm_loss` (SFT and the ptx term);
-- reward model: `ranking_loss` (InstructGPT Eq. 1; tied pairs left out).
+- language-model terms (`token_logprobs`, `entropy_from_logits`, `lm_loss`): `raylhf.learners.lm_losses`;
+- reward model: `raylhf.learners.ranking_loss.ranking_loss` (InstructGPT Eq. 1), a module of its own.
 
 Conventions shared by every function here:
 
@@ -40,11 +40,9 @@ References:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -54,17 +52,20 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 # masked reductions
 
 
-def _as_bool(mask: Tensor) -> Tensor:
+def as_bool(mask: Tensor) -> Tensor:
+    """A 0/1 mask as bool."""
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-def _check_same_shape(**tensors: Tensor) -> None:
+def check_same_shape(**tensors: Tensor) -> None:
+    """ValueError naming each tensor's shape unless they are all the same."""
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"shape mismatch: {shapes}")
 
 
-def _zero_padding(x: Tensor, valid: Tensor) -> Tensor:
+def zero_padding(x: Tensor, valid: Tensor) -> Tensor:
+    """`x` where `valid`, 0 elsewhere."""
     # `where`, not `x * mask`: nan * 0 is nan, and the gradient of the discarded branch is exactly 0.
     return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
@@ -80,8 +81,8 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = Non
     Returns ``sum(x·m) / max(sum(m), 1)``: a slice with no valid element gives 0, not nan, so fully
     padded rows are harmless under ``dim=1``.
     """
-    valid = _as_bool(mask).expand_as(x)
-    total = _zero_padding(x, valid)
+    valid = as_bool(mask).expand_as(x)
+    total = zero_padding(x, valid)
     if dim is None:
         return total.sum() / valid.sum().clamp_min(1).to(x.dtype)
     return total.sum(dim=dim) / valid.sum(dim=dim).clamp_min(1).to(x.dtype)
@@ -94,7 +95,7 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     (Bessel) when ``unbiased``. Raises ValueError with fewer than 2 valid elements when unbiased
     (fewer than 1 otherwise).
     """
-    valid = _as_bool(mask).expand_as(x)
+    valid = as_bool(mask).expand_as(x)
     n = int(valid.sum())
     if n < (2 if unbiased else 1):
         raise ValueError(f"masked_var needs at least {2 if unbiased else 1} valid elements, got {n}")
@@ -115,15 +116,15 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
     Padding positions of the result are 0 (whatever ``x`` held there), so whitened advantages can be
     fed to a loss without re-masking and garbage never propagates.
     """
-    _check_same_shape(x=x, mask=mask)
-    valid = _as_bool(mask)
-    clean = _zero_padding(x, valid)
+    check_same_shape(x=x, mask=mask)
+    valid = as_bool(mask)
+    clean = zero_padding(x, valid)
     mean = masked_mean(clean, valid)
     var = masked_var(clean, valid, unbiased=True)
     whitened = (clean - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return _zero_padding(whitened, valid)
+    return zero_padding(whitened, valid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") ->
 
     Returns ``[B, T]``; padding positions are not masked (the caller masks).
     """
-    _check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs)
+    check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs)
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         return log_ratio
@@ -247,17 +248,17 @@ def kl_shaped_rewards(
     Returns ``(rewards, kl)``, both ``[B, T]``, 0 at masked positions, detached (constants of the PPO
     losses); ``kl`` is ``KL_t``, for logging and the KL controller.
     """
-    _check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
+    check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
     if scores.shape != logprobs.shape[:1]:
         raise ValueError(f"scores {tuple(scores.shape)} must be [B] for logprobs {tuple(logprobs.shape)}")
-    valid = _as_bool(mask)
-    kl = _zero_padding(
-        kl_penalty(_zero_padding(logprobs.detach(), valid), _zero_padding(ref_logprobs.detach(), valid), estimator),
+    valid = as_bool(mask)
+    kl = zero_padding(
+        kl_penalty(zero_padding(logprobs.detach(), valid), zero_padding(ref_logprobs.detach(), valid), estimator),
         valid,
     )
     valid_from_t = valid.flip(1).cumsum(dim=1).flip(1)  # [B, T] valid tokens at positions >= t
     at_last = valid & (valid_from_t == 1)  # one True per row that has a valid token
-    score_at_last = _zero_padding(scores.detach()[:, None].expand_as(kl), at_last)
+    score_at_last = zero_padding(scores.detach()[:, None].expand_as(kl), at_last)
     rewards = -kl_coef * kl + score_at_last
     return rewards, kl
 
@@ -291,14 +292,14 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     targets and constants of the PPO losses). Loops over T (batch-vectorised); T is the response
     length, so the loop is short.
     """
-    _check_same_shape(rewards=rewards, values=values, mask=mask)
+    check_same_shape(rewards=rewards, values=values, mask=mask)
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
-    valid = _as_bool(mask)
-    rewards = _zero_padding(rewards.detach(), valid)
-    values = _zero_padding(values.detach(), valid)
+    valid = as_bool(mask)
+    rewards = zero_padding(rewards.detach(), valid)
+    values = zero_padding(values.detach(), valid)
     batch, length = rewards.shape
     advantages = torch.zeros_like(rewards)
     next_value = rewards.new_zeros(batch)
@@ -353,11 +354,11 @@ def ppo_policy_loss(
             ``(ρ - 1) - log ρ`` [KL-approx].
         ratio_mean, ratio_max: masked mean and max of ρ.
     """
-    _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
-    valid = _as_bool(mask)
-    logprobs = _zero_padding(logprobs, valid)
-    old_logprobs = _zero_padding(old_logprobs.detach(), valid)
-    advantages = _zero_padding(advantages.detach(), valid)
+    check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
+    valid = as_bool(mask)
+    logprobs = zero_padding(logprobs, valid)
+    old_logprobs = zero_padding(old_logprobs.detach(), valid)
+    advantages = zero_padding(advantages.detach(), valid)
 
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
@@ -365,8 +366,8 @@ def ppo_policy_loss(
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     per_token = torch.maximum(unclipped, clipped)
     if is_weights is not None:
-        _check_same_shape(logprobs=logprobs, is_weights=is_weights)
-        per_token = per_token * _zero_padding(is_weights.detach(), valid)
+        check_same_shape(logprobs=logprobs, is_weights=is_weights)
+        per_token = per_token * zero_padding(is_weights.detach(), valid)
     loss = masked_mean(per_token, valid)
 
     with torch.no_grad():
@@ -407,11 +408,11 @@ def value_loss(
     Metrics: ``vf_clipfrac`` — fraction of valid tokens where the clipped term is strictly larger (so
     it is chosen and the token gets no gradient); ``value_mean`` — masked mean of V.
     """
-    _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
-    valid = _as_bool(mask)
-    values = _zero_padding(values, valid)
-    old_values = _zero_padding(old_values.detach(), valid)
-    returns = _zero_padding(returns.detach(), valid)
+    check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    valid = as_bool(mask)
+    values = zero_padding(values, valid)
+    old_values = zero_padding(old_values.detach(), valid)
+    returns = zero_padding(returns.detach(), valid)
 
     values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
     loss_unclipped = (values - returns) ** 2
@@ -461,10 +462,10 @@ def truncated_importance_weights(
     """
     if c <= 0:
         raise ValueError(f"importance-weight truncation c must be > 0, got {c}")
-    _check_same_shape(old_logprobs=old_logprobs, behaviour_logprobs=behaviour_logprobs, mask=mask)
-    valid = _as_bool(mask)
-    ratio = torch.exp(_zero_padding(old_logprobs.detach(), valid) - _zero_padding(behaviour_logprobs.detach(), valid))
-    weights = _zero_padding(ratio.clamp(max=c), valid)
+    check_same_shape(old_logprobs=old_logprobs, behaviour_logprobs=behaviour_logprobs, mask=mask)
+    valid = as_bool(mask)
+    ratio = torch.exp(zero_padding(old_logprobs.detach(), valid) - zero_padding(behaviour_logprobs.detach(), valid))
+    weights = zero_padding(ratio.clamp(max=c), valid)
     metrics = {
         "is_weight_mean": masked_mean(weights, valid).item(),
         "is_truncated_frac": masked_mean((ratio > c).to(ratio.dtype), valid).item(),
@@ -482,8 +483,8 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     variances, computed in float64. 1 is a perfect value function, 0 one no better than a constant,
     negative worse than a constant. nan with fewer than 2 valid tokens or returns that do not vary.
     """
-    _check_same_shape(values=values, returns=returns, mask=mask)
-    valid = _as_bool(mask)
+    check_same_shape(values=values, returns=returns, mask=mask)
+    valid = as_bool(mask)
     if int(valid.sum()) < 2:
         return float("nan")
     r, v = returns[valid].double(), values[valid].double()
@@ -491,163 +492,3 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     if float(var_r) == 0.0:
         return float("nan")
     return float(1.0 - (r - v).var() / var_r)
-
-
-# --------------------------------------------------------------------------------------------------
-# language-model terms
-
-
-def _upcast(logits: Tensor) -> Tensor:
-    # 16-bit log-probs carry ~2-3 significant digits; PPO ratios exp(Δlogp) need more.
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-
-
-def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
-    """``log softmax(logits)[labels]`` per position.
-
-    Args:
-        logits: ``[B, T, V]``, already aligned with ``labels`` (position t predicts ``labels[:, t]``;
-            the caller does the causal shift).
-        labels: ``[B, T]`` token ids in ``[0, V)``.
-
-    Returns ``[B, T]`` in the logits' dtype (float32 for 16-bit logits). Memory: ``log_softmax``
-    allocates one more ``[B, T, V]`` tensor (kept for backward) before the gather; callers with a
-    large vocabulary bound peak memory by calling this on chunks of the batch.
-    """
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} do not align with labels {tuple(labels.shape)}")
-    logp = torch.log_softmax(_upcast(logits), dim=-1)
-    return torch.gather(logp, dim=-1, index=labels.long().unsqueeze(-1)).squeeze(-1)
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the categorical distribution at each position, ``H = logsumexp(z) - Σ softmax(z)·z``.
-
-    ``[B, T, V]`` -> ``[B, T]`` (float32 for 16-bit logits).
-    """
-    logits = _upcast(logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
-
-
-def lm_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """Token-level negative log-likelihood: the SFT loss on response tokens and the pretraining term
-    ``γ·E_pretrain[log π_RL(x)]`` of PPO-ptx [InstructGPT, Eq. 2] (the caller applies γ).
-
-    Args:
-        logits: ``[B, T, V]`` aligned with ``labels`` (caller shifts).
-        labels: ``[B, T]``; any value (e.g. -100) at masked positions.
-        mask: ``[B, T]`` 0/1, tokens that count. Logits at masked positions must be finite (a nan
-            there would reach the gradient through ``log_softmax``).
-
-    ``loss = masked_mean(-log p(labels_t))``. Metrics: ``nll`` (= loss), ``ppl = exp(nll)``,
-    ``tokens`` (number of valid tokens, as a float).
-    """
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} do not align with labels {tuple(labels.shape)}")
-    _check_same_shape(labels=labels, mask=mask)
-    valid = _as_bool(mask)
-    safe_labels = torch.where(valid, labels.long(), torch.zeros((), dtype=torch.long, device=labels.device))
-    nll = -token_logprobs(logits, safe_labels)
-    loss = masked_mean(nll, valid)
-    value = loss.detach().item()
-    metrics = {
-        "nll": value,
-        "ppl": math.exp(value) if value < 700.0 else math.inf,
-        "tokens": float(valid.sum().item()),
-    }
-    return loss, metrics
-
-
-# --------------------------------------------------------------------------------------------------
-# reward-model ranking loss
-
-
-def ranking_loss(scores: Tensor, order: Tensor, tied: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-    """K-wise pairwise ranking loss of the reward model [InstructGPT, Eq. 1], with ties.
-
-    Args:
-        scores: ``[P, K]`` scalar reward r(x_p, y_{p,k}) of each of a prompt's responses (any value at
-            responses that are not ranked).
-        order: ``[P, K]`` long, response indices best -> worst; rows of a prompt with ``K_p < K``
-            responses end in ``-1`` padding (padding only at the end of a row, no repeated index).
-        tied: ``[P, K-1]`` bool or None; ``tied[p, i]``: the responses at positions i and i+1 of
-            ``order[p]`` are equally good (a labeler's tie). Ties chain: positions i < j are tied when
-            ``tied[p, i..j-1]`` are all True. Entries past a prompt's ``K_p - 1`` are ignored (False padding).
-
-    ::
-
-        loss = 1/P · Σ_p  1/N_p · Σ_{(w, l): w ranked above l, not tied}  -log σ(r_w - r_l)
-
-    where N_p is prompt p's number of untied pairs (C(K_p, 2) without ties): every prompt's comparisons
-    form one batch element with equal weight, as in the paper (which does so to avoid overfitting to
-    prompts seen K-1 times per epoch). A tied pair says neither response is better, so it is no term of
-    the loss and no term of the metrics. Vectorised: ranks and tie groups are scattered from ``order`` and
-    a ``[P, K, K]`` mask selects the pairs.
-
-    Metrics (pooled over the untied pairs of the batch): ``accuracy`` — fraction with r_w > r_l;
-    ``pairs`` — number of pairs; ``margin`` — mean of r_w - r_l.
-
-    Raises ValueError for a malformed ``order`` or ``tied``, a prompt with fewer than 2 ranked responses,
-    or one whose every pair is tied (nothing to learn from it).
-    """
-    if scores.dim() != 2 or scores.shape != order.shape:
-        raise ValueError(f"scores {tuple(scores.shape)} and order {tuple(order.shape)} must both be [P, K]")
-    if order.dtype.is_floating_point or order.dtype == torch.bool:
-        raise ValueError(f"order must be an integer tensor, got {order.dtype}")
-    num_prompts, k = order.shape
-    if num_prompts == 0:
-        raise ValueError("ranking_loss needs at least one prompt")
-    if tied is not None and (tied.dtype != torch.bool or tuple(tied.shape) != (num_prompts, k - 1)):
-        raise ValueError(f"tied must be a bool tensor [P, K-1] = [{num_prompts}, {k - 1}], got {tied.dtype} "
-                         f"{tuple(tied.shape)}")
-    listed = order >= 0
-    if bool((order < -1).any()) or bool((order >= k).any()):
-        raise ValueError(f"order entries must be response indices in [0, {k}) or -1 padding")
-    if bool((listed[:, 1:] & ~listed[:, :-1]).any()):
-        raise ValueError("order has -1 padding before a response index; padding must be at the end of a row")
-    ranked_count = listed.sum(dim=1)
-    if bool((ranked_count < 2).any()):
-        bad = torch.nonzero(ranked_count < 2).flatten().tolist()
-        raise ValueError(f"prompts {bad} have fewer than 2 ranked responses")
-
-    # Padding entries scatter into a spare column K that is dropped afterwards.
-    index = torch.where(listed, order.long(), torch.full_like(order, k, dtype=torch.long))
-    counts = torch.zeros(num_prompts, k + 1, dtype=torch.long, device=order.device)
-    counts.scatter_add_(1, index, torch.ones_like(index))
-    if bool((counts[:, :k] > 1).any()):
-        raise ValueError("order repeats a response index within a prompt")
-    positions = torch.arange(k, device=order.device).expand(num_prompts, k)
-    ranks = torch.full((num_prompts, k + 1), k, dtype=torch.long, device=order.device)
-    ranks.scatter_(1, index, positions)
-    ranks = ranks[:, :k]  # ranks[p, i] = position of response i in the ranking; k if unranked
-    is_ranked = ranks < k
-
-    # pair_mask[p, w, l]: response w is ranked above response l.
-    pair_mask = is_ranked[:, :, None] & is_ranked[:, None, :] & (ranks[:, :, None] < ranks[:, None, :])
-    if tied is not None:
-        # Tie groups: position i starts a new group unless it is tied to position i-1, so group[p, i] counts
-        # the untied steps before i; two positions are tied exactly when they share a group.
-        # (Steps into padding are dropped: no pair involves a padding position.)
-        steps = (~tied.to(order.device)) & listed[:, 1:]
-        group = torch.cat([torch.zeros(num_prompts, 1, dtype=torch.long, device=order.device),
-                           steps.long().cumsum(dim=1)], dim=1)  # [P, K] by position
-        response_group = group.gather(1, ranks.clamp(max=k - 1))  # [P, K] by response (unranked: any value)
-        pair_mask = pair_mask & (response_group[:, :, None] != response_group[:, None, :])
-    pairs_per_prompt = pair_mask.sum(dim=(1, 2))  # N_p
-    if bool((pairs_per_prompt == 0).any()):
-        bad = torch.nonzero(pairs_per_prompt == 0).flatten().tolist()
-        raise ValueError(f"prompts {bad} have every pair tied: no pair to train on")
-    scores = _zero_padding(scores, is_ranked)
-    diff = scores[:, :, None] - scores[:, None, :]  # r_w - r_l
-    pair_losses = _zero_padding(-F.logsigmoid(diff), pair_mask)
-    loss = (pair_losses.sum(dim=(1, 2)) / pairs_per_prompt.to(scores.dtype)).mean()
-
-    with torch.no_grad():
-        chosen = diff.detach()[pair_mask]
-        metrics = {
-            "accuracy": (chosen > 0).to(scores.dtype).mean().item(),
-            "pairs": float(chosen.numel()),
-            "margin": chosen.mean().item(),
-        }
-    return loss, metrics

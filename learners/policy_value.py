@@ -28,7 +28,8 @@ from torch import Tensor
 
 from raylhf.contracts.snapshot import named_checkpoint_tensors
 from raylhf.contracts.timing import PhaseTimer
-from raylhf.learners.losses import entropy_from_logits, ppo_policy_loss, token_logprobs, value_loss
+from raylhf.learners.lm_losses import entropy_from_logits, token_logprobs
+from raylhf.learners.losses import ppo_policy_loss, value_loss
 from raylhf.learners.models import load_causal_lm, save_pretrained_as
 from raylhf.learners.pretrain import causal_lm_loss
 from raylhf.learners.reward_model import load_reward_model, per_token_values

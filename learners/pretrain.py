@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from raylhf.learners.losses import lm_loss
+from raylhf.learners.lm_losses import lm_loss
 from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from raylhf.contracts.hf_checkpoint import CheckpointError, require_checkpoint
 from raylhf.learners.batching import last_token_index, pack_microbatches, pad_right
-from raylhf.learners.losses import ranking_loss
+from raylhf.learners.ranking_loss import ranking_loss
 from raylhf.learners.models import pick_device
 from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
 

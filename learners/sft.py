@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from raylhf.learners.batching import prompt_response_batch
-from raylhf.learners.losses import lm_loss, token_logprobs
+from raylhf.learners.lm_losses import lm_loss, token_logprobs
 from raylhf.learners.training import autocast, cosine_lr, optimizer_step, set_lr
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -7,7 +7,7 @@ it ended on one), P and T tokens long:
                    reward-model path (the RM trainer and the RM evaluations read rewards through it too),
   - ref_logprobs = [log π_ref(response_ids[t] | prompt_ids, response_ids[:t]) for t < T], from the
                    reference policy's logits at positions P - 1 .. P + T - 2
-                   (`raylhf.learners.losses.token_logprobs`, as the learner computes its own),
+                   (`raylhf.learners.lm_losses.token_logprobs`, as the learner computes its own),
   - score        = sum over sources of `weight * r_source`, then the configured normalise/clip transform.
 Rollouts are sorted by length and packed into right-padded micro-batches of at most
 `max_tokens_per_microbatch` padded tokens (`raylhf.learners.batching.pack_microbatches`). Right padding
@@ -36,7 +36,7 @@ from raylhf.contracts.formatting import decode_response
 from raylhf.contracts.hf_checkpoint import require_checkpoint
 from raylhf.contracts.records import Rollout
 from raylhf.learners.batching import pack_microbatches, pad_right
-from raylhf.learners.losses import token_logprobs
+from raylhf.learners.lm_losses import token_logprobs
 from raylhf.learners.models import load_causal_lm
 from raylhf.learners.reward_model import load_reward_model, score_sequences
 from raylhf.learners.rollout_batch import gather_positions

@@ -10,7 +10,7 @@ from itertools import combinations
 import pytest
 import torch
 
-from raylhf.learners.losses import ranking_loss
+from raylhf.learners.ranking_loss import ranking_loss
 from raylhf.learners.reward_model import RankedGroup, evaluate_rankings, group_batch, reward_model_from_policy
 
 TOL = 1e-9
