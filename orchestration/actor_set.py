@@ -8,6 +8,8 @@ The pool and the driver record their faults in one `FaultLog` (`faults`).
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import logging
 import os
 from typing import Any, Callable, TypeVar
@@ -79,13 +81,24 @@ class PPOActors:
         self.ref_files = share_dir(self.ref_path) if self.ref_path is not None else self.policy_files
         self.value_files = share_dir(self.value_path) if self.value_path is not None else self.rm_files
         self.learner = self.spawn_learner()  # loads while the generators and scorers start
-        self.generators = self._retrying("generators", lambda: start_generators(
-            cfg.generation, self.policy_files, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
-            ready_timeout_s=cfg.supervision.policy("generator").startup_timeout_s), "generator")
-        self._started += self.generators
-        self.pool = RewardPool(cfg.reward, rm_path=self.rm_files, ref_path=self.ref_files,
+        # The scorers start beside the generators (each kind waits for its own to load, a few seconds apiece):
+        # a thread of the driver waits for the pool while this one waits for the generators.
+        starting = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="scorers-start")
+        pool = starting.submit(RewardPool, cfg.reward, rm_path=self.rm_files, ref_path=self.ref_files,
                                trust_remote_code=cfg.trust_remote_code, rejects_path=self.rejects_path,
                                supervision=cfg.supervision.policy("scorer"), faults=self.faults)
+        starting.shutdown(wait=False)
+        try:
+            self.generators = self._retrying("generators", lambda: start_generators(
+                cfg.generation, self.policy_files, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
+                ready_timeout_s=cfg.supervision.policy("generator").startup_timeout_s), "generator")
+        except BaseException:
+            # The pool is then stopped with the rest (`stop`); its own failure, if any, does not hide theirs.
+            with contextlib.suppress(BaseException):
+                self.pool = pool.result()
+            raise
+        self._started += self.generators
+        self.pool = pool.result()
         self._retrying("learner", self._learner_ready, "learner", again=self._restart_learner)
 
     def _learner_ready(self) -> ActorInfo:
