@@ -149,12 +149,13 @@ def _actor_pid(proc, class_name: str) -> int:
     raise AssertionError(f"no live {class_name} under the run's process")
 
 
-def test_killed_run_resumes_to_the_same_weights_and_metrics(pipeline_run, tmp_path, capsys):
+def test_killed_run_resumes_to_the_same_weights_and_metrics(pipeline_run, tmp_path, capsys, ray_session):
     # N + M steps in one go == N steps, kill -9 of the whole run, resume, M steps: identical weights
     # (bitwise, on CPU) and identical metrics. Sync mode: async timing decides which version samples what.
     steps = ["ppo.mode=sync", "ppo.eval_every=0", "ppo.checkpoint_every=1", "ppo.total_steps=4"]
-    out = _raylhf(_ppo_run(pipeline_run, tmp_path, "straight", *steps), cwd=tmp_path)
-    summary = json.loads(out.stdout.split("[ppo] ", 1)[1].splitlines()[0])  # sync mode on the pipeline's models
+    # The uninterrupted run in this process, on the session's Ray; the killed one in a process of its own.
+    assert cli.main(_ppo_run(pipeline_run, tmp_path, "straight", *steps)) == 0
+    summary = json.loads((tmp_path / "straight" / "summaries" / "ppo.json").read_text())  # sync mode
     assert summary["steps"] == 4 and summary["generators_match_learner"] is True
     assert set(summary["staleness_histogram"]) == {"0"}  # strictly sequential: always on-policy
     killed_args = _ppo_run(pipeline_run, tmp_path, "killed", *steps)
