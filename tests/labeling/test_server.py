@@ -10,7 +10,7 @@ import time
 
 from raylhf.labeling import store
 from raylhf.labeling.server import CSP, Mirror, shown_order
-from tests.labeling.conftest import REPO, TOKENS, Client
+from tests.labeling.conftest import REPO, TOKENS, Client, make_items
 
 
 def test_token_becomes_an_http_only_cookie_and_the_url_loses_it(serve):
@@ -128,7 +128,6 @@ def test_stats_on_the_latest_round_and_a_light_start(tmp_path):
     run = tmp_path / "runs" / "demo"
     store.write_batch(store.labeling_dir(run / "data" / "comparisons.jsonl"), [])
     round2 = store.labeling_dir(run / "rounds" / "2" / "comparisons.jsonl")
-    from tests.labeling.conftest import make_items
     store.write_batch(round2, make_items(2))
     store.LabelsLog(round2).append({"event": "skip", "labeler": "local", "item_id": "p0", "reason": "r",
                                     "seconds": 4.0})
