@@ -326,6 +326,9 @@ class Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             return self._error(411, "Content-Length required")
+        if length < 0:  # read(-1) would read to the end of the stream, past any cap
+            self.close_connection = True
+            return self._error(400, "negative Content-Length")
         if length > self.server.max_body_bytes:
             self.close_connection = True
             return self._error(413, f"body of {length} bytes is over label.max_body_bytes "

@@ -44,6 +44,9 @@ def test_writes_need_csrf_same_origin_and_a_small_body(serve):
     assert status == 403 and "cross-origin" in reply["error"]
     status, reply = alice.post("/api/rank", {**body, "note": "x" * 4000})
     assert status == 413 and "label.max_body_bytes" in reply["error"]
+    sent = {"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}", "X-CSRF-Token": alice.csrf,
+            "Content-Length": "-1"}
+    assert alice.request("POST", "/api/rank", json.dumps(body).encode(), sent)[0] == 400  # no read to the end
     assert Client(port).post("/api/rank", body)[0] == 403  # no cookie
     assert alice.request("GET", "/api/rank")[0] == 404
     assert store.read_events(store.labeling_dir(REPO)) == []  # nothing was written anywhere
