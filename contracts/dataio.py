@@ -258,6 +258,15 @@ def _log_skipped(path: Path, report: ReadReport) -> None:
     log.warning("%s (data.on_bad_rows=skip). First: %s", report.summary(), "; ".join(report.errors[:3]))
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a directory, so the names created or renamed in it survive a crash as well as their contents."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_records(path: str | os.PathLike, records: Sequence[Any], record_type: type | None = None) -> Path:
     """Write records as JSONL or Parquet (by suffix), atomically (temp file + rename)."""
     path = Path(path)

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
+from raylhf.contracts.dataio import fsync_dir
 from raylhf.contracts.records import MAX_RESPONSES, MIN_RESPONSES, Comparison
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def write_batch(folder: Path, items: list[BatchItem]) -> Path:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return path
 
 
@@ -204,14 +205,6 @@ def _is_event(raw: bytes) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def overlap_draw(item_id: str) -> float:

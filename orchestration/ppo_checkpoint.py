@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from raylhf.contracts import remote
+from raylhf.contracts.dataio import fsync_dir
 from raylhf.contracts.model_files import share_dir, unpack_into
 from raylhf.contracts.remote import NamedActor
 
@@ -38,15 +39,8 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PPOCheckpoint:
@@ -110,7 +104,7 @@ class PPOCheckpoint:
         if self.dir.exists():
             self.dir.rename(self._old)
         self._tmp.rename(self.dir)
-        _fsync_dir(self.dir.parent)
+        fsync_dir(self.dir.parent)
         shutil.rmtree(self._old, ignore_errors=True)
         self.on_saved()
 

@@ -11,29 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from raylhf.learners.ranking_loss import ranking_loss
+from tests.learners.handworked import TOL, close, pad, t
 
-TOL = 1e-6
 NAN = float("nan")
-
-
-def t(rows, dtype=torch.float64):
-    return torch.tensor(rows, dtype=dtype)
-
-
-def close(actual, expected, tol=TOL):
-    if isinstance(actual, torch.Tensor):
-        actual = actual.detach().tolist()
-    if isinstance(actual, list):
-        flat_a = torch.tensor(actual, dtype=torch.float64).flatten().tolist()
-        flat_e = torch.tensor(expected, dtype=torch.float64).flatten().tolist()
-        assert len(flat_a) == len(flat_e), (actual, expected)
-        return all(abs(a - e) <= tol for a, e in zip(flat_a, flat_e))
-    return abs(actual - expected) <= tol
-
-
-def pad(x, n, value):
-    """Append n columns filled with `value` (garbage) to a [B, T] tensor."""
-    return torch.cat([x, torch.full((x.shape[0], n), value, dtype=x.dtype)], dim=1)
 
 
 def _softplus(x):
