@@ -20,7 +20,15 @@ rankings, so no labels are collected and the points differ only in what the curv
   pretraining and SFT give the reward model); and the measured cost of
   pretraining the `small` base model (`stage_pretrain`, a few steps of each preset, scaled to
   `pretrain.steps`);
-- **source**: 1x of the SFT samples' rankings against 1x of round 1's (samples of round 0's PPO policy).
+- **source**: 1x of the SFT samples' rankings against 1x of round 1's (samples of round 0's PPO policy);
+- **recipe**: the `rm` section's optimiser on 8x (`RECIPES`): learning rate, the head's learning rate as a
+  multiple of the trunk's (`rm.head_lr_scale`; a trunk at 1e-7 is a linear probe of SFT's features), prompts
+  per step and epochs, so from 1/4 to 16 times the default's optimiser steps.
+
+`--score NAME=PATH` scores reward models trained elsewhere (`raylhf rm --data ... --out ...`: other labels, other
+SFT models) on the same pairs; `--logprob-mix` adds, for every reward model, the scorer `NAME+logprob` =
+its score + w x the SFT log-prob, w fitted on round 1's rankings (the SFT log-prob as a reward-model feature,
+measured without training one); `--plot RESULTS...` draws the recipe curve (accuracy against optimiser steps).
 
 All of them, and the run's own reward models, are scored on the same held-out pairs by the `rm-eval` stage's
 scorer (`score_pairs`, `pair_accuracies`): per held-out prompt (`heldout` and `generalization`,
@@ -34,6 +42,7 @@ The run is only read: everything is measured in a scratch copy of the parts it r
 
     .venv/bin/python benchmarks/bench_rm_curves.py --run runs/demo
     .venv/bin/python benchmarks/bench_rm_curves.py --run runs/demo --points sft-1x   # time one point
+    .venv/bin/python benchmarks/bench_rm_curves.py --run runs/demo --points sft-8x sft-8x-ep4 --logprob-mix
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from typing import Any, Sequence
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer is used before Ray forks workers
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `scratch` also when this file is loaded by path
 
+from rm_curves_report import SPLITS, plot_steps, report  # noqa: E402
 from scratch import run_overrides, scratch_run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,7 +68,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 READS = ["data", "models/base", "models/sft", "models/rm", "models/ppo", "summaries", "rounds/1/comparisons.jsonl",
          "rounds/1/models/rm"]
 SOURCES = ("sft", "current")  # round 0's SFT samples, round 1's samples of the current policy
-SPLITS = ("heldout", "generalization")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +81,7 @@ class Point:
     prompts: int
     k: int
     init: str = "sft"
+    rm: tuple[tuple[str, float], ...] = ()  # `rm.*` overrides of this point (the recipe curve): (key, value)
 
 
 def plan(unit: int, k: int, k_unit: int, size_multiples: Sequence[int], current_prompts: int
@@ -92,7 +102,28 @@ def plan(unit: int, k: int, k_unit: int, size_multiples: Sequence[int], current_
             Point(f"random-small-{m}x", "sft", m * unit, k, "random-small"),
             Point(f"base-tiny-{m}x", "sft", m * unit, k, "base"), sft[m])],
         "source": [sft[1], Point("current-1x", "current", unit, k)],
+        "recipe": [sft[8], *(Point(recipe_name(r), "sft", 8 * unit, k, rm=r) for r in RECIPES)],
     }
+
+
+# The recipe curve: the `rm` section's optimiser settings on all of round 0's rankings (8x), from SFT.
+RECIPES: tuple[tuple[tuple[str, float], ...], ...] = (
+    (("lr", 1e-3),),
+    (("lr", 3e-3),),
+    (("batch_prompts", 4),),
+    (("batch_prompts", 4), ("lr", 1e-3)),
+    (("epochs", 4),),
+    (("epochs", 4), ("lr", 1e-3)),
+    (("epochs", 4), ("lr", 1e-3), ("batch_prompts", 4)),
+    (("head_lr_scale", 10),),
+    (("head_lr_scale", 30),),
+    (("lr", 1e-7), ("head_lr_scale", 30000)),  # a linear probe of SFT's features (the trunk all but frozen)
+)
+
+
+def recipe_name(rm: Sequence[tuple[str, float]]) -> str:
+    short = {"lr": "lr", "epochs": "ep", "batch_prompts": "bp", "head_lr_scale": "head"}
+    return "sft-8x-" + "-".join(f"{short.get(k, k)}{v:g}" for k, v in rm)
 
 
 def first_k(comparisons: Sequence, n_prompts: int, k: int) -> list:
@@ -121,23 +152,6 @@ def split_groups(prompts: Sequence, responses: Sequence[Sequence[str]], groups: 
             out_prompts.append(p)
             out_responses.append(list(rs[g * size : (g + 1) * size]))
     return out_prompts, out_responses
-
-
-def clustered_accuracy(scores: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int, int]]
-                       ) -> tuple[float, float, int]:
-    """Accuracy of `scores` on ranked `pairs` (group, winner, loser; a tie counts half), its standard error
-    clustered by group (sqrt(sum_g (a_g - p n_g)^2) / N, a_g agreements and n_g pairs of group g), and N."""
-    agree: dict[int, float] = {}
-    count: dict[int, int] = {}
-    for g, w, l in pairs:
-        s = scores[g]
-        agree[g] = agree.get(g, 0.0) + (1.0 if s[w] > s[l] else 0.5 if s[w] == s[l] else 0.0)
-        count[g] = count.get(g, 0) + 1
-    n = sum(count.values())
-    if not n:
-        return float("nan"), float("nan"), 0
-    p = sum(agree.values()) / n
-    return p, math.sqrt(sum((agree[g] - p * count[g]) ** 2 for g in count)) / n, n
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -180,6 +194,24 @@ def eval_pairs(cfg, paths, task, fmt, sft, current: dict, groups: int, device) -
     return out
 
 
+def logprob_mixes(fit, scored: dict[str, dict[str, Any]], names: Sequence[str]) -> dict[str, float]:
+    """The SFT log-prob as a reward-model feature, measured without training one: for each reward model `n`, the
+    weight w of `n + w * sft_logprob` that orders `fit`'s ranked pairs best (a grid; `fit` is a `ScoredPairs` of
+    rankings none of these models trained on), added to every split as scorer `n+logprob`. Returns the weights."""
+    from raylhf.orchestration.evaluation import pairwise_agreement
+
+    grid = [0.0, *(10.0 ** (e / 8) for e in range(-32, 9))]
+    weights = {}
+    for n in names:
+        def mix(sp, w: float) -> list[list[float]]:
+            return [[r + w * lp for r, lp in zip(rs, lps)] for rs, lps in zip(sp.scores[n], sp.scores["sft_logprob"])]
+        weights[n] = max(grid, key=lambda w: pairwise_agreement(mix(fit, w), fit.rankings, ties=fit.ties))
+        for by_split in scored.values():
+            for sp in by_split.values():
+                sp.scores[f"{n}+logprob"] = mix(sp, weights[n])
+    return weights
+
+
 def random_init(preset: str, tokenizer, context: int, out: Path, seed: int) -> Path:
     from raylhf.learners.models import build_causal_lm
 
@@ -199,11 +231,14 @@ def train_point(cfg, paths, point: Point, rankings: dict[str, list], work: Path,
     write_records(data, rows, Comparison)
     scratch = RunPaths(work / "scratch")  # the stage's metrics rows stay out of the run's metrics.jsonl
     warm = paths.model("rm") if point.init == "previous" else None
+    if point.rm:
+        cfg = cfg.model_copy(update={"rm": cfg.rm.model_copy(update=dict(point.rm))})
     summary = stage_rm(cfg, scratch, inits.get(point.init, paths.model("sft")), data, work / "rms" / point.name,
                        init=warm)
     return {**dataclasses.asdict(point), "rows": len(rows), "responses": sum(len(c.responses) for c in rows),
             "train_pairs": sum(len(c.responses) * (len(c.responses) - 1) // 2 for c in rows),
-            "train_s": summary["seconds"], "val_accuracy": summary["val_accuracy"]}
+            "train_s": summary["seconds"], "val_accuracy": summary["val_accuracy"], "rm": dict(point.rm),
+            "steps": cfg.rm.epochs * math.ceil(summary["train_prompts"] / cfg.rm.batch_prompts)}
 
 
 def step_seconds(rows: Sequence[dict], stage: str) -> float:
@@ -240,71 +275,6 @@ def pretrain_cost(cfg, paths, task, work: Path, steps: int) -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------ report
-def summarise(task, scored: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """`pair_accuracies` per source and split, with clustered errors of every scorer's overall and
-    equal-length accuracy and the equal-length accuracy per instruction family."""
-    from raylhf.orchestration.evaluation import agreement_table
-    from raylhf.orchestration.eval_stages import pair_accuracies
-
-    out: dict[str, Any] = {}
-    for source, by_split in scored.items():
-        for split, sp in by_split.items():
-            s = pair_accuracies(task, sp)
-            ranked = sp.ranked()
-            equal = [ranked[i] for i in sp.equal_length(ranked)]
-            s["se"] = {name: {"all": clustered_accuracy(g, ranked)[1], "equal_length": clustered_accuracy(g, equal)[1]}
-                       for name, g in sp.scores.items()}
-            s["equal_length_pairs"] = len(equal)
-            s["by_family_equal_length"] = agreement_table(
-                sp.scores, equal, [task.family(sp.comparisons[g].prompt) for g, _, _ in equal])
-            out.setdefault(source, {})[split] = s
-    return out
-
-
-def _cell(s: dict, name: str, key: str) -> str:
-    acc = s.get(f"{name}_accuracy{'_equal_length' if key == 'equal_length' else ''}")
-    if acc is None:
-        return "—"
-    se = s["se"][name]["equal_length" if key == "equal_length" else "all"]
-    return f"{acc:.3f}±{se:.3f}"
-
-
-def _contrast(s: dict, name: str, kind: str, table: str = "by_contrast") -> str:
-    v = s.get(table, {}).get(kind, {}).get(name)
-    return "—" if v is None else f"{v:.3f}"
-
-
-def curve_table(title: str, points: list[dict], summary: dict, split: str = "heldout") -> list[str]:
-    sft, cur = summary["sft"][split], summary.get("current", {}).get(split)
-    head = ("| point | init | prompts | K | responses | train s | acc | acc equal-length | correct vs wrong "
-            "| correct vs wrong, equal length | concise vs rambling |" + (" current policy: acc | equal length |"
-                                                                        if cur else ""))
-    lines = [f"### {title} (held-out split `{split}`; SFT samples" + (", and the current policy's" if cur else "")
-             + ")", "", head, "|" + "---|" * (head.count("|") - 1)]
-    for p in points:
-        n = p["name"]
-        row = (f"| {n} | {p['init']} | {p['rows']} | {p['k']} | {p['responses']} | {p['train_s']:.0f} | "
-               if "train_s" in p else f"| {n} | — | — | — | — | — | ")
-        row += (f"{_cell(sft, n, 'all')} | {_cell(sft, n, 'equal_length')} | {_contrast(sft, n, 'correct_vs_wrong')} "
-                f"| {_contrast(sft, n, 'correct_vs_wrong', 'by_contrast_equal_length')} "
-                f"| {_contrast(sft, n, 'concise_vs_rambling')} |")
-        if cur:
-            row += f" {_cell(cur, n, 'all')} | {_cell(cur, n, 'equal_length')} |"
-        lines.append(row)
-    return lines
-
-
-def family_table(summary: dict, names: list[str], split: str = "heldout", source: str = "sft") -> list[str]:
-    fams = summary[source][split]["by_family_equal_length"]
-    cols = [n for n in ["ceiling", "sft_logprob", *names] if any(n in v for v in fams.values())]
-    lines = [f"### Equal-length accuracy per instruction family ({source} samples, `{split}`)", "",
-             "| family | pairs | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
-    for fam, v in fams.items():
-        lines.append(f"| {fam} | {v['pairs']} | " + " | ".join(f"{v[c]:.3f}" if c in v else "—" for c in cols) + " |")
-    return lines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="finished run (models/sft, models/rm, "
@@ -318,10 +288,20 @@ def main() -> None:
                         help="independent groups of K+1 samples per held-out prompt")
     parser.add_argument("--pretrain-steps", type=int, default=10, help="steps per preset to time pretraining (0: skip)")
     parser.add_argument("--points", nargs="*", help="train only these points (by name); default: every curve's")
+    parser.add_argument("--score", nargs="*", default=[], metavar="NAME=PATH",
+                        help="also score these reward models (trained elsewhere, e.g. by `raylhf rm`) on the same pairs")
+    parser.add_argument("--logprob-mix", action="store_true",
+                        help="also score every reward model plus w x the SFT log-prob (w fitted on round 1's rankings)")
+    parser.add_argument("--plot", nargs="*", type=Path, metavar="RESULTS_JSON",
+                        help="only draw the recipe curve (accuracy against optimiser steps) of these results files "
+                             "into benchmarks/results/rm_steps.png, and exit")
     parser.add_argument("--config", default="tiny")
     parser.add_argument("overrides", nargs="*", help="config overrides (rm.*, eval.rm_eval_prompts, ...)")
     parser.add_argument("--out", type=Path, default=RESULTS / "rm_curves.json")
     args = parser.parse_args()
+    if args.plot:
+        print(plot_steps(args.plot, RESULTS / "rm_steps.png"))
+        return
     with scratch_run(args.run, READS) as run:
         measure(args, run)
 
@@ -370,17 +350,19 @@ def measure(args, run: Path) -> None:
 
     ray.shutdown()  # the generator actors' cores go back to training
     eval_sample_s = time.time() - t0
-    references = {"demo-rm": paths.model("rm"), "demo-round1-rm": paths.round(1).model("rm")}
+    references = {"demo-rm": paths.model("rm"), "demo-round1-rm": paths.round(1).model("rm"),
+                  **{n: Path(p) for n, p in (s.split("=", 1) for s in args.score)}}
     results: dict[str, Any] = {"unit_prompts": args.unit, "k": cfg.collect.k, "eval_groups": args.eval_groups,
-                               "overrides": args.overrides, "eval_sample_s": eval_sample_s, "points": {},
+                               "overrides": args.overrides, "scored_elsewhere": args.score, "eval_sample_s": eval_sample_s, "points": {},
                                "references": [n for n, p in references.items() if is_checkpoint(p)]}
 
     def score(name: str, path: Path) -> float:
         t = time.time()
         rm = load_reward_model(path, cfg.device)
+        own = load_format(cfg, path)  # a reward model from another SFT may have its own tokenizer
         for by_split in scored.values():
             for sp in by_split.values():
-                sp.add_reward_model(name, rm, fmt, device)
+                sp.add_reward_model(name, rm, own, device)
         return time.time() - t
 
     for name in results["references"]:
@@ -401,35 +383,24 @@ def measure(args, run: Path) -> None:
         report(results, task, scored, curves, t_start, args.out)  # a cut-short run keeps what it measured
     if args.pretrain_steps and "pretrain_cost" not in results:
         results["pretrain_cost"] = pretrain_cost(cfg, paths, task, work, args.pretrain_steps)
+    if args.logprob_mix and "current" in rankings:
+        # Fitted on round 1's rankings (of the current policy's samples), which no `sft-*` point trained on.
+        from raylhf.orchestration.eval_stages import ScoredPairs
+        from raylhf.orchestration.evaluation import split_by_group
+        from raylhf.learners.sft import response_logprobs
+
+        rows = rankings["current"]
+        pairs = [(fmt.prompt_ids(c), fmt.response_ids(r)) for c in rows for r in c.responses]
+        sizes = [len(c.responses) for c in rows]
+        fit = ScoredPairs(rows, {"sft_logprob": split_by_group(
+            response_logprobs(sft, pairs, tokenizer.pad_token_id, device), sizes)}, split_by_group(
+            [len(r) for _, r in pairs], sizes))
+        names = [*results["references"], *results["points"]]
+        for name in names:
+            path = references.get(name, work / "rms" / name)
+            fit.add_reward_model(name, load_reward_model(path, cfg.device), load_format(cfg, path), device)
+        results["logprob_mix"] = logprob_mixes(fit, scored, names)
     print("\n" + "\n".join(report(results, task, scored, curves, t_start, args.out)))
-
-
-def report(results: dict[str, Any], task, scored: dict, curves: dict[str, list[Point]], t_start: float,
-           out: Path) -> list[str]:
-    """Summarise what is measured so far into `results`, write it to `out` and return the tables."""
-    results["summary"] = summarise(task, scored)
-    results["curves"] = {c: [p.name for p in ps if p.name in results["points"]] for c, ps in curves.items()}
-    results["wall_s"] = time.time() - t_start
-    refs = [{"name": n} for n in ("ceiling", "sft_logprob", *results["references"])]
-    lines: list[str] = []
-    for curve, names in results["curves"].items():
-        if names:
-            lines += curve_table(curve, [results["points"][n] for n in names] + refs, results["summary"]) + [""]
-    scorers = results["summary"]["sft"]["heldout"]["se"]
-    fam_names = [n for n in ("demo-rm", "sft-1x", "sft-8x", "base-tiny-4x", "random-small-4x") if n in scorers]
-    for split in SPLITS:
-        lines += family_table(results["summary"], fam_names, split) + [""]
-    if "pretrain_cost" in results:
-        pc = results["pretrain_cost"]
-        lines.append(f"pretraining step: tiny {pc['tiny']['step_s']:.3f} s ({pc['tiny']['parameters']:,} parameters), "
-                     f"small {pc['small']['step_s']:.3f} s ({pc['small']['parameters']:,}): {pc['ratio']:.1f}x; "
-                     f"the demo's tiny stages {({k: round(v) for k, v in pc['demo_tiny_s'].items() if v})} s -> "
-                     f"small {({k: round(v) for k, v in pc['small_estimate_s'].items()})} s")
-    lines.append(f"eval sampling {results['eval_sample_s']:.0f} s; total {results['wall_s']:.0f} s")
-    results["tables"] = lines
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=float))
-    return lines
 
 
 if __name__ == "__main__":

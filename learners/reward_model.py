@@ -229,7 +229,11 @@ def train_reward_model(
     held-out metrics (`val_accuracy`, `val_loss`, `val_pairs`)."""
     rng = np.random.default_rng(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    head = {id(p) for p in reward_head(model).parameters()}
+    # The head starts at zero and the trunk from SFT: the head may move faster (`head_lr_scale`).
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if id(p) not in head], "lr_scale": 1.0},
+                                   {"params": [p for p in params if id(p) in head], "lr_scale": cfg.head_lr_scale}],
+                                  lr=cfg.lr, weight_decay=0.0)
     batch_prompts = cfg.batch_prompts
     steps = cfg.epochs * math.ceil(len(train) / batch_prompts)
     step = 0

@@ -47,8 +47,9 @@ def cosine_lr(step: int, total_steps: int, peak_lr: float, warmup_steps: int = 0
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group at `lr`, times the group's own `lr_scale` where it has one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], loss: torch.Tensor,

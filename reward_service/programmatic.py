@@ -22,6 +22,7 @@ import re
 from typing import Any, Callable, Sequence
 
 from raylhf.configs.schema import RewardSourceConfig
+from raylhf.configs.sections.reward import MODEL_KINDS
 from raylhf.reward_service.errors import RewardConfigError, ScoringError
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -56,7 +57,7 @@ def validate_sources(sources: Sequence[RewardSourceConfig]) -> None:
     """Resolve every function source's import path up front, so a config naming a function that does not
     import fails at construction, before any scoring."""
     for i, s in enumerate(sources):
-        if s.kind != "rm":
+        if s.kind not in MODEL_KINDS:
             load_reward_function(s.path, source_key(i))  # type: ignore[arg-type]
 
 

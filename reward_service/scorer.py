@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import torch
 
 from raylhf.configs.schema import RewardConfig
+from raylhf.configs.sections.reward import MODEL_KINDS
 from raylhf.contracts.formatting import decode_response
 from raylhf.contracts.hf_checkpoint import require_checkpoint
 from raylhf.contracts.records import Rollout
@@ -129,7 +130,10 @@ class RewardScorer:
             _check_finite_weights(self.ref, "reward.ref_path", ref_path)
             self.ref.eval().requires_grad_(False)
 
-        self.functions = [ProgrammaticReward(s, source_key(i)) for i, s in enumerate(cfg.sources) if s.kind != "rm"]
+        self.functions = [ProgrammaticReward(s, source_key(i)) for i, s in enumerate(cfg.sources)
+                          if s.kind not in MODEL_KINDS]
+        # `ref_logprob` source: the summed reference logprob of the response, weighted (validated: at most one).
+        self.ref_logprob_weight = sum(s.weight for s in cfg.sources if s.kind == "ref_logprob")
         self.tokenizer = None
         if any(f.kind == "function" for f in self.functions):
             # deferred: transformers takes seconds to import, and most scorers need no tokenizer
@@ -208,6 +212,7 @@ class RewardScorer:
                         reject(i, NONFINITE_REF_LOGPROBS, f"reference logprob {lp[t]} at response position {t}")
                         continue
                     ref_logprobs[i] = lp
+                    totals[i] += self.ref_logprob_weight * math.fsum(lp)
         for fn in self.functions:
             todo = live()
             if not todo:

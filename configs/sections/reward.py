@@ -11,12 +11,19 @@ from pydantic import Field, field_validator, model_validator
 from raylhf.configs.sections.base import Placement, Section
 
 
+# Sources read off the scorers' own models, not a Python function.
+MODEL_KINDS = ("rm", "ref_logprob")
+
+
 class RewardSourceConfig(Section):
-    kind: Literal["rm", "function", "token_function"] = "rm"
+    kind: Literal["rm", "function", "token_function", "ref_logprob"] = "rm"
     """`rm`: the reward model's scalar at the last response token. `function`: a batched Python function
     `fn(prompts: list[str], responses: list[str], **kwargs) -> list[float]` over decoded text.
     `token_function`: the same over token ids, `fn(prompt_ids: list[list[int]], response_ids: list[list[int]],
-    **kwargs) -> list[float]`."""
+    **kwargs) -> list[float]`. `ref_logprob`: the reference (SFT) policy's log-probability of the response,
+    summed over its tokens, which the scorers compute for the KL term anyway: the SFT model's own judgement of
+    the response as a reward feature (not in InstructGPT; with KL coefficient beta it sharpens the SFT
+    distribution by a factor (beta + weight) / beta). Needs `ref_logprobs: true`."""
     weight: float = 1.0
     """Weight of this source in the reward: `reward = sum(weight_i * r_i)`, before normalisation and clipping."""
     path: str | None = None
@@ -33,9 +40,9 @@ class RewardSourceConfig(Section):
 
     @model_validator(mode="after")
     def _path_matches_kind(self) -> "RewardSourceConfig":
-        if self.kind == "rm" and (self.path is not None or self.kwargs):
-            raise ValueError("an `rm` source takes no `path` or `kwargs`")
-        if self.kind != "rm" and self.path is None:
+        if self.kind in MODEL_KINDS and (self.path is not None or self.kwargs):
+            raise ValueError(f"`{self.kind}` sources take no `path` or `kwargs`")
+        if self.kind not in MODEL_KINDS and self.path is None:
             raise ValueError(f"a `{self.kind}` source needs `path: package.module:function`")
         return self
 
@@ -89,6 +96,9 @@ class RewardConfig(Placement):
     def _one_rm_source(self) -> "RewardConfig":
         if not self.sources:
             raise ValueError("`sources` needs at least one reward source")
-        if sum(s.kind == "rm" for s in self.sources) > 1:
-            raise ValueError("at most one `rm` source")
+        for kind in MODEL_KINDS:
+            if sum(s.kind == kind for s in self.sources) > 1:
+                raise ValueError(f"at most one `{kind}` source")
+        if not self.ref_logprobs and any(s.kind == "ref_logprob" for s in self.sources):
+            raise ValueError("a `ref_logprob` source needs `ref_logprobs: true` (the scorers compute it)")
         return self

@@ -53,6 +53,8 @@ class RMConfig(Section):
     """Prompts per step; each carries its K responses and all C(K,2) pairs."""
     lr: float = Field(3e-4, gt=0.0)
     """Peak learning rate, cosine decay."""
+    head_lr_scale: float = Field(1.0, gt=0.0)
+    """The reward head's learning rate as a multiple of `lr` (it starts at zero, the trunk from SFT)."""
     grad_clip: float = Field(1.0, gt=0.0)
     """Max global gradient norm."""
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)

@@ -138,3 +138,21 @@ def test_reward_read_at_last_token_is_padding_invariant(tiny_checkpoint):
     values = per_token_values(model, ids, mask)
     assert values.shape == (1, 5)
     assert sequence_rewards(model, ids, mask)[0].item() == pytest.approx(values[0, 2].item())
+
+
+def test_reward_head_learning_rate_is_its_own_multiple_of_the_trunks(tiny_checkpoint):
+    """`rm.head_lr_scale` scales the head's step only: one Adam step moves a parameter by about its learning
+    rate, so at a scale of 1e-6 the head moves by at most ~1e-9 while the trunk moves by ~1e-3. (The head is
+    set off zero first: a zero head passes the trunk no gradient.)"""
+    torch.manual_seed(0)
+    groups = _toy_groups(8, np.random.default_rng(0))
+    model = reward_model_from_policy(tiny_checkpoint, device="cpu")
+    torch.nn.init.normal_(model.score.weight, std=0.02)
+    head = model.score.weight.detach().clone()
+    trunk = [p.detach().clone() for n, p in model.named_parameters() if not n.startswith("score")]
+    cfg = RMConfig(epochs=1, batch_prompts=8, lr=1e-3, head_lr_scale=1e-6)
+    train_reward_model(cfg, model, groups, groups[:2], pad_id=0, device=CPU, bf16=False, seed=0, log=_noop)
+    assert 0 < (model.score.weight - head).abs().max().item() < 1e-8
+    moved = max((p - q).abs().max().item()
+                for q, (_, p) in zip(trunk, [(n, p) for n, p in model.named_parameters() if not n.startswith("score")]))
+    assert moved > 1e-4

@@ -184,6 +184,26 @@ def test_rm_plus_token_function_weighted_sum(rm_checkpoint, tiny_checkpoint, mak
         assert s.ref_logprobs is None  # reference logprobs switched off: the reference is not loaded
 
 
+def test_ref_logprob_source_adds_the_weighted_summed_reference_logprob(rm_checkpoint, tiny_checkpoint, make_rollouts,
+                                                                        expected, close):
+    sources = [RewardSourceConfig(kind="rm"), RewardSourceConfig(kind="ref_logprob", weight=0.25)]
+    scorer = RewardScorer(RewardConfig(sources=sources), rm_path=str(rm_checkpoint), ref_path=str(tiny_checkpoint))
+    rollouts = make_rollouts(6, seed=8, response_len=(3, 20))
+    for r, s in zip(rollouts, scorer.score(rollouts)):
+        want_score, want_lp = expected(r)
+        assert s.ref_logprobs == close(want_lp)
+        assert s.score == close(want_score + 0.25 * math.fsum(want_lp))
+
+
+def test_ref_logprob_source_needs_reference_logprobs_and_takes_no_path():
+    with pytest.raises(ValidationError, match="needs `ref_logprobs: true`"):
+        RewardConfig(sources=[RewardSourceConfig(kind="rm"), RewardSourceConfig(kind="ref_logprob")], ref_logprobs=False)
+    with pytest.raises(ValidationError, match="`ref_logprob` sources take no `path`"):
+        RewardSourceConfig(kind="ref_logprob", path=LENGTH_PENALTY)
+    with pytest.raises(ValidationError, match="at most one `ref_logprob` source"):
+        RewardConfig(sources=[RewardSourceConfig(kind="ref_logprob"), RewardSourceConfig(kind="ref_logprob")])
+
+
 def test_text_function_alone_sees_decoded_prompt_and_response(tiny_checkpoint, reward_module):
     from transformers import AutoTokenizer  # deferred: seconds to import
 
