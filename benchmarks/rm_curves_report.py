@@ -104,6 +104,9 @@ def report(results: dict[str, Any], task, scored: dict, curves: dict[str, list[A
     for curve, names in results["curves"].items():
         if names:
             lines += curve_table(curve, [results["points"][n] for n in names] + refs, results["summary"]) + [""]
+    if results.get("logprob_mix"):  # `--logprob-mix`: every reward model + w x the SFT log-prob
+        mixes = [{"name": f"{n}+logprob"} for n in results["logprob_mix"]]
+        lines += curve_table("SFT log-prob mix", refs[:2] + mixes, results["summary"]) + [""]
     scorers = results["summary"]["sft"]["heldout"]["se"]
     fam_names = [n for n in ("demo-rm", "sft-1x", "sft-8x", "base-tiny-4x", "random-small-4x",
                              *results["curves"].get("recipe", [])) if n in scorers]
@@ -148,7 +151,7 @@ def plot_steps(files: Sequence[Path], out: Path) -> Path:
         s = r["summary"]["sft"]["heldout"]
         refs = refs or s
         for name, p in r["points"].items():
-            if not name.startswith("sft-8x") or name.endswith("+logprob"):
+            if not name.startswith("sft-8x"):
                 continue
             x, lr = point_steps(p), p.get("rm", {}).get("lr", 3e-4)
             color = {3e-4: "C0", 1e-3: "C1", 3e-3: "C3"}.get(lr, "gray")  # gray: the linear probe

@@ -64,7 +64,8 @@ class RewardConfig(Placement):
     """Tokenizer used to decode text for `function` sources; unset: the reward model's, else the reference's."""
     sources: list[RewardSourceConfig] = [RewardSourceConfig()]
     """Reward sources and their weights, e.g. `[{kind: rm, weight: 1.0}, {kind: token_function,
-    path: "raylhf.reward_service.rewards:length_penalty", weight: 1.0}]`."""
+    path: "raylhf.reward_service.rewards:length_penalty", weight: 1.0}]`; kinds: `rm`, `function`,
+    `token_function`, `ref_logprob` (the SFT policy's summed log-prob of the response as a feature)."""
     normalize: Literal["none", "fixed", "running"] = "none"
     """Normalisation of the summed reward: `fixed` maps r to `(r - shift) * scale`; `running` whitens with the
     running mean/std of every reward scored so far (state saved with the pool); `none` leaves it raw."""
