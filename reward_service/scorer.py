@@ -134,6 +134,8 @@ class RewardScorer:
                           if s.kind not in MODEL_KINDS]
         # `ref_logprob` source: the summed reference logprob of the response, weighted (validated: at most one).
         self.ref_logprob_weight = sum(s.weight for s in cfg.sources if s.kind == "ref_logprob")
+        if self.ref is None and any(s.kind == "ref_logprob" for s in cfg.sources):
+            raise ValueError("reward.sources: a `ref_logprob` source needs a reference policy (reward.ref_path)")
         self.tokenizer = None
         if any(f.kind == "function" for f in self.functions):
             # deferred: transformers takes seconds to import, and most scorers need no tokenizer

@@ -22,8 +22,8 @@ class RewardSourceConfig(Section):
     `token_function`: the same over token ids, `fn(prompt_ids: list[list[int]], response_ids: list[list[int]],
     **kwargs) -> list[float]`. `ref_logprob`: the reference (SFT) policy's log-probability of the response,
     summed over its tokens, which the scorers compute for the KL term anyway: the SFT model's own judgement of
-    the response as a reward feature (not in InstructGPT; with KL coefficient beta it sharpens the SFT
-    distribution by a factor (beta + weight) / beta). Needs `ref_logprobs: true`."""
+    the response as a reward feature (not in InstructGPT; with KL coefficient beta, the policy PPO aims at
+    raises the SFT distribution to the power (beta + weight) / beta). Needs `ref_logprobs: true`."""
     weight: float = 1.0
     """Weight of this source in the reward: `reward = sum(weight_i * r_i)`, before normalisation and clipping."""
     path: str | None = None

@@ -204,6 +204,12 @@ def test_ref_logprob_source_needs_reference_logprobs_and_takes_no_path():
         RewardConfig(sources=[RewardSourceConfig(kind="ref_logprob"), RewardSourceConfig(kind="ref_logprob")])
 
 
+def test_ref_logprob_source_without_a_reference_policy_is_an_error(rm_checkpoint):
+    cfg = RewardConfig(sources=[RewardSourceConfig(kind="rm"), RewardSourceConfig(kind="ref_logprob")])
+    with pytest.raises(ValueError, match=r"needs a reference policy \(reward\.ref_path\)"):
+        RewardScorer(cfg, rm_path=str(rm_checkpoint), ref_path=None)
+
+
 def test_text_function_alone_sees_decoded_prompt_and_response(tiny_checkpoint, reward_module):
     from transformers import AutoTokenizer  # deferred: seconds to import
 
