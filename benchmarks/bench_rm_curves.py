@@ -194,6 +194,19 @@ def eval_pairs(cfg, paths, task, fmt, sft, current: dict, groups: int, device) -
     return out
 
 
+def scored_rankings(rows: Sequence, fmt, sft, device):
+    """Rankings already made (`Comparison` rows) as a `ScoredPairs` with the SFT log-prob of every response."""
+    from raylhf.learners.sft import response_logprobs
+    from raylhf.orchestration.eval_stages import ScoredPairs
+    from raylhf.orchestration.evaluation import split_by_group
+
+    pairs = [(fmt.prompt_ids(c), fmt.response_ids(r)) for c in rows for r in c.responses]
+    sizes = [len(c.responses) for c in rows]
+    logprobs = response_logprobs(sft, pairs, fmt.tokenizer.pad_token_id, device)
+    return ScoredPairs(list(rows), {"sft_logprob": split_by_group(logprobs, sizes)},
+                       split_by_group([len(r) for _, r in pairs], sizes))
+
+
 def logprob_mixes(fit, scored: dict[str, dict[str, Any]], names: Sequence[str]) -> dict[str, float]:
     """The SFT log-prob as a reward-model feature, measured without training one: for each reward model `n`, the
     weight w of `n + w * sft_logprob` that orders `fit`'s ranked pairs best (a grid; `fit` is a `ScoredPairs` of
@@ -356,13 +369,16 @@ def measure(args, run: Path) -> None:
                                "overrides": args.overrides, "scored_elsewhere": args.score, "eval_sample_s": eval_sample_s, "points": {},
                                "references": [n for n, p in references.items() if is_checkpoint(p)]}
 
+    # `--logprob-mix` is fitted on round 1's rankings (of the current policy's samples), which no `sft-*` point
+    # trained on; every reward model is scored on them as on the held-out pairs.
+    fit = scored_rankings(rankings["current"], fmt, sft, device) if args.logprob_mix and "current" in rankings else None
+
     def score(name: str, path: Path) -> float:
         t = time.time()
         rm = load_reward_model(path, cfg.device)
         own = load_format(cfg, path)  # a reward model from another SFT may have its own tokenizer
-        for by_split in scored.values():
-            for sp in by_split.values():
-                sp.add_reward_model(name, rm, own, device)
+        for sp in [sp for by_split in scored.values() for sp in by_split.values()] + ([fit] if fit else []):
+            sp.add_reward_model(name, rm, own, device)
         return time.time() - t
 
     for name in results["references"]:
@@ -383,23 +399,8 @@ def measure(args, run: Path) -> None:
         report(results, task, scored, curves, t_start, args.out)  # a cut-short run keeps what it measured
     if args.pretrain_steps and "pretrain_cost" not in results:
         results["pretrain_cost"] = pretrain_cost(cfg, paths, task, work, args.pretrain_steps)
-    if args.logprob_mix and "current" in rankings:
-        # Fitted on round 1's rankings (of the current policy's samples), which no `sft-*` point trained on.
-        from raylhf.orchestration.eval_stages import ScoredPairs
-        from raylhf.orchestration.evaluation import split_by_group
-        from raylhf.learners.sft import response_logprobs
-
-        rows = rankings["current"]
-        pairs = [(fmt.prompt_ids(c), fmt.response_ids(r)) for c in rows for r in c.responses]
-        sizes = [len(c.responses) for c in rows]
-        fit = ScoredPairs(rows, {"sft_logprob": split_by_group(
-            response_logprobs(sft, pairs, tokenizer.pad_token_id, device), sizes)}, split_by_group(
-            [len(r) for _, r in pairs], sizes))
-        names = [*results["references"], *results["points"]]
-        for name in names:
-            path = references.get(name, work / "rms" / name)
-            fit.add_reward_model(name, load_reward_model(path, cfg.device), load_format(cfg, path), device)
-        results["logprob_mix"] = logprob_mixes(fit, scored, names)
+    if fit is not None:
+        results["logprob_mix"] = logprob_mixes(fit, scored, [*results["references"], *results["points"]])
     print("\n" + "\n".join(report(results, task, scored, curves, t_start, args.out)))
 
 
